@@ -1,0 +1,34 @@
+# -*- test-case-name: tests -*-
+"""
+CLIENTID for Twisted's SMTP and IMAP servers.
+
+A client presents a device identity over TLS before it logs in; the server
+hands it to C{twisted.cred} with the credentials, so a checker can refuse a
+right password from a device the account never approved.
+
+Public names are importable from this package; see the modules for details.
+"""
+
+from clientid_twisted.cred import ClientIdentifiedCredentials, identifyCredentials
+from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.identity import (
+    ClientIdentity,
+    MalformedClientID,
+    parseClientIDArguments,
+)
+from clientid_twisted.interfaces import IClientIdentifiedCredentials
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClientIdentity",
+    "MalformedClientID",
+    "parseClientIDArguments",
+    "IdentityHasher",
+    "IClientIdentifiedCredentials",
+    "ClientIdentifiedCredentials",
+    "identifyCredentials",
+    "TemporaryAuthenticationFailure",
+    "__version__",
+]

@@ -1,0 +1,512 @@
+# -*- test-case-name: tests.test_smtp_server,tests.test_smtp_client -*-
+"""
+The CLIENTID extension for C{twisted.mail}'s ESMTP server and client.
+
+Server: mix L{ClientIDESMTPMixin} into an L{ESMTP} subclass (or use
+L{ClientIDESMTP}).  The mixin adds the C{CLIENTID} verb and EHLO keyword
+following the drafts and this project's contract (docs/spec-notes), keeps
+the accepted identity as C{clientIdentity}, and hands it to C{twisted.cred}
+on every AUTH inside credentials that provide
+L{IClientIdentifiedCredentials}.
+
+Client: L{ClientIDESMTPSender} / L{ClientIDESMTPSenderFactory} present an
+identity after TLS, when the server lists the keyword, before AUTH.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.mail.imap4 import IllegalClientResponse, PLAINCredentials
+from twisted.python.failure import Failure
+
+from clientid_twisted.cred import identifyCredentials
+from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.identity import (
+    ClientIdentity,
+    MalformedClientID,
+    parseClientIDArguments,
+)
+
+__all__ = [
+    "ClientIDESMTPMixin",
+    "ClientIDESMTP",
+    "ClientIDESMTPFactory",
+    "ClientIDESMTPSenderMixin",
+    "ClientIDESMTPSender",
+    "ClientIDESMTPSenderFactory",
+]
+
+_COMMAND_PREFIX = re.compile(rb"CLIENTID ", re.IGNORECASE)
+_UNCLEAN = re.compile(rb"[^\x01-\x7f]")
+
+
+def _username(credentials: object) -> str:
+    """
+    The login name of SASL credentials, made safe for a log line.
+    """
+    name = getattr(credentials, "username", None)
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "backslashreplace")
+    return repr(name) if name is not None else "-"
+
+
+class ClientIDESMTPMixin:
+    """
+    Adds CLIENTID to an L{twisted.mail.smtp.ESMTP} subclass.
+
+    Put it before C{ESMTP} in the bases.  Replies, in order of precedence
+    (the first that applies wins):
+
+      1. extension off, or no TLS: exactly the reply to an unknown command;
+      2. any AUTH command seen since TLS began: 503;
+      3. no EHLO since TLS began, or HELO after it: 503;
+      4. a CLIENTID already accepted since the last EHLO/HELO/STARTTLS: 503;
+      5. malformed (the raw line, so a tab, two spaces, NUL or non-ASCII
+         count): 501;
+      6. otherwise 250, and the identity is kept as C{clientIdentity}.
+
+    @ivar clientIDEnabled: Switch for the extension.
+    @ivar clientIdentity: The accepted L{ClientIdentity}, or L{None}.
+    @ivar identityHasher: Gives the keyed fingerprints that logs show
+        instead of tokens; a per-process random key when not set.
+    """
+
+    protocolName = "smtp"
+    clientIDEnabled = True
+    clientIdentity: ClientIdentity | None = None
+    identityHasher: IdentityHasher | None = None
+
+    _log = Logger()
+    _authSeen = False
+    _ehloSinceTLS = False
+    _discardingPlaintext = False
+    _rawCommandLine = b""
+
+    # Attributes of ESMTP we use, for the type checker.
+    transport: Any
+    challengers: dict[bytes, Any]
+    challenger: Any
+    portal: Any
+    mode: Any
+    authenticated: bool
+    startedTLS: bool
+
+    # -- state ------------------------------------------------------------
+
+    def isEncrypted(self) -> bool:
+        """
+        Whether this connection runs over TLS (STARTTLS done, or implicit).
+        """
+        return ISSLTransport.providedBy(self.transport)
+
+    def clientIDAvailable(self) -> bool:
+        """
+        Whether CLIENTID is listed in EHLO and may be used: switched on and
+        encrypted.
+        """
+        return bool(self.clientIDEnabled) and self.isEncrypted()
+
+    def _fingerprint(self, identity: ClientIdentity) -> str:
+        if self.identityHasher is None:
+            self.identityHasher = IdentityHasher.ephemeral()
+        return self.identityHasher.fingerprint(identity)
+
+    def _peerHost(self) -> str:
+        peer = self.transport.getPeer()
+        return str(getattr(peer, "host", peer))
+
+    # -- line handling ----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Split lines as usual, but drop whatever plaintext followed a
+        STARTTLS line in the same read: it was sent before the handshake and
+        must never run as if it came over TLS (RFC 3207 section 4.2).
+        """
+        self._discardingPlaintext = False
+        super().dataReceived(data)  # type: ignore[misc]
+        if self._discardingPlaintext:
+            self._buffer = b""
+            self._discardingPlaintext = False
+
+    def lineReceived(self, line: bytes) -> Any:
+        if self._discardingPlaintext:
+            return None
+        return super().lineReceived(line)  # type: ignore[misc]
+
+    def state_COMMAND(self, line: bytes) -> None:
+        """
+        Keep the raw line for CLIENTID, and answer a line with NUL or
+        non-ASCII bytes with a 500 instead of letting Twisted's command
+        lookup raise (which drops the connection).
+        """
+        self._rawCommandLine = line
+        words = line.strip().split(None, 1)
+        if words and words[0].upper() == b"CLIENTID":
+            # Goes to ext_CLIENTID even with unclean arguments: where the
+            # extension is usable those are a malformed CLIENTID (501).
+            super().state_COMMAND(line)  # type: ignore[misc]
+        elif _UNCLEAN.search(line):
+            self.sendCode(500, b"Syntax error: command contains NUL or non-ASCII bytes")
+        else:
+            super().state_COMMAND(line)  # type: ignore[misc]
+
+    # -- EHLO / HELO / STARTTLS ---------------------------------------------
+
+    def extensions(self) -> dict[bytes, Any]:
+        """
+        List C{CLIENTID} while usable, and never beside C{PIPELINING}: the
+        newest draft says it SHOULD NOT be, and a client that pipelines AUTH
+        behind CLIENTID cannot react to the CLIENTID reply.
+        """
+        ext = super().extensions()  # type: ignore[misc]
+        if self.isEncrypted():
+            ext.pop(b"STARTTLS", None)
+        if self.clientIDAvailable():
+            ext.pop(b"PIPELINING", None)
+            ext[b"CLIENTID"] = None
+        return ext
+
+    def do_EHLO(self, rest: bytes) -> None:
+        self.clientIdentity = None
+        self._ehloSinceTLS = True
+        super().do_EHLO(rest)  # type: ignore[misc]
+
+    def do_HELO(self, rest: bytes) -> None:
+        self.clientIdentity = None
+        self._ehloSinceTLS = False
+        super().do_HELO(rest)  # type: ignore[misc]
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        if self.isEncrypted():
+            self.sendCode(503, b"TLS already active")
+            return
+        wasStarted = self.startedTLS
+        super().ext_STARTTLS(rest)  # type: ignore[misc]
+        if self.startedTLS and not wasStarted:
+            self._forgetSession()
+
+    def _forgetSession(self) -> None:
+        """
+        Forget everything the client said before TLS (RFC 3207 section 4.2):
+        the EHLO greeting, the transaction, any identity or AUTH, and the
+        rest of the plaintext read that carried the STARTTLS line.
+        """
+        self._discardingPlaintext = True
+        self._buffer = b""
+        self.clientIdentity = None
+        self._ehloSinceTLS = False
+        self._authSeen = False
+        self._helo = (None, self._peerHost().encode("ascii", "replace"))
+        self._from = None
+        self._to = []
+        if self.authenticated:
+            self.authenticated = False
+            self.delivery = None
+            self.deliveryFactory = None
+            if self._onLogout is not None:
+                self._onLogout()
+                self._onLogout = None
+
+    # -- CLIENTID -----------------------------------------------------------
+
+    def ext_CLIENTID(self, rest: bytes) -> None:
+        """
+        Handle C{CLIENTID type token}, parsing the raw line (Twisted's
+        command splitter strips and collapses white space).
+        """
+        if not self.clientIDAvailable():
+            self.do_UNKNOWN(rest)
+            return
+        if self._authSeen:
+            self._refuseClientID(503, b"Bad sequence of commands: CLIENTID must come before AUTH", "after AUTH")
+            return
+        if not self._ehloSinceTLS:
+            self._refuseClientID(503, b"Bad sequence of commands: send EHLO first", "no EHLO since TLS")
+            return
+        if self.clientIdentity is not None:
+            self._refuseClientID(503, b"Bad sequence of commands: CLIENTID already given", "repeated")
+            return
+        line = self._rawCommandLine
+        prefix = _COMMAND_PREFIX.match(line)
+        try:
+            if prefix is None:
+                raise MalformedClientID("expected: CLIENTID SP type SP token")
+            identity = parseClientIDArguments(line[prefix.end():])
+        except MalformedClientID:
+            self._refuseClientID(501, b"Syntax error in parameters: CLIENTID <type> <token>", "malformed")
+            return
+        self.clientIdentity = identity
+        self._log.info(
+            "CLIENTID accepted from {peer}: type={clientIDType} fingerprint={clientIDFingerprint}",
+            clientIDEvent="accepted",
+            protocol="smtp",
+            peer=self._peerHost(),
+            clientIDType=identity.type,
+            clientIDFingerprint=self._fingerprint(identity),
+        )
+        self.sendCode(250, b"OK")
+
+    def _refuseClientID(self, code: int, message: bytes, reason: str) -> None:
+        self._log.info(
+            "CLIENTID refused from {peer}: {reason}",
+            clientIDEvent="refused",
+            protocol="smtp",
+            peer=self._peerHost(),
+            reason=reason,
+        )
+        self.sendCode(code, message)
+
+    # -- AUTH -------------------------------------------------------------
+
+    def ext_AUTH(self, rest: bytes) -> None:
+        """
+        Start SASL authentication; like Twisted's, but every AUTH counts for
+        CLIENTID ordering, an empty or unknown mechanism is a clean error,
+        and C{=} is the empty initial response (RFC 4954 section 4).
+        """
+        self._authSeen = True
+        if self.authenticated:
+            self.sendCode(503, b"Already authenticated")
+            return
+        parts = rest.split(None, 1)
+        if not parts:
+            self.sendCode(501, b"Syntax: AUTH mechanism [initial-response]")
+            return
+        factory = self.challengers.get(parts[0].upper())
+        if factory is None:
+            self.sendCode(504, b"Unrecognized authentication type")
+            return
+        self.mode = smtp.AUTH
+        self.challenger = factory()
+        response: bytes | None = None
+        if len(parts) > 1:
+            self.challenger.getChallenge()
+            response = b"" if parts[1] == b"=" else parts[1]
+        self.state_AUTH(response)
+
+    def state_AUTH(self, response: bytes | None) -> None:
+        """
+        One step of SASL.  When the mechanism has its answer, wrap its
+        credentials with the identity and ask the portal.
+        """
+        if self.portal is None:
+            self.mode = smtp.COMMAND
+            self.sendCode(454, b"4.7.0 Temporary authentication failure")
+            return
+        if response is None:
+            self.sendCode(334, base64.b64encode(self.challenger.getChallenge()))
+            return
+        if response == b"*":
+            self._endAuth(501, b"Authentication aborted")
+            return
+        try:
+            decoded = base64.b64decode(response, validate=True)
+            self.challenger.setResponse(decoded)
+        except (binascii.Error, ValueError, IllegalClientResponse):
+            self._endAuth(501, b"Syntax error in authentication response")
+            return
+        if self.challenger.moreChallenges():
+            self.sendCode(334, base64.b64encode(self.challenger.getChallenge()))
+            return
+        self.mode = smtp.COMMAND
+        credentials = identifyCredentials(
+            self.challenger,
+            self.clientIdentity,
+            self.transport.getPeer(),
+            self.protocolName,
+            self.isEncrypted(),
+        )
+        self.challenger = None
+        d = self.portal.login(
+            credentials, None, smtp.IMessageDeliveryFactory, smtp.IMessageDelivery
+        )
+        d.addCallback(self._cbClientIDLogin, credentials)
+        d.addErrback(self._ebClientIDLogin, credentials)
+
+    def _endAuth(self, code: int, message: bytes) -> None:
+        self.challenger = None
+        self.mode = smtp.COMMAND
+        self.sendCode(code, message)
+
+    def _authLogFields(self, credentials: Any) -> dict[str, Any]:
+        identity = credentials.clientIdentity
+        return dict(
+            protocol="smtp",
+            peer=self._peerHost(),
+            username=_username(credentials),
+            clientIDType=identity.type if identity else None,
+            clientIDFingerprint=self._fingerprint(identity) if identity else None,
+        )
+
+    def _cbClientIDLogin(self, result: Any, credentials: Any) -> None:
+        self._cbAuthenticated(result)  # type: ignore[attr-defined]
+        self._log.info(
+            "AUTH succeeded for {username} from {peer} "
+            "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
+            authEvent="succeeded",
+            **self._authLogFields(credentials),
+        )
+        self.sendCode(235, b"2.7.0 Authentication successful")
+
+    def _ebClientIDLogin(self, reason: Failure, credentials: Any) -> None:
+        """
+        Every refusal gets one reply whatever its reason (wrong password,
+        unknown user, device policy): nothing on the wire tells them apart.
+        Anything that is not a refusal is a temporary failure.
+        """
+        fields = self._authLogFields(credentials)
+        if reason.check(UnauthorizedLogin):
+            self._log.info(
+                "AUTH failed for {username} from {peer} "
+                "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
+                authEvent="failed",
+                **fields,
+            )
+            self.sendCode(535, b"5.7.8 Authentication credentials invalid")
+            return
+        if reason.check(TemporaryAuthenticationFailure):
+            self._log.warn(
+                "AUTH could not be decided for {username} from {peer}: {why}",
+                authEvent="tempfail",
+                why=str(reason.value),
+                **fields,
+            )
+        else:
+            self._log.failure(
+                "AUTH raised for {username} from {peer}",
+                reason,
+                authEvent="error",
+                **fields,
+            )
+        self.sendCode(454, b"4.7.0 Temporary authentication failure")
+
+
+class ClientIDESMTP(ClientIDESMTPMixin, smtp.ESMTP):
+    """
+    L{twisted.mail.smtp.ESMTP} with CLIENTID.
+    """
+
+
+class ClientIDESMTPFactory(smtp.SMTPFactory):
+    """
+    Builds L{ClientIDESMTP} protocols sharing one portal, TLS context, and
+    configuration.
+
+    @ivar context: TLS context factory for STARTTLS, or L{None}.
+    @ivar challengers: SASL mechanisms by name.  PLAIN and LOGIN by default:
+        CRAM-MD5 would need passwords stored in clear on the server.
+    @ivar clientIDEnabled: Passed to each protocol.
+    @ivar identityHasher: Passed to each protocol.
+    """
+
+    protocol = ClientIDESMTP
+    context = None
+    clientIDEnabled = True
+    identityHasher: IdentityHasher | None = None
+
+    def __init__(self, portal: Any = None, context: Any = None) -> None:
+        smtp.SMTPFactory.__init__(self, portal)
+        self.context = context
+        self.challengers = {
+            b"PLAIN": PLAINCredentials,
+            b"LOGIN": smtp.LOGINCredentials,
+        }
+        if self.identityHasher is None:
+            self.identityHasher = IdentityHasher.ephemeral()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = smtp.SMTPFactory.buildProtocol(self, addr)
+        p.challengers = self.challengers
+        p.ctx = self.context
+        p.clientIDEnabled = self.clientIDEnabled
+        p.identityHasher = self.identityHasher
+        p.factory = self
+        return p
+
+
+# -- client side ---------------------------------------------------------------
+
+
+class ClientIDESMTPSenderMixin:
+    """
+    Makes an L{twisted.mail.smtp.ESMTPClient} present a client identity.
+
+    The identity goes out once, only over TLS, only when the EHLO reply read
+    after TLS lists C{CLIENTID}, and just before AUTH.  When the server does
+    not list it, or refuses it, the client carries on without it: the
+    drafts make CLIENTID an addition, never a condition, for the client.
+
+    @ivar clientIdentity: The L{ClientIdentity} to present, or L{None}.
+    @ivar clientIDSent: Whether the identity went out on this connection.
+    @ivar clientIDAccepted: Whether the server answered it with 250.
+    """
+
+    clientIdentity: ClientIdentity | None = None
+    clientIDSent = False
+    clientIDAccepted = False
+
+    _tlsMode: bool
+    _expected: Any
+    _okresponse: Any
+    _failresponse: Any
+
+    def authenticate(self, code: int, resp: bytes, items: dict[bytes, Any]) -> None:
+        offered = {key.upper() for key in items}
+        if (
+            self.clientIdentity is not None
+            and not self.clientIDSent
+            and self._tlsMode
+            and ISSLTransport.providedBy(self.transport)  # type: ignore[attr-defined]
+            and b"CLIENTID" in offered
+        ):
+            self.clientIDSent = True
+
+            def carryOn(code: int, resp: bytes) -> None:
+                self.clientIDAccepted = code == 250
+                super(ClientIDESMTPSenderMixin, self).authenticate(  # type: ignore[misc]
+                    code, resp, items
+                )
+
+            self._expected = [250]
+            self._okresponse = carryOn
+            self._failresponse = carryOn
+            self.sendLine(b"CLIENTID " + self.clientIdentity.toArguments())  # type: ignore[attr-defined]
+            return
+        super().authenticate(code, resp, items)  # type: ignore[misc]
+
+
+class ClientIDESMTPSender(ClientIDESMTPSenderMixin, smtp.ESMTPSender):
+    """
+    L{twisted.mail.smtp.ESMTPSender} that presents a client identity.
+    """
+
+
+class ClientIDESMTPSenderFactory(smtp.ESMTPSenderFactory):
+    """
+    L{twisted.mail.smtp.ESMTPSenderFactory} whose protocols present
+    C{clientIdentity}; every other argument is as Twisted's.
+    """
+
+    protocol = ClientIDESMTPSender
+
+    def __init__(
+        self, *args: Any, clientIdentity: ClientIdentity | None = None, **kwargs: Any
+    ) -> None:
+        smtp.ESMTPSenderFactory.__init__(self, *args, **kwargs)
+        self.clientIdentity = clientIdentity
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = smtp.ESMTPSenderFactory.buildProtocol(self, addr)
+        p.clientIdentity = self.clientIdentity
+        return p
