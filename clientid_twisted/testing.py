@@ -1,0 +1,124 @@
+# -*- test-case-name: tests.test_testing -*-
+"""
+Helpers for testing code that uses clientid-twisted, in the manner of
+C{treq.testing}: drive a protocol over an in-memory transport marked as TLS
+(or not), and make throwaway certificates for loopback TLS.
+
+The project's own tests use these, so they stay correct.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from zope.interface import directlyProvides
+
+from twisted.internet import ssl
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+
+from clientid_twisted.server.tls import ServerCertificate, selfSignedCertificate
+
+__all__ = [
+    "StartTLSStringTransport",
+    "connectedTransport",
+    "LineExchange",
+    "throwawayCertificate",
+    "clientTLSOptions",
+]
+
+
+class StartTLSStringTransport(StringTransport):
+    """
+    A L{StringTransport} that can "start TLS": C{startTLS} marks it as
+    providing L{ISSLTransport} (as Twisted's real transports do) and
+    remembers the context it was given.
+
+    @ivar tlsStarted: The context factory passed to C{startTLS}, or L{None}.
+    """
+
+    tlsStarted: Any = None
+
+    def startTLS(self, contextFactory: Any) -> None:
+        self.tlsStarted = contextFactory
+        directlyProvides(self, ISSLTransport)
+
+
+def connectedTransport(
+    protocol: Protocol, secure: bool = False, peerHost: str = "192.0.2.7"
+) -> StartTLSStringTransport:
+    """
+    Connect C{protocol} to a fresh in-memory transport.
+
+    @param secure: Mark the transport as TLS from the start (implicit TLS).
+    @param peerHost: The client address the protocol sees.
+    """
+    from twisted.internet.interfaces import ITLSTransport
+
+    transport = StartTLSStringTransport(
+        hostAddress=IPv4Address("TCP", "198.51.100.1", 587),
+        peerAddress=IPv4Address("TCP", peerHost, 40000),
+    )
+    if secure:
+        directlyProvides(transport, ISSLTransport)
+    else:
+        directlyProvides(transport, ITLSTransport)
+    protocol.makeConnection(transport)
+    return transport
+
+
+class LineExchange:
+    """
+    Talk to a line-based protocol over a L{StartTLSStringTransport}.
+
+    C{exchange(b"EHLO x")} sends the line and returns the bytes the protocol
+    wrote in response (synchronously, so only for protocols whose answer
+    does not wait on a Deferred that has not fired).
+    """
+
+    def __init__(self, protocol: Protocol, transport: StringTransport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+
+    def send(self, data: bytes) -> bytes:
+        """
+        Deliver raw bytes (one read) and return what was written back.
+        """
+        self.transport.clear()
+        self.protocol.dataReceived(data)
+        return self.transport.value()
+
+    def exchange(self, line: bytes) -> bytes:
+        """
+        Send one line with CRLF and return the reply bytes.
+        """
+        return self.send(line + b"\r\n")
+
+    def replyLines(self, line: bytes) -> list[bytes]:
+        """
+        Send one line; return the reply split into lines.
+        """
+        return self.exchange(line).splitlines()
+
+
+@functools.lru_cache(maxsize=None)
+def throwawayCertificate(hostname: str = "localhost") -> ServerCertificate:
+    """
+    A self-signed certificate for C{hostname}, 127.0.0.1 and ::1, made once
+    per process (key generation is the slow part of a TLS test).
+    """
+    certificatePEM, keyPEM = selfSignedCertificate(hostname, days=2)
+    return ServerCertificate(certificatePEM, keyPEM, generated=True)
+
+
+def clientTLSOptions(
+    certificate: ServerCertificate, hostname: str = "localhost"
+) -> Any:
+    """
+    Client TLS options for Twisted clients that trust exactly C{certificate}.
+    """
+    authority = ssl.Certificate.loadPEM(certificate.certificatePEM)
+    return ssl.optionsForClientTLS(hostname, trustRoot=authority)
