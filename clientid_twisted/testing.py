@@ -14,7 +14,7 @@ from typing import Any
 
 from zope.interface import directlyProvides
 
-from twisted.internet import ssl
+from twisted.internet import defer, ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -27,6 +27,7 @@ __all__ = [
     "connectedTransport",
     "LineExchange",
     "throwawayCertificate",
+    "ConnectionTracker",
     "clientTLSOptions",
 ]
 
@@ -122,3 +123,59 @@ def clientTLSOptions(
     """
     authority = ssl.Certificate.loadPEM(certificate.certificatePEM)
     return ssl.optionsForClientTLS(hostname, trustRoot=authority)
+
+
+class ConnectionTracker:
+    """
+    Counts the connections a factory's protocols hold open, so a loopback
+    test can wait for both ends to close before the reactor is checked for
+    leftovers (trial's "dirty reactor").
+
+    It wraps C{factory.buildProtocol} rather than the factory, so the
+    protocols keep their real transport (a wrapping factory would hide a
+    transport that later starts TLS).
+
+    @ivar open: The protocols whose connection is open.
+    @ivar built: Every protocol built, in order.
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self.open: set[Any] = set()
+        self.built: list[Any] = []
+        self._waiting: list[defer.Deferred[None]] = []
+        build = factory.buildProtocol
+
+        def buildProtocol(addr: Any) -> Any:
+            protocol = build(addr)
+            if protocol is not None:
+                self._track(protocol)
+            return protocol
+
+        factory.buildProtocol = buildProtocol
+
+    def _track(self, protocol: Any) -> None:
+        self.built.append(protocol)
+        self.open.add(protocol)
+        lost = protocol.connectionLost
+
+        def connectionLost(reason: Any) -> Any:
+            try:
+                return lost(reason)
+            finally:
+                self.open.discard(protocol)
+                if not self.open:
+                    waiting, self._waiting = self._waiting, []
+                    for d in waiting:
+                        d.callback(None)
+
+        protocol.connectionLost = connectionLost
+
+    def whenClosed(self) -> defer.Deferred[None]:
+        """
+        A Deferred that fires once no tracked connection is open.
+        """
+        if not self.open:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        return d

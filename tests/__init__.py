@@ -1,0 +1,3 @@
+"""
+Tests for clientid-twisted (trial TestCases, also collected by pytest).
+"""
