@@ -18,6 +18,7 @@ from twisted.internet import defer, ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from clientid_twisted.server.tls import ServerCertificate, selfSignedCertificate
@@ -49,14 +50,21 @@ class StartTLSStringTransport(StringTransport):
 
 
 def connectedTransport(
-    protocol: Protocol, secure: bool = False, peerHost: str = "192.0.2.7"
+    protocol: Protocol,
+    secure: bool = False,
+    peerHost: str = "192.0.2.7",
+    clock: Clock | None = None,
 ) -> StartTLSStringTransport:
     """
     Connect C{protocol} to a fresh in-memory transport.
 
     @param secure: Mark the transport as TLS from the start (implicit TLS).
     @param peerHost: The client address the protocol sees.
+    @param clock: Drives the protocol's timeouts (L{TimeoutMixin}), so they
+        never land on the global reactor; a new L{Clock} by default.
     """
+    if hasattr(protocol, "callLater"):
+        protocol.callLater = (clock or Clock()).callLater  # type: ignore[attr-defined]
     from twisted.internet.interfaces import ITLSTransport
 
     transport = StartTLSStringTransport(

@@ -1,0 +1,105 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Put the runnable server together from its data directory: configuration,
+certificate, installation key, users, portal and protocol factories.
+
+Kept apart from the twistd options so tests and embedders can build the same
+server without a command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+
+from twisted.cred.portal import Portal
+from twisted.logger import Logger
+
+from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.server.config import getTable, loadConfig
+from clientid_twisted.server.delivery import MailRealm
+from clientid_twisted.server.secret import loadOrCreateKey
+from clientid_twisted.server.submission import SubmissionFactory
+from clientid_twisted.server.tls import (
+    ServerCertificate,
+    loadCertificate,
+    loadOrCreateCertificate,
+)
+from clientid_twisted.server.users import ScryptChecker, UserDatabase
+
+__all__ = ["MailServer", "assembleServer"]
+
+_log = Logger()
+
+
+@frozen
+class MailServer:
+    """
+    The parts of a running C{clientid-mail} that its listeners share.
+    """
+
+    dataDir: Path
+    hostname: str
+    config: dict[str, Any]
+    certificate: ServerCertificate
+    tlsOptions: Any
+    identityHasher: IdentityHasher
+    users: UserDatabase
+    portal: Portal
+    smtpFactory: SubmissionFactory
+
+
+def assembleServer(
+    dataDir: Path,
+    configPath: Path | None = None,
+    certificatePath: str | None = None,
+    keyPath: str | None = None,
+    hostname: str | None = None,
+) -> MailServer:
+    """
+    Build the shared parts of the server, creating the data directory and
+    its generated files on first use.
+
+    @raise ValueError: With a message for the operator when a file is
+        missing or unreadable.
+    """
+    dataDir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    configFile = configPath or dataDir / "clientid.toml"
+    config = loadConfig(configFile, required=configPath is not None)
+    serverConfig = getTable(config, "server", configFile)
+    hostname = hostname or serverConfig.get("hostname") or "localhost"
+
+    if certificatePath and keyPath:
+        certificate = loadCertificate(Path(certificatePath), Path(keyPath))
+    else:
+        certificate = loadOrCreateCertificate(dataDir, hostname)
+    _log.info(
+        "TLS certificate{generated} SHA-256 fingerprint {fingerprint}",
+        generated=" (self-signed, development)" if certificate.generated else "",
+        fingerprint=certificate.fingerprint,
+    )
+    tlsOptions = certificate.options()
+
+    hasher = IdentityHasher(loadOrCreateKey(dataDir / "clientid.key"))
+    users = UserDatabase(dataDir / "users.json")
+    portal = Portal(MailRealm(dataDir, users, hostname), [ScryptChecker(users)])
+
+    smtpFactory = SubmissionFactory(portal, context=tlsOptions)
+    smtpFactory.domain = hostname.encode("idna")
+    smtpFactory.identityHasher = hasher
+
+    return MailServer(
+        dataDir=dataDir,
+        hostname=hostname,
+        config=config,
+        certificate=certificate,
+        tlsOptions=tlsOptions,
+        identityHasher=hasher,
+        users=users,
+        portal=portal,
+        smtpFactory=smtpFactory,
+    )
+
+

@@ -1,0 +1,127 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd clientid-mail}: options and the service tree.
+
+Everything lives under one data directory (C{--data-dir}): users, mail,
+the development certificate, the installation key, and the optional
+C{clientid.toml}.  Listening addresses are endpoint strings, repeatable, as
+in C{twistd mail}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+
+__all__ = ["Options", "makeService", "DEFAULT_LISTENERS"]
+
+_log = Logger()
+
+DEFAULT_LISTENERS = {
+    "smtp": ["tcp:8587:interface=127.0.0.1"],
+    "smtps": ["tcp:8465:interface=127.0.0.1"],
+}
+"""Where each protocol listens when no listener option is given: loopback
+only, unprivileged ports."""
+
+_LISTENER_HELP = {
+    "smtp": "SMTP submission with STARTTLS",
+    "smtps": "SMTP submission over implicit TLS",
+}
+
+
+class _ValidatingReactor:
+    """
+    Stands in for the reactor while endpoint strings are checked at option
+    time: parsing them must not install the real reactor before twistd
+    picks one.
+    """
+
+
+class Options(usage.Options):
+    """
+    Command line of C{twistd clientid-mail}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "An SMTP submission server with the CLIENTID extension, on embedded "
+        "defaults: a self-signed development certificate, users and "
+        "mailboxes under --data-dir, loopback addresses only."
+    )
+
+    optParameters = [
+        ["data-dir", "d", "clientid-data", "Directory holding users, mail, keys and the config."],
+        ["config", "c", None, "TOML configuration file [default: DATA_DIR/clientid.toml, if present]."],
+        ["certificate", None, None, "PEM certificate (chain) for TLS [default: a self-signed one in DATA_DIR/tls]."],
+        ["private-key", None, None, "PEM private key matching --certificate."],
+        ["hostname", None, None, "Name the server greets with [default: [server] hostname, else localhost]."],
+    ]
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        for name in DEFAULT_LISTENERS:
+            self[name] = []
+
+    def _addListener(self, name: str, description: str) -> None:
+        try:
+            endpoints.serverFromString(_ValidatingReactor(), description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise usage.UsageError(f"--{name}: invalid endpoint {description!r}: {e}")
+        self[name].append(description)
+
+    def opt_smtp(self, description: str) -> None:
+        """
+        Listen for SMTP submission with STARTTLS on this endpoint, e.g.
+        tcp:587 (repeatable) [default: tcp:8587:interface=127.0.0.1].
+        """
+        self._addListener("smtp", description)
+
+    def opt_smtps(self, description: str) -> None:
+        """
+        Listen for SMTP submission over implicit TLS on this endpoint, e.g.
+        tcp:465; the server adds the TLS layer (repeatable) [default:
+        tcp:8465:interface=127.0.0.1].
+        """
+        self._addListener("smtps", description)
+
+    def postOptions(self) -> None:
+        if bool(self["certificate"]) != bool(self["private-key"]):
+            raise usage.UsageError("--certificate and --private-key go together")
+        if not any(self[name] for name in DEFAULT_LISTENERS):
+            for name, descriptions in DEFAULT_LISTENERS.items():
+                self[name] = list(descriptions)
+
+
+def makeService(options: Options) -> service.MultiService:
+    """
+    Build the service tree for C{twistd clientid-mail}.
+    """
+    from clientid_twisted.server.assembly import assembleServer
+
+    server = assembleServer(
+        dataDir=Path(options["data-dir"]),
+        configPath=Path(options["config"]) if options["config"] else None,
+        certificatePath=options["certificate"],
+        keyPath=options["private-key"],
+        hostname=options["hostname"],
+    )
+    top = service.MultiService()
+    for description in options["smtp"]:
+        _listen(top, description, server.smtpFactory, "smtp")
+    for description in options["smtps"]:
+        _listen(top, description, TLSMemoryBIOFactory(server.tlsOptions, False, server.smtpFactory), "smtps")
+    return top
+
+
+def _listen(parent: service.MultiService, description: str, factory: Any, name: str) -> None:
+    listener = strports.service(description, factory)
+    listener.setName(f"{name} {description}")
+    listener.setServiceParent(parent)
+    _log.info("{protocol} listening on {endpoint}", protocol=name, endpoint=description)
