@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import calendar
 import contextlib
+import datetime
 import email.utils
 import io
 import itertools
@@ -45,7 +46,7 @@ import socket
 import sys
 import time
 from email.generator import BytesGenerator
-from email.header import Header
+from email.header import Header, decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -68,6 +69,7 @@ from twisted.mail.interfaces import (
     IMessageIMAPFile,
     IMessageIMAPPart,
     INamespacePresenter,
+    ISearchableIMAPMailbox,
 )
 
 try:
@@ -127,9 +129,7 @@ _MAX_DIRECTORY_NAME = 255
 _MONTHS = {
     name: number
     for number, name in enumerate(
-        ["jan", "feb", "mar", "apr", "may", "jun",
-         "jul", "aug", "sep", "oct", "nov", "dec"],
-        1,
+        "jan feb mar apr may jun jul aug sep oct nov dec".split(), 1
     )
 }
 _IMAP_DATE_TIME = re.compile(
@@ -177,13 +177,17 @@ def _nameComponents(name: str | bytes) -> list[str]:
         try:
             name = name.decode("imap4-utf-7")
         except Exception:
-            raise InvalidMailboxName("Mailbox name is not valid modified UTF-7") from None
+            raise InvalidMailboxName(
+                "Mailbox name is not valid modified UTF-7"
+            ) from None
     if not name:
         raise InvalidMailboxName("Mailbox name is empty")
     if name.upper() == "INBOX":
         return []
     if name.startswith(DELIMITER) or name.endswith(DELIMITER):
-        raise InvalidMailboxName(f"Mailbox name may not begin or end with {DELIMITER!r}")
+        raise InvalidMailboxName(
+            f"Mailbox name may not begin or end with {DELIMITER!r}"
+        )
     parts = name.split(DELIMITER)
     for part in parts:
         if not part:
@@ -269,7 +273,9 @@ def _atomicWrite(path: Path, data: bytes) -> None:
     """
     Replace C{path} by C{data}: readers see the old file or the new one.
     """
-    temporary = path.with_name("%s.%d.%s.tmp" % (path.name, os.getpid(), secrets.token_hex(4)))
+    temporary = path.with_name(
+        "%s.%d.%s.tmp" % (path.name, os.getpid(), secrets.token_hex(4))
+    )
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -415,7 +421,9 @@ def _parseDate(date: str | bytes) -> float:
         date = date.decode("ascii", "replace")
     match = _IMAP_DATE_TIME.fullmatch(date.strip())
     if match is not None:
-        day, month, year, hour, minute, second, sign, zoneHours, zoneMinutes = match.groups()
+        day, month, year, hour, minute, second, sign, zoneHours, zoneMinutes = (
+            match.groups()
+        )
         number = _MONTHS.get(month.lower())
         if number is not None:
             try:
@@ -499,7 +507,9 @@ class _FolderState:
             raise ValueError("a UID is not below UIDNEXT")
         for key, words in keywords.items():
             if key in state.uids and isinstance(words, list):
-                state.keywords[key] = [w for w in words if isinstance(w, str) and _KEYWORD.fullmatch(w)]
+                state.keywords[key] = [
+                    w for w in words if isinstance(w, str) and _KEYWORD.fullmatch(w)
+                ]
         return state
 
 
@@ -509,7 +519,9 @@ class _Folder:
     state file.  No session state: that is L{MaildirMailbox}.
     """
 
-    def __init__(self, path: Path, name: str, newUIDValidity: Callable[[], int]) -> None:
+    def __init__(
+        self, path: Path, name: str, newUIDValidity: Callable[[], int]
+    ) -> None:
         self.path = path
         self.name = name
         self.statePath = path / UIDLIST
@@ -529,7 +541,11 @@ class _Folder:
             cur = os.stat(self.path / "cur").st_mtime_ns
             try:
                 st = os.stat(self.statePath)
-                state: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+                state: tuple[int, int, int] | None = (
+                    st.st_mtime_ns,
+                    st.st_size,
+                    st.st_ino,
+                )
             except FileNotFoundError:
                 state = None
         except OSError:
@@ -624,7 +640,9 @@ class _Folder:
                 # again before forgetting a UID for good.
                 listing.update(self.listing())
                 vanished = [key for key in state.uids if key not in listing]
-            fresh = sorted((key for key in listing if key not in state.uids), key=_arrivalOrder)
+            fresh = sorted(
+                (key for key in listing if key not in state.uids), key=_arrivalOrder
+            )
             for key in vanished:
                 state.forget(key)
             for key in fresh:
@@ -690,9 +708,27 @@ class _Entry:
     @ivar vanished: Gone from disk, but still numbered in this session.
     """
 
-    __slots__ = ("key", "uid", "subdir", "filename", "flags", "extra", "keywords", "recent", "vanished")
+    __slots__ = (
+        "key",
+        "uid",
+        "subdir",
+        "filename",
+        "flags",
+        "extra",
+        "keywords",
+        "recent",
+        "vanished",
+    )
 
-    def __init__(self, key: str, uid: int, subdir: str, filename: str, keywords: Iterable[str], recent: bool) -> None:
+    def __init__(
+        self,
+        key: str,
+        uid: int,
+        subdir: str,
+        filename: str,
+        keywords: Iterable[str],
+        recent: bool,
+    ) -> None:
         self.key = key
         self.uid = uid
         self.subdir = subdir
@@ -784,7 +820,7 @@ def _asciiHeaderValue(value: str) -> str:
         end -= 1
     segment = " ".join(text[start:end].split())
     encoded = Header(segment, "utf-8").encode()
-    result = text[:start].rstrip("\"") + encoded + text[end:].lstrip("\"")
+    result = text[:start].rstrip('"') + encoded + text[end:].lstrip('"')
     return result.encode("ascii", "replace").decode("ascii")
 
 
@@ -797,7 +833,9 @@ def _headerItems(message: Message) -> list[tuple[str, str]]:
     return items
 
 
-def _selectHeaders(items: list[tuple[str, str]], negate: bool, names: tuple[Any, ...]) -> dict[str, str]:
+def _selectHeaders(
+    items: list[tuple[str, str]], negate: bool, names: tuple[Any, ...]
+) -> dict[str, str]:
     """
     L{IMessageIMAPPart.getHeaders}: lower-case names (Twisted's search and
     envelope code look them up so), the first of repeated fields.
@@ -839,7 +877,9 @@ class _MessagePart:
             if self._message.is_multipart():
                 out = io.BytesIO()
                 BytesGenerator(
-                    out, mangle_from_=False, policy=compat32.clone(linesep=self._linesep)
+                    out,
+                    mangle_from_=False,
+                    policy=compat32.clone(linesep=self._linesep),
                 ).flatten(self._message)
                 rendered = out.getvalue()
                 separator = (self._linesep * 2).encode("ascii")
@@ -880,7 +920,13 @@ def _subPart(message: Message, part: int, linesep: str) -> _MessagePart:
 
 
 class _HeaderBlock:
-    def __init__(self, items: list[tuple[str, str]], message: Message, bodyOffset: int, linesep: str) -> None:
+    def __init__(
+        self,
+        items: list[tuple[str, str]],
+        message: Message,
+        bodyOffset: int,
+        linesep: str,
+    ) -> None:
         self.items = items
         self.message = message
         self.bodyOffset = bodyOffset
@@ -971,8 +1017,12 @@ class MaildirMessage:
                     lines.append(line)
                 offset = f.tell()
             raw = b"".join(lines)
-            message = BytesParser(policy=compat32).parsebytes(raw + b"\n", headersonly=True)
-            self._header = _HeaderBlock(_headerItems(message), message, offset, _lineSeparator(raw))
+            message = BytesParser(policy=compat32).parsebytes(
+                raw + b"\n", headersonly=True
+            )
+            self._header = _HeaderBlock(
+                _headerItems(message), message, offset, _lineSeparator(raw)
+            )
         return self._header
 
     def _fullMessage(self) -> Message:
@@ -1030,13 +1080,193 @@ class MaildirMessage:
     def getFlags(self) -> list[str]:
         return self._entry.flagList()
 
-    def getInternalDate(self) -> bytes:
+    def getInternalDate(self) -> str:
         """
-        The file's modification time (set from APPEND's date-time).
+        The file's modification time (set from APPEND's date-time), as an
+        RFC 5322 date.  A L{str}, not the L{bytes} the interface mentions:
+        Twisted's own C{SINCE} and C{ON} search hand it to
+        L{email.utils.parsedate} as it is.
         """
+        return email.utils.formatdate(self._internalTime(), usegmt=True)
+
+    def _internalTime(self) -> float:
         st = self._statFile()
-        when = st.st_mtime if st is not None else time.time()
-        return email.utils.formatdate(when, usegmt=True).encode("ascii")
+        return st.st_mtime if st is not None else time.time()
+
+
+# -- search ---------------------------------------------------------------------
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True),
+    "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True),
+    "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+_HEADER_KEYS = {
+    "BCC": "bcc",
+    "CC": "cc",
+    "FROM": "from",
+    "SUBJECT": "subject",
+    "TO": "to",
+}
+_SEARCH_DATE = re.compile(r"\s?(\d{1,2})-([A-Za-z]{3})-(\d{4})")
+
+
+def _word(term: Any) -> str:
+    return term.decode("utf-8", "replace") if isinstance(term, bytes) else str(term)
+
+
+def _searchDate(term: Any) -> datetime.date:
+    match = _SEARCH_DATE.fullmatch(_word(term))
+    month = _MONTHS.get(match.group(2).lower()) if match else None
+    try:
+        if match is None or month is None:
+            raise ValueError(term)
+        return datetime.date(int(match.group(3)), month, int(match.group(1)))
+    except ValueError:
+        raise imap4.IllegalQueryError(f"Bad search date {_word(term)!r}") from None
+
+
+def _decodedHeader(value: str) -> str:
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:
+        return value
+
+
+def _fileContains(f: BinaryIO, needle: bytes) -> bool:
+    """
+    Whether C{needle} (lower case) is in C{f}, ignoring ASCII case; read in
+    chunks, so attachments are not held in memory.
+    """
+    with contextlib.closing(f):
+        tail = b""
+        while True:
+            chunk = f.read(65536)
+            if not chunk:
+                return False
+            window = tail + chunk.lower()
+            if needle in window:
+                return True
+            tail = window[-(len(needle) - 1) :] if len(needle) > 1 else b""
+
+
+class _Search:
+    """
+    One SEARCH: Twisted's parsed query (words as L{bytes}, parenthesized
+    groups as lists) tested against each message in turn.
+    """
+
+    def __init__(self, lastSequence: int, lastUID: int) -> None:
+        self._last = {False: lastSequence, True: lastUID}
+        self._sets: dict[tuple[bytes, bool], imap4.MessageSet] = {}
+
+    def _set(self, term: Any, uid: bool) -> imap4.MessageSet:
+        raw = term if isinstance(term, bytes) else str(term).encode("ascii", "replace")
+        key = (raw, uid)
+        if key not in self._sets:
+            try:
+                self._sets[key] = imap4.parseIdList(raw, self._last[uid])
+            except imap4.IllegalIdentifierError as e:
+                raise imap4.IllegalQueryError(f"Bad message set {_word(term)!r}") from e
+        return self._sets[key]
+
+    def matches(
+        self, query: list[Any], sequence: int, entry: _Entry, message: MaildirMessage
+    ) -> bool:
+        terms = list(query)
+        while terms:
+            if not self._one(terms, sequence, entry, message):
+                return False
+        return True
+
+    def _one(
+        self, terms: list[Any], sequence: int, entry: _Entry, message: MaildirMessage
+    ) -> bool:
+        term = terms.pop(0)
+        if isinstance(term, list):
+            return self.matches(term, sequence, entry, message)
+        key = _word(term).upper()
+
+        def argument() -> Any:
+            if not terms:
+                raise imap4.IllegalQueryError(f"{key} needs an argument")
+            return terms.pop(0)
+
+        if key[:1].isdigit() or key[:1] == "*":
+            return sequence in self._set(term, False)
+        if key == "ALL":
+            return True
+        if key in _FLAG_KEYS:
+            flag, present = _FLAG_KEYS[key]
+            return (flag in entry.flags) == present
+        if key == "RECENT":
+            return entry.recent
+        if key == "OLD":
+            return not entry.recent
+        if key == "NEW":
+            return entry.recent and "\\Seen" not in entry.flags
+        if key in ("KEYWORD", "UNKEYWORD"):
+            word = _word(argument()).lower()
+            return any(w.lower() == word for w in entry.keywords) == (key == "KEYWORD")
+        if key in _HEADER_KEYS or key == "HEADER":
+            name = _HEADER_KEYS.get(key) or _word(argument()).lower()
+            needle = _word(argument()).casefold()
+            value = message.getHeaders(False, name).get(name)
+            return value is not None and needle in _decodedHeader(value).casefold()
+        if key in ("BODY", "TEXT"):
+            needle = _word(argument()).encode("utf-8").lower()
+            source = message.getBodyFile() if key == "BODY" else message.open()
+            return _fileContains(source, needle)
+        if key in ("LARGER", "SMALLER"):
+            try:
+                size = int(_word(argument()))
+            except ValueError:
+                raise imap4.IllegalQueryError(f"{key} needs a number") from None
+            return (
+                message.getSize() > size
+                if key == "LARGER"
+                else message.getSize() < size
+            )
+        if key in ("BEFORE", "ON", "SINCE"):
+            when = _searchDate(argument())
+            day = datetime.datetime.fromtimestamp(
+                message._internalTime(), datetime.timezone.utc
+            ).date()
+            return _compareDays(key, day, when)
+        if key in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+            when = _searchDate(argument())
+            parsed = email.utils.parsedate_tz(
+                message.getHeaders(False, "date").get("date", "")
+            )
+            try:
+                sent = datetime.date(*parsed[:3]) if parsed else None
+            except ValueError:
+                sent = None
+            return sent is not None and _compareDays(key[4:], sent, when)
+        if key == "UID":
+            return entry.uid in self._set(argument(), True)
+        if key == "NOT":
+            return not self._one(terms, sequence, entry, message)
+        if key == "OR":
+            first = self._one(terms, sequence, entry, message)
+            second = self._one(terms, sequence, entry, message)
+            return first or second
+        raise imap4.IllegalQueryError(f"Unknown search key {key}")
+
+
+def _compareDays(key: str, day: datetime.date, when: datetime.date) -> bool:
+    if key == "BEFORE":
+        return day < when
+    if key == "ON":
+        return day == when
+    return day >= when
 
 
 # -- mailboxes -------------------------------------------------------------------
@@ -1066,7 +1296,9 @@ def _setLast(messages: imap4.MessageSet, last: int) -> None:
         pass  # set already
 
 
-@implementer(IMailboxIMAP, IMessageIMAPCopier, ICloseableMailboxIMAP)
+@implementer(
+    IMailboxIMAP, ISearchableIMAPMailbox, IMessageIMAPCopier, ICloseableMailboxIMAP
+)
 class MaildirMailbox:
     """
     One session's view of a maildir folder (a new one per C{select}).
@@ -1078,8 +1310,9 @@ class MaildirMailbox:
     recent but stays there.  APPEND and COPY write straight into C{cur/},
     so what they add is not recent.
 
-    Search is left to Twisted's server, which fetches and filters: this does
-    not provide L{twisted.mail.interfaces.ISearchableIMAPMailbox}.
+    Search is done here rather than left to Twisted's server, whose
+    fallback compares the query's L{bytes} with header L{str}s (so C{FROM},
+    C{SUBJECT} ... fail) and opens every message even for flag searches.
 
     @ivar name: The folder's IMAP name.
     @ivar path: Its directory.
@@ -1150,7 +1383,14 @@ class MaildirMailbox:
                 changed.append(entry)
 
         added = [
-            _Entry(key, state.uids[key], sub, filename, state.keywords.get(key, ()), sub == "new")
+            _Entry(
+                key,
+                state.uids[key],
+                sub,
+                filename,
+                state.keywords.get(key, ()),
+                sub == "new",
+            )
             for key, (sub, filename) in listing.items()
             if key not in known
         ]
@@ -1167,9 +1407,13 @@ class MaildirMailbox:
         for entry in entries:
             if entry.subdir != "new" or entry.vanished:
                 continue
-            filename = entry.filename if ":" in entry.filename else entry.filename + _INFO
+            filename = (
+                entry.filename if ":" in entry.filename else entry.filename + _INFO
+            )
             try:
-                os.rename(self.path / "new" / entry.filename, self.path / "cur" / filename)
+                os.rename(
+                    self.path / "new" / entry.filename, self.path / "cur" / filename
+                )
             except FileNotFoundError:
                 continue  # another session took it; poll will see where
             except OSError as e:
@@ -1275,7 +1519,9 @@ class MaildirMailbox:
 
     def getUnseenCount(self) -> int:
         return sum(
-            1 for entry in self._entries if not entry.vanished and "\\Seen" not in entry.flags
+            1
+            for entry in self._entries
+            if not entry.vanished and "\\Seen" not in entry.flags
         )
 
     def isWriteable(self) -> bool:
@@ -1305,7 +1551,10 @@ class MaildirMailbox:
         self._listeners.remove(listener)
 
     def addMessage(
-        self, message: Any, flags: Iterable[str | bytes] = (), date: str | bytes | None = None
+        self,
+        message: Any,
+        flags: Iterable[str | bytes] = (),
+        date: str | bytes | None = None,
     ) -> defer.Deferred[int]:
         """
         APPEND: write C{message} (a file, or bytes) to C{tmp/} and rename it
@@ -1361,7 +1610,9 @@ class MaildirMailbox:
                 return True
 
             if messageObject._withFile(link) is None:
-                raise imap4.MailboxException(f"Message {entry.uid} vanished before it could be copied")
+                raise imap4.MailboxException(
+                    f"Message {entry.uid} vanished before it could be copied"
+                )
 
         uid = self._folder.deliver(fill, system, keywords, None)
         self._uidNext = max(self._uidNext, uid + 1)
@@ -1422,7 +1673,9 @@ class MaildirMailbox:
             entry.vanished = True
         return self._dropVanished()
 
-    def _matching(self, messages: imap4.MessageSet, uid: bool) -> Iterator[tuple[int, _Entry]]:
+    def _matching(
+        self, messages: imap4.MessageSet, uid: bool
+    ) -> Iterator[tuple[int, _Entry]]:
         if self._entries:
             _setLast(messages, self._entries[-1].uid if uid else len(self._entries))
         else:
@@ -1431,7 +1684,31 @@ class MaildirMailbox:
             if not entry.vanished and (entry.uid if uid else sequence) in messages:
                 yield sequence, entry
 
-    def fetch(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, MaildirMessage]]:
+    def search(self, query: list[Any], uid: bool) -> list[int]:
+        """
+        The messages matching C{query} (RFC 3501 search keys as Twisted
+        parses them).  Text keys ignore case; BODY and TEXT look at the
+        bytes as stored (no transfer decoding); dates are UTC days.
+
+        @return: Sequence numbers, even for UID SEARCH: Twisted's server
+            turns them into UIDs itself.
+        @raise imap4.IllegalQueryError: For an unknown key or a bad argument.
+        """
+        matcher = _Search(
+            len(self._entries), self._entries[-1].uid if self._entries else 0
+        )
+        return [
+            sequence
+            for sequence, entry in enumerate(self._entries, 1)
+            if not entry.vanished
+            and matcher.matches(
+                query, sequence, entry, MaildirMessage(self._folder, entry)
+            )
+        ]
+
+    def fetch(
+        self, messages: imap4.MessageSet, uid: bool
+    ) -> list[tuple[int, MaildirMessage]]:
         """
         The messages in C{messages} (sequence numbers, or UIDs), in order.
         """
@@ -1441,7 +1718,11 @@ class MaildirMailbox:
         ]
 
     def store(
-        self, messages: imap4.MessageSet, flags: Iterable[str | bytes], mode: int, uid: bool
+        self,
+        messages: imap4.MessageSet,
+        flags: Iterable[str | bytes],
+        mode: int,
+        uid: bool,
     ) -> dict[int, list[str]]:
         """
         Add (C{mode} 1), remove (-1) or replace (0) flags.  System flags are
@@ -1460,10 +1741,14 @@ class MaildirMailbox:
             if mode > 0:
                 newFlags = entry.flags | system
                 have = {word.lower() for word in entry.keywords}
-                newKeywords = tuple(entry.keywords) + tuple(w for w in keywords if w.lower() not in have)
+                newKeywords = tuple(entry.keywords) + tuple(
+                    w for w in keywords if w.lower() not in have
+                )
             elif mode < 0:
                 newFlags = entry.flags - system
-                newKeywords = tuple(w for w in entry.keywords if w.lower() not in lowered)
+                newKeywords = tuple(
+                    w for w in entry.keywords if w.lower() not in lowered
+                )
             else:
                 newFlags = frozenset(system)
                 newKeywords = tuple(keywords)
@@ -1484,7 +1769,10 @@ class MaildirMailbox:
         target = _filename(entry.key, flags, entry.extra)
         for attempt in (1, 2):
             try:
-                os.rename(self.path / entry.subdir / entry.filename, self.path / "cur" / target)
+                os.rename(
+                    self.path / entry.subdir / entry.filename,
+                    self.path / "cur" / target,
+                )
             except FileNotFoundError:
                 where = self._folder.locate(entry.key) if attempt == 1 else None
                 if where is None:
@@ -1535,7 +1823,12 @@ class MaildirAccount:
         try:
             names = os.listdir(self.root)
         except OSError as e:
-            _log.error("Cannot list {path}: {error}", path=str(self.root), error=str(e), mailboxEvent="listFailed")
+            _log.error(
+                "Cannot list {path}: {error}",
+                path=str(self.root),
+                error=str(e),
+                mailboxEvent="listFailed",
+            )
             return folders
         for directory in names:
             parts = _nameFromDirectory(directory)
@@ -1558,7 +1851,12 @@ class MaildirAccount:
             try:
                 _atomicWrite(counter, b"%d\n" % (value,))
             except OSError as e:
-                _log.error("Cannot write {path}: {error}", path=str(counter), error=str(e), mailboxEvent="stateNotWritten")
+                _log.error(
+                    "Cannot write {path}: {error}",
+                    path=str(counter),
+                    error=str(e),
+                    mailboxEvent="stateNotWritten",
+                )
         return value
 
     def _readSubscriptions(self) -> list[str]:
@@ -1567,12 +1865,19 @@ class MaildirAccount:
         except FileNotFoundError:
             return ["INBOX"]
         except (OSError, UnicodeDecodeError) as e:
-            _log.error("Cannot read subscriptions in {path}: {error}", path=str(self.root), error=str(e), mailboxEvent="subscriptionsUnreadable")
+            _log.error(
+                "Cannot read subscriptions in {path}: {error}",
+                path=str(self.root),
+                error=str(e),
+                mailboxEvent="subscriptionsUnreadable",
+            )
             return ["INBOX"]
         return [line for line in text.splitlines() if line]
 
     def _writeSubscriptions(self, names: list[str]) -> None:
-        _atomicWrite(self.root / SUBSCRIPTIONS, "".join(n + "\n" for n in names).encode("utf-8"))
+        _atomicWrite(
+            self.root / SUBSCRIPTIONS, "".join(n + "\n" for n in names).encode("utf-8")
+        )
 
     # -- IAccountIMAP --
 
@@ -1635,7 +1940,10 @@ class MaildirAccount:
         folders = self._folders()
         if tuple(parts) not in folders:
             raise imap4.NoSuchMailbox(_joinName(parts))
-        if any(len(other) > len(parts) and list(other[: len(parts)]) == parts for other in folders):
+        if any(
+            len(other) > len(parts) and list(other[: len(parts)]) == parts
+            for other in folders
+        ):
             raise imap4.MailboxException(
                 f"{_joinName(parts)} has subfolders: delete or move them first"
             )
@@ -1675,7 +1983,7 @@ class MaildirAccount:
         if tuple(old) not in folders:
             raise imap4.NoSuchMailbox(_joinName(old))
         moves = [
-            (parts, tuple(new) + parts[len(old):])
+            (parts, tuple(new) + parts[len(old) :])
             for parts in folders
             if parts[: len(old)] == tuple(old)
         ]
@@ -1717,7 +2025,9 @@ class MaildirAccount:
         self._writeSubscriptions([n for n in subscriptions if n != normalized])
         return True
 
-    def listMailboxes(self, ref: str, wildcard: str) -> list[tuple[str, MaildirMailboxInfo]]:
+    def listMailboxes(
+        self, ref: str, wildcard: str
+    ) -> list[tuple[str, MaildirMailboxInfo]]:
         """
         Folders whose names match C{ref + wildcard} (C{*} anything, C{%}
         anything within one level); parents that exist only as a prefix are
@@ -1745,7 +2055,10 @@ class MaildirAccount:
             name = _joinName(list(parts))
             if not matcher.fullmatch(name):
                 continue
-            hasChildren = any(len(o) > len(parts) and o[: len(parts)] == parts for o in every) if parts else any(o[:1] == ("INBOX",) for o in every)
+            prefix = parts or ("INBOX",)  # INBOX's children are INBOX/...
+            hasChildren = any(
+                len(o) > len(prefix) and o[: len(prefix)] == prefix for o in every
+            )
             attributes = ["\\HasChildren" if hasChildren else "\\HasNoChildren"]
             if parts not in real:
                 attributes.insert(0, "\\Noselect")
