@@ -791,12 +791,16 @@ class ClientIDIMAP4Factory(ServerFactory):
     @ivar identityHasher: Passed to each protocol.
     @ivar timeOut: The not-authenticated idle timeout, or L{None} for
         Twisted's default.
+    @ivar scheduler: How FETCH output is paced (C{IMAP4Server}'s
+        C{scheduler}); L{None} for Twisted's reactor-driven default, and
+        L{clientid_twisted.testing.synchronousScheduler} in tests.
     """
 
     protocol = ClientIDIMAP4Server  # type: ignore[assignment]
     clientIDEnabled = True
     identityHasher: IdentityHasher | None = None
     timeOut: int | None = None
+    scheduler: Any = None
 
     def __init__(self, portal: Any = None, context: Any = None) -> None:
         self.portal = portal
@@ -811,7 +815,9 @@ class ClientIDIMAP4Factory(ServerFactory):
     def buildProtocol(self, addr: Any) -> Any:
         # A copy each: Twisted's STARTTLS adds to the protocol's own.
         p = self.protocol(  # type: ignore[call-arg]
-            chal=dict(self.challengers), contextFactory=self.context
+            chal=dict(self.challengers),
+            contextFactory=self.context,
+            scheduler=self.scheduler,
         )
         p.portal = self.portal
         p.clientIDEnabled = self.clientIDEnabled

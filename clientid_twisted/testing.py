@@ -29,6 +29,7 @@ __all__ = [
     "LineExchange",
     "throwawayCertificate",
     "ConnectionTracker",
+    "synchronousScheduler",
     "clientTLSOptions",
 ]
 
@@ -98,7 +99,21 @@ class LineExchange:
         """
         self.transport.clear()
         self.protocol.dataReceived(data)
+        self.drainProducer()
         return self.transport.value()
+
+    def drainProducer(self, limit: int = 100000) -> None:
+        """
+        Run a producer the protocol registered on the transport (IMAP's
+        FETCH streams bodies that way) until it unregisters: a real
+        transport would pull from it as the socket drains.
+        """
+        for _ in range(limit):
+            producer = self.transport.producer
+            if producer is None:
+                return
+            producer.resumeProducing()
+        raise RuntimeError("producer never finished")
 
     def exchange(self, line: bytes) -> bytes:
         """
@@ -147,21 +162,27 @@ class ConnectionTracker:
     @ivar built: Every protocol built, in order.
     """
 
-    def __init__(self, factory: Any) -> None:
+    def __init__(self, factory: Any = None) -> None:
         self.open: set[Any] = set()
         self.built: list[Any] = []
         self._waiting: list[defer.Deferred[None]] = []
+        if factory is None:
+            return
         build = factory.buildProtocol
 
         def buildProtocol(addr: Any) -> Any:
             protocol = build(addr)
             if protocol is not None:
-                self._track(protocol)
+                self.track(protocol)
             return protocol
 
         factory.buildProtocol = buildProtocol
 
-    def _track(self, protocol: Any) -> None:
+    def track(self, protocol: Any) -> None:
+        """
+        Watch a protocol made outside the factory (say, one handed to
+        C{connectProtocol}); call it before the connection is made.
+        """
         self.built.append(protocol)
         self.open.add(protocol)
         lost = protocol.connectionLost
@@ -187,3 +208,30 @@ class ConnectionTracker:
         d: defer.Deferred[None] = defer.Deferred()
         self._waiting.append(d)
         return d
+
+
+def synchronousScheduler(iterator: Any) -> defer.Deferred[Any]:
+    """
+    A scheduler for L{twisted.mail.imap4.IMAP4Server} (its C{scheduler}
+    argument) that runs FETCH output at once instead of in later reactor
+    turns, so IMAP tests can use L{SynchronousTestCase}.  A L{Deferred}
+    the iterator yields pauses it until that fires.
+    """
+    d: defer.Deferred[Any] = defer.Deferred()
+
+    def go(last: Any) -> None:
+        while True:
+            try:
+                result = next(iterator)
+            except StopIteration:
+                d.callback(last)
+                return
+            except BaseException:
+                d.errback()
+                return
+            if isinstance(result, defer.Deferred):
+                result.addCallback(go)
+                return
+
+    go(None)
+    return d

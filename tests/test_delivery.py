@@ -101,6 +101,22 @@ class RealmTests(DeliveryTestMixin, SynchronousTestCase):
         self.assertEqual(avatar.hostname, "mx.example.net")
         self.assertIsNone(logout())
 
+    def test_mailAccount(self) -> None:
+        """
+        IMAP gets a Maildir account over the maildir SMTP delivers into.
+        """
+        from twisted.mail.imap4 import IAccount
+
+        from clientid_twisted.server.mailbox import MaildirAccount
+
+        interface, avatar, logout = self.realm.requestAvatar(
+            b"Alice@example.org", None, IAccount
+        )
+        self.assertIs(interface, IAccount)
+        self.assertIsInstance(avatar, MaildirAccount)
+        self.assertEqual(avatar.root, maildirPath(self.dataDir, "alice@example.org"))
+        self.assertIsNone(logout())
+
     def test_otherInterface(self) -> None:
         class IOther(Interface):
             pass
@@ -252,8 +268,19 @@ class MessageTests(DeliveryTestMixin, SynchronousTestCase):
         self.assertEqual(self.names("tmp"), [])
         [name] = self.names("new")
         self.assertEqual(final, self.maildir / "new" / name)
-        self.assertEqual(final.read_bytes(), b"Subject: hello\n\nbody\n")
+        self.assertEqual(final.read_bytes(), b"Subject: hello\r\n\r\nbody\r\n")
         self.assertEqual(os.stat(final).st_mode & 0o777, 0o600)
+
+    def test_bareLineFeedsBecomeCRLF(self) -> None:
+        """
+        IMAP serves the file as it is, so every line end is stored as CRLF,
+        also a bare LF inside a received line.
+        """
+        message = self.startMessage()
+        message.lineReceived(b"Received: a\n\tb")
+        message.lineReceived(b"X: bare\nline\r")
+        final = self.successResultOf(message.eomReceived())
+        self.assertEqual(final.read_bytes(), b"Received: a\r\n\tb\r\nX: bare\r\nline\r\n")
 
     def test_syncedBeforeVisible(self) -> None:
         """
@@ -325,7 +352,9 @@ class ProtocolTests(DeliveryTestMixin, SynchronousTestCase):
         self.assertTrue(self.client.exchange(b".").startswith(b"250"))
         self.assertEqual(self.names("tmp"), [])
         [name] = self.names("new")
-        lines = (self.maildir / "new" / name).read_bytes().split(b"\n")
+        content = (self.maildir / "new" / name).read_bytes()
+        self.assertNotIn(b"\n", content.replace(b"\r\n", b""), "only CRLF line ends")
+        lines = content.split(b"\r\n")
         self.assertEqual(lines[0], b"Received: from client.example ([192.0.2.7])")
         self.assertEqual(lines[1], b"\tby mx.example.net with ESMTPSA")
         self.assertTrue(lines[2].startswith(b"\tfor <Alice@example.org>; "), lines[2])

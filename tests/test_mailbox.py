@@ -41,6 +41,7 @@ from twisted.mail.interfaces import (
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from clientid_twisted.server import mailbox
+from clientid_twisted.testing import synchronousScheduler
 from clientid_twisted.server.mailbox import (
     SUBSCRIPTIONS,
     UIDLIST,
@@ -1188,29 +1189,6 @@ class RecoveryTests(AccountMixin, SynchronousTestCase):
 # -- under Twisted's IMAP4Server ---------------------------------------------------
 
 
-def synchronousScheduler(iterator: Any) -> defer.Deferred[Any]:
-    """
-    Run Twisted's FETCH writer without the reactor: go on at once, or when a
-    Deferred it yields fires.
-    """
-    d: defer.Deferred[Any] = defer.Deferred()
-
-    def go(last: Any) -> None:
-        while True:
-            try:
-                result = next(iterator)
-            except StopIteration:
-                d.callback(last)
-                return
-            except BaseException:
-                d.errback()
-                return
-            if isinstance(result, defer.Deferred):
-                result.addCallback(go)
-                return
-
-    go(None)
-    return d
 
 
 @implementer(IRealm)

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.server.config import getTable, loadConfig
 from clientid_twisted.server.delivery import MailRealm
+from clientid_twisted.server.imapserver import MailIMAP4Factory
 from clientid_twisted.server.secret import loadOrCreateKey
 from clientid_twisted.server.submission import SubmissionFactory
 from clientid_twisted.server.tls import (
@@ -49,6 +50,7 @@ class MailServer:
     users: UserDatabase
     portal: Portal
     smtpFactory: SubmissionFactory
+    imapFactory: MailIMAP4Factory
 
 
 def assembleServer(
@@ -90,6 +92,9 @@ def assembleServer(
     smtpFactory.domain = hostname.encode("idna")
     smtpFactory.identityHasher = hasher
 
+    imapFactory = MailIMAP4Factory(portal, context=tlsOptions)
+    imapFactory.identityHasher = hasher
+
     return MailServer(
         dataDir=dataDir,
         hostname=hostname,
@@ -100,6 +105,7 @@ def assembleServer(
         users=users,
         portal=portal,
         smtpFactory=smtpFactory,
+        imapFactory=imapFactory,
     )
 
 

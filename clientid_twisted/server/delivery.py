@@ -21,7 +21,7 @@ from zope.interface.interface import InterfaceClass
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail import smtp
+from twisted.mail import imap4, smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from twisted.mail.maildir import initializeMaildir
 
@@ -94,9 +94,14 @@ class MaildirMessageWriter:
 
     def lineReceived(self, line: bytes) -> None:
         """
-        Store a line (maildir files use bare LF line ends).
+        Store a line with CRLF line ends.
+
+        The IMAP side serves message files byte for byte (C{BODY[]}), and
+        IMAP, like RFC 5322, wants CRLF; so a bare LF inside a line (our
+        folded C{Received:} header, or a sloppy client) becomes CRLF too.
         """
-        self._file.write(line + b"\n")
+        pieces = line.split(b"\n")
+        self._file.write(b"\r\n".join(p.rstrip(b"\r") for p in pieces) + b"\r\n")
 
     def eomReceived(self) -> defer.Deferred[Path]:
         """
@@ -264,8 +269,8 @@ class MailRealm:
     The server's realm: one avatar per protocol interface.
 
     C{avatarFactories} maps each interface this realm serves to a callable
-    C{(avatarId, mind) -> (avatar, logout)}; a later protocol (IMAP) adds an
-    entry rather than a branch.
+    C{(avatarId, mind) -> (avatar, logout)}: SMTP gets a
+    L{SubmissionDelivery}, IMAP a L{MaildirAccount} over the same maildir.
 
     @ivar avatarFactories: Interface to avatar factory.
     """
@@ -279,7 +284,10 @@ class MailRealm:
         self._clock = clock
         self.avatarFactories: dict[
             InterfaceClass, Callable[[Any, Any], tuple[Any, Callable[[], None]]]
-        ] = {IMessageDelivery: self._messageDelivery}
+        ] = {
+            IMessageDelivery: self._messageDelivery,
+            imap4.IAccount: self._mailAccount,
+        }
 
     def requestAvatar(
         self, avatarId: Any, mind: Any, *interfaces: InterfaceClass
@@ -313,3 +321,10 @@ class MailRealm:
             clock=self._clock,
         )
         return delivery, lambda: None
+
+    def _mailAccount(self, avatarId: Any, mind: Any) -> tuple[Any, Callable[[], None]]:
+        from clientid_twisted.server.mailbox import MaildirAccount
+
+        if isinstance(avatarId, bytes):
+            avatarId = avatarId.decode("ascii")
+        return MaildirAccount(maildirPath(self.dataDir, avatarId)), lambda: None

@@ -26,15 +26,11 @@ _log = Logger()
 DEFAULT_LISTENERS = {
     "smtp": ["tcp:8587:interface=127.0.0.1"],
     "smtps": ["tcp:8465:interface=127.0.0.1"],
+    "imap": ["tcp:8143:interface=127.0.0.1"],
+    "imaps": ["tcp:8993:interface=127.0.0.1"],
 }
 """Where each protocol listens when no listener option is given: loopback
 only, unprivileged ports."""
-
-_LISTENER_HELP = {
-    "smtp": "SMTP submission with STARTTLS",
-    "smtps": "SMTP submission over implicit TLS",
-}
-
 
 class _ValidatingReactor:
     """
@@ -51,7 +47,7 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "An SMTP submission server with the CLIENTID extension, on embedded "
+        "An SMTP submission and IMAP server with the CLIENTID extension, on embedded "
         "defaults: a self-signed development certificate, users and "
         "mailboxes under --data-dir, loopback addresses only."
     )
@@ -91,6 +87,21 @@ class Options(usage.Options):
         """
         self._addListener("smtps", description)
 
+    def opt_imap(self, description: str) -> None:
+        """
+        Listen for IMAP with STARTTLS on this endpoint, e.g. tcp:143
+        (repeatable) [default: tcp:8143:interface=127.0.0.1].
+        """
+        self._addListener("imap", description)
+
+    def opt_imaps(self, description: str) -> None:
+        """
+        Listen for IMAP over implicit TLS on this endpoint, e.g. tcp:993; the
+        server adds the TLS layer (repeatable) [default:
+        tcp:8993:interface=127.0.0.1].
+        """
+        self._addListener("imaps", description)
+
     def postOptions(self) -> None:
         if bool(self["certificate"]) != bool(self["private-key"]):
             raise usage.UsageError("--certificate and --private-key go together")
@@ -105,18 +116,28 @@ def makeService(options: Options) -> service.MultiService:
     """
     from clientid_twisted.server.assembly import assembleServer
 
-    server = assembleServer(
-        dataDir=Path(options["data-dir"]),
-        configPath=Path(options["config"]) if options["config"] else None,
-        certificatePath=options["certificate"],
-        keyPath=options["private-key"],
-        hostname=options["hostname"],
-    )
+    try:
+        server = assembleServer(
+            dataDir=Path(options["data-dir"]),
+            configPath=Path(options["config"]) if options["config"] else None,
+            certificatePath=options["certificate"],
+            keyPath=options["private-key"],
+            hostname=options["hostname"],
+        )
+    except (ValueError, OSError) as e:
+        # An operator's mistake (a bad config, an unreadable file): say so
+        # and stop, without a traceback.
+        raise SystemExit(f"clientid-mail: {e}")
     top = service.MultiService()
-    for description in options["smtp"]:
-        _listen(top, description, server.smtpFactory, "smtp")
-    for description in options["smtps"]:
-        _listen(top, description, TLSMemoryBIOFactory(server.tlsOptions, False, server.smtpFactory), "smtps")
+    factories = {
+        "smtp": server.smtpFactory,
+        "smtps": TLSMemoryBIOFactory(server.tlsOptions, False, server.smtpFactory),
+        "imap": server.imapFactory,
+        "imaps": TLSMemoryBIOFactory(server.tlsOptions, False, server.imapFactory),
+    }
+    for name, factory in factories.items():
+        for description in options[name]:
+            _listen(top, description, factory, name)
     return top
 
 

@@ -1,0 +1,121 @@
+"""
+Tests for C{twistd clientid-mail}'s options and service tree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from clientid_twisted.server.tap import DEFAULT_LISTENERS, Options, makeService
+from clientid_twisted.server.tls import selfSignedCertificate
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Listener options are endpoint strings, repeatable, checked at once.
+    """
+
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaultsLoopbackUnprivileged(self) -> None:
+        options = self.parse()
+        for name in ("smtp", "smtps", "imap", "imaps"):
+            [description] = options[name]
+            self.assertEqual(description, DEFAULT_LISTENERS[name][0])
+            self.assertIn("interface=127.0.0.1", description)
+            self.assertGreater(int(description.split(":")[1]), 1023)
+        self.assertEqual(options["data-dir"], "clientid-data")
+
+    def test_repeatableAndExclusive(self) -> None:
+        """
+        Naming any listener replaces all the defaults.
+        """
+        options = self.parse("--smtp", "tcp:2525", "--smtp", "tcp6:2526:interface=\\:\\:1")
+        self.assertEqual(options["smtp"], ["tcp:2525", "tcp6:2526:interface=\\:\\:1"])
+        self.assertEqual(options["smtps"], [])
+        self.assertEqual(options["imap"], [])
+        self.assertEqual(options["imaps"], [])
+
+    def test_invalidEndpoint(self) -> None:
+        error = self.assertRaises(usage.UsageError, self.parse, "--imap", "tcp:notaport")
+        self.assertIn("--imap", str(error))
+        self.assertRaises(usage.UsageError, self.parse, "--smtps", "bogus:1")
+
+    def test_certificateNeedsKey(self) -> None:
+        self.assertRaises(usage.UsageError, self.parse, "--certificate", "c.pem")
+        self.assertRaises(usage.UsageError, self.parse, "--private-key", "k.pem")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{makeService} builds one named listener per endpoint, over one data
+    directory.
+    """
+
+    def test_listeners(self) -> None:
+        dataDir = Path(self.mktemp())
+        options = Options()
+        options.parseOptions(
+            ["--data-dir", str(dataDir), "--smtp", "tcp:0", "--imaps", "tcp:0", "--imaps", "tcp:0:interface=127.0.0.2"]
+        )
+        top = makeService(options)
+        names = sorted(service.name for service in top)
+        self.assertEqual(names, ["imaps tcp:0", "imaps tcp:0:interface=127.0.0.2", "smtp tcp:0"])
+        self.assertTrue((dataDir / "tls" / "selfsigned.pem").exists())
+        self.assertTrue((dataDir / "clientid.key").exists())
+
+    def test_operatorCertificate(self) -> None:
+        """
+        With --certificate and --private-key nothing is generated.
+        """
+        dataDir = Path(self.mktemp())
+        work = Path(self.mktemp())
+        work.mkdir()
+        certificate, key = selfSignedCertificate("mail.example.org")
+        (work / "cert.pem").write_bytes(certificate)
+        (work / "key.pem").write_bytes(key)
+        options = Options()
+        options.parseOptions(
+            [
+                "--data-dir", str(dataDir),
+                "--certificate", str(work / "cert.pem"),
+                "--private-key", str(work / "key.pem"),
+                "--smtp", "tcp:0",
+            ]
+        )
+        makeService(options)
+        self.assertFalse((dataDir / "tls").exists())
+
+    def test_badConfig(self) -> None:
+        """
+        A broken config file stops start-up with a message naming it.
+        """
+        dataDir = Path(self.mktemp())
+        dataDir.mkdir()
+        (dataDir / "clientid.toml").write_text("[server\n")
+        options = Options()
+        options.parseOptions(["--data-dir", str(dataDir), "--smtp", "tcp:0"])
+        error = self.assertRaises(SystemExit, makeService, options)
+        self.assertIn("clientid.toml", str(error))
+        self.assertTrue(str(error).startswith("clientid-mail: "))
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The dropin is found by twistd's plugin system.
+    """
+
+    def test_discovered(self) -> None:
+        import twisted.plugins
+
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker, twisted.plugins)}
+        self.assertIn("clientid-mail", makers)
+        self.assertIsInstance(makers["clientid-mail"].options(), Options)
