@@ -18,6 +18,20 @@ from clientid_twisted.identity import (
     parseClientIDArguments,
 )
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
+from clientid_twisted.smtp import (
+    ClientIDESMTP,
+    ClientIDESMTPFactory,
+    ClientIDESMTPMixin,
+    ClientIDESMTPSender,
+    ClientIDESMTPSenderFactory,
+)
+from clientid_twisted.imap import (
+    ClientIDIMAP4Client,
+    ClientIDIMAP4Factory,
+    ClientIDIMAP4Server,
+    ClientIDIMAP4ServerMixin,
+    loginWithClientID,
+)
 
 __version__ = "0.1.0"
 
@@ -30,5 +44,15 @@ __all__ = [
     "ClientIdentifiedCredentials",
     "identifyCredentials",
     "TemporaryAuthenticationFailure",
+    "ClientIDESMTPMixin",
+    "ClientIDESMTP",
+    "ClientIDESMTPFactory",
+    "ClientIDESMTPSender",
+    "ClientIDESMTPSenderFactory",
+    "ClientIDIMAP4ServerMixin",
+    "ClientIDIMAP4Server",
+    "ClientIDIMAP4Factory",
+    "ClientIDIMAP4Client",
+    "loginWithClientID",
     "__version__",
 ]

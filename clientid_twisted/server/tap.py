@@ -73,33 +73,19 @@ class Options(usage.Options):
         self[name].append(description)
 
     def opt_smtp(self, description: str) -> None:
-        """
-        Listen for SMTP submission with STARTTLS on this endpoint, e.g.
-        tcp:587 (repeatable) [default: tcp:8587:interface=127.0.0.1].
-        """
+        """Listen for SMTP submission with STARTTLS on this endpoint, e.g. tcp:587 (repeatable) [default: tcp:8587:interface=127.0.0.1]."""
         self._addListener("smtp", description)
 
     def opt_smtps(self, description: str) -> None:
-        """
-        Listen for SMTP submission over implicit TLS on this endpoint, e.g.
-        tcp:465; the server adds the TLS layer (repeatable) [default:
-        tcp:8465:interface=127.0.0.1].
-        """
+        """Listen for SMTP submission over implicit TLS on this endpoint, e.g. tcp:465; the server adds the TLS layer (repeatable) [default: tcp:8465:interface=127.0.0.1]."""
         self._addListener("smtps", description)
 
     def opt_imap(self, description: str) -> None:
-        """
-        Listen for IMAP with STARTTLS on this endpoint, e.g. tcp:143
-        (repeatable) [default: tcp:8143:interface=127.0.0.1].
-        """
+        """Listen for IMAP with STARTTLS on this endpoint, e.g. tcp:143 (repeatable) [default: tcp:8143:interface=127.0.0.1]."""
         self._addListener("imap", description)
 
     def opt_imaps(self, description: str) -> None:
-        """
-        Listen for IMAP over implicit TLS on this endpoint, e.g. tcp:993; the
-        server adds the TLS layer (repeatable) [default:
-        tcp:8993:interface=127.0.0.1].
-        """
+        """Listen for IMAP over implicit TLS on this endpoint, e.g. tcp:993; the server adds the TLS layer (repeatable) [default: tcp:8993:interface=127.0.0.1]."""
         self._addListener("imaps", description)
 
     def postOptions(self) -> None:
