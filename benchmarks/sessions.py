@@ -1,0 +1,232 @@
+"""
+What CLIENTID costs a server per session.
+
+    python -m benchmarks.sessions --protocol smtp|imap [--rounds 6]
+        [--sessions 200] [--concurrency 8] [--checker fast|scrypt] [--smoke]
+
+Starts two server processes on loopback, ours (the runnable server's
+protocols) and bare C{twisted.mail}, with the same certificate, checker,
+mailbox and C{TCP_NODELAY}; then this process, the load generator, drives
+full sessions against them in alternating rounds so that drift (CPU
+frequency, other load) hits both alike.
+
+SMTP session: connect, EHLO, STARTTLS, EHLO, CLIENTID (when listed), AUTH
+PLAIN, MAIL, RCPT, DATA of 2 KiB, QUIT.  IMAP session: connect, STARTTLS,
+CAPABILITY, CLIENTID (when listed), LOGIN, SELECT, FETCH 1, LOGOUT.
+
+The server's CPU time per session (from /proc) is the portable figure: the
+load generator shares the machine's cores.  The last line printed is one
+JSON object: ours_per_s, bare_per_s, ratio, p99_ms_ours, p99_ms_bare,
+cpu_ms_ours, cpu_ms_bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import imaplib
+import json
+import os
+import shutil
+import smtplib
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks._stacks import PASSWORD, USERS
+
+BODY = b"Subject: benchmark\r\nFrom: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26
+"""About 2 KiB."""
+
+_CLIENTID_COMMAND = "CLIENTID"
+# imaplib only sends commands it knows; CLIENTID is valid before login.
+imaplib.Commands.setdefault(_CLIENTID_COMMAND, ("NONAUTH",))
+
+
+class ServerProcess:
+    """
+    One stack in a child process; reads its CPU time from /proc.
+    """
+
+    def __init__(self, stack: str, protocol: str, checker: str, work: Path) -> None:
+        self.stack = stack
+        self.dataDir = work / stack
+        portFile = work / f"{stack}.port"
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "benchmarks._stacks",
+                "--stack", stack, "--protocol", protocol, "--checker", checker,
+                "--data-dir", str(self.dataDir), "--port-file", str(portFile),
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        deadline = time.monotonic() + 60
+        while not portFile.exists() or not portFile.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{stack} server did not start")
+            time.sleep(0.05)
+        self.port = int(portFile.read_text())
+        certificate = (self.dataDir / "tls" / "selfsigned.pem").read_text()
+        self.context = ssl.create_default_context(cadata=certificate)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def cpuSeconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime and stime are fields 14 and 15 of stat(5); index from ")".
+        return (int(fields[11]) + int(fields[12])) / self._tick
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def smtpSession(server: ServerProcess, n: int) -> None:
+    user = USERS[n % len(USERS)]
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.ehlo("bench.client")
+        client.starttls(context=server.context)
+        client.ehlo("bench.client")
+        if client.has_extn("clientid"):
+            code, _ = client.docmd(_CLIENTID_COMMAND, f"UUID {deviceToken(n)}")
+            assert code == 250, code
+        auth = base64.b64encode(b"\0" + user.encode() + b"\0" + PASSWORD.encode()).decode()
+        code, reply = client.docmd("AUTH", "PLAIN " + auth)
+        assert code == 235, (code, reply)
+        client.sendmail(user, [USERS[(n + 1) % len(USERS)]], BODY)
+
+
+def imapSession(server: ServerProcess, n: int) -> None:
+    user = USERS[n % len(USERS)]
+    connection = imaplib.IMAP4("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.starttls(ssl_context=server.context)
+        if "CLIENTID" in connection.capabilities:
+            status, _ = connection._simple_command(_CLIENTID_COMMAND, "UUID", deviceToken(n))
+            assert status == "OK", status
+        connection.login(user, PASSWORD)
+        status, _ = connection.select("INBOX")
+        assert status == "OK", status
+        status, data = connection.fetch("1", "(BODY.PEEK[])")
+        assert status == "OK" and data and data[0], (status, data)
+    finally:
+        connection.logout()
+
+
+def deviceToken(n: int) -> str:
+    """
+    Each account logs in from a few devices, as real users do.
+    """
+    return str(uuid.UUID(int=(n % (len(USERS) * 3)) + 1))
+
+
+def seedMailboxes(dataDir: Path) -> None:
+    """
+    One message in every INBOX, so FETCH 1 has something to fetch.
+    """
+    for user in USERS:
+        new = dataDir / "mail" / user / "new"
+        for sub in ("new", "cur", "tmp"):
+            (dataDir / "mail" / user / sub).mkdir(parents=True, exist_ok=True)
+        (new / f"1700000000.seed.bench:2,").write_bytes(BODY)
+
+
+def runRound(
+    server: ServerProcess, session: Callable[[ServerProcess, int], None],
+    count: int, concurrency: int, offset: int,
+) -> tuple[float, float, list[float]]:
+    """
+    @return: (wall seconds, server CPU seconds, per-session latencies in s).
+    """
+    latencies: list[float] = []
+
+    def timed(n: int) -> None:
+        start = time.perf_counter()
+        session(server, n)
+        latencies.append(time.perf_counter() - start)
+
+    cpuBefore = server.cpuSeconds()
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(timed, offset + i) for i in range(count)]:
+            future.result()
+    wall = time.perf_counter() - start
+    return wall, server.cpuSeconds() - cpuBefore, latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", choices=["smtp", "imap"], default="smtp")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per stack")
+    parser.add_argument("--sessions", type=int, default=200, help="sessions per round")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--checker", choices=["fast", "scrypt"], default="fast")
+    parser.add_argument("--smoke", action="store_true", help="2 rounds of 10 sessions")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.sessions = 2, 10
+
+    session = smtpSession if args.protocol == "smtp" else imapSession
+    work = Path(tempfile.mkdtemp(prefix="clientid-bench-"))
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for stack in ("ours", "bare"):
+            if args.protocol == "imap":
+                seedMailboxes(work / stack)
+            servers[stack] = ServerProcess(stack, args.protocol, args.checker, work)
+        # Warm up both (imports, first TLS handshakes, mailbox state).
+        for server in servers.values():
+            runRound(server, session, min(20, args.sessions), args.concurrency, 0)
+
+        totals = {s: {"wall": 0.0, "cpu": 0.0, "latencies": [], "sessions": 0} for s in servers}
+        rows = []
+        for r in range(args.rounds):
+            order = ("ours", "bare") if r % 2 == 0 else ("bare", "ours")
+            for stack in order:
+                wall, cpu, latencies = runRound(
+                    servers[stack], session, args.sessions, args.concurrency, r * args.sessions
+                )
+                t = totals[stack]
+                t["wall"] += wall
+                t["cpu"] += cpu
+                t["latencies"] += latencies
+                t["sessions"] += args.sessions
+                rows.append((r + 1, stack, args.sessions / wall, 1000 * cpu / args.sessions))
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"{args.protocol.upper()} sessions, checker={args.checker}, "
+          f"{args.rounds} rounds x {args.sessions} sessions, concurrency {args.concurrency}")
+    print(f"{'round':>5} {'stack':>5} {'sessions/s':>11} {'server CPU ms/session':>22}")
+    for rnd, stack, rate, cpuMs in rows:
+        print(f"{rnd:>5} {stack:>5} {rate:>11.1f} {cpuMs:>22.2f}")
+    result: dict[str, Any] = {"protocol": args.protocol, "checker": args.checker}
+    for stack in ("ours", "bare"):
+        t = totals[stack]
+        result[f"{stack}_per_s"] = round(t["sessions"] / t["wall"], 1)
+        result[f"p99_ms_{stack}"] = round(1000 * percentile(t["latencies"], 0.99), 2)
+        result[f"cpu_ms_{stack}"] = round(1000 * t["cpu"] / t["sessions"], 3)
+    result["ratio"] = round(result["ours_per_s"] / result["bare_per_s"], 3)
+    result["cpu_ratio"] = round(result["cpu_ms_ours"] / result["cpu_ms_bare"], 3)
+    print(f"{'':>5} {'':>5} {'ours':>11} {'bare':>10}")
+    print(f"{'sessions/s':>17} {result['ours_per_s']:>5} {result['bare_per_s']:>10}")
+    print(f"{'p99 ms':>17} {result['p99_ms_ours']:>5} {result['p99_ms_bare']:>10}")
+    print(f"{'CPU ms/session':>17} {result['cpu_ms_ours']:>5} {result['cpu_ms_bare']:>10}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
