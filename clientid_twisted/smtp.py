@@ -91,6 +91,7 @@ class ClientIDESMTPMixin:
     _ehloSinceTLS = False
     _discardingPlaintext = False
     _rawCommandLine = b""
+    _heldLines: list[bytes] | None = None
 
     # Attributes of ESMTP we use, for the type checker.
     transport: Any
@@ -141,6 +142,10 @@ class ClientIDESMTPMixin:
 
     def lineReceived(self, line: bytes) -> Any:
         if self._discardingPlaintext:
+            return None
+        if self._heldLines is not None:
+            # A login is being decided: the command waits for its answer.
+            self._heldLines.append(line)
             return None
         return super().lineReceived(line)  # type: ignore[misc]
 
@@ -333,6 +338,29 @@ class ClientIDESMTPMixin:
         )
         d.addCallback(self._cbClientIDLogin, credentials)
         d.addErrback(self._ebClientIDLogin, credentials)
+        self._awaitLogin(d)
+
+    def _awaitLogin(self, d: Any) -> None:
+        """
+        Hold the commands that arrive while the portal decides, and run them
+        once the AUTH reply is out (C{d} fires after it, even when the reply
+        is sent later), in the state the login leaves: a pipelined command
+        never overtakes the reply, and a client cannot have several
+        password guesses checked at once.
+        """
+        self._heldLines = []
+        d.addErrback(lambda f: self._log.failure("Answering AUTH failed", f))
+        d.addBoth(self._loginAnswered)
+
+    def _loginAnswered(self, ignored: object) -> None:
+        held, self._heldLines = self._heldLines or [], None
+        while held and self._heldLines is None:
+            if getattr(self.transport, "disconnecting", False):
+                return
+            self.lineReceived(held.pop(0))
+        if self._heldLines is not None:
+            # A held AUTH started another login: the rest waits for it.
+            self._heldLines[:0] = held
 
     def _endAuth(self, code: int, message: bytes) -> None:
         self.challenger = None

@@ -28,6 +28,9 @@ TOKEN = "0f6a2c1e-3b7d-4e55-8f0a-6d2b9c1e7a44"
 
 def _server(testCase: SynchronousTestCase) -> Any:
     dataDir = Path(testCase.mktemp())
+    dataDir.mkdir(parents=True)
+    # A refused login is answered at once in tests (docs/limits.md).
+    (dataDir / "clientid.toml").write_text("[server]\nauth_failure_delay_seconds = 0\n")
     server = assembleServer(dataDir, hostname="mail.example.test")
     server.users.addUser("alice@example.test", "correct horse")
     server.users.addUser("bob@example.test", "battery staple")

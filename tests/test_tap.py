@@ -68,7 +68,13 @@ class MakeServiceTests(SynchronousTestCase):
         )
         top = makeService(options)
         names = sorted(service.name for service in top)
-        self.assertEqual(names, ["imaps tcp:0", "imaps tcp:0:interface=127.0.0.2", "smtp tcp:0"])
+        self.assertEqual(
+            names,
+            ["graceful shutdown", "imaps tcp:0", "imaps tcp:0:interface=127.0.0.2", "smtp tcp:0"],
+        )
+        # The last child is stopped first: it refuses connections while
+        # the ports close.
+        self.assertEqual(list(top)[-1].name, "graceful shutdown")
         self.assertTrue((dataDir / "tls" / "selfsigned.pem").exists())
         self.assertTrue((dataDir / "clientid.key").exists())
 

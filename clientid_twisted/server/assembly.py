@@ -19,8 +19,10 @@ from twisted.logger import Logger
 
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.server.config import getTable, loadConfig
+from clientid_twisted.server.connections import ConnectionLimiter
 from clientid_twisted.server.delivery import MailRealm
 from clientid_twisted.server.imapserver import MailIMAP4Factory
+from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.secret import loadOrCreateKey
 from clientid_twisted.server.submission import SubmissionFactory
 from clientid_twisted.server.tls import (
@@ -51,6 +53,8 @@ class MailServer:
     portal: Portal
     smtpFactory: SubmissionFactory
     imapFactory: MailIMAP4Factory
+    limits: ServerLimits = ServerLimits()
+    limiter: ConnectionLimiter | None = None
 
 
 def assembleServer(
@@ -71,6 +75,7 @@ def assembleServer(
     configFile = configPath or dataDir / "clientid.toml"
     config = loadConfig(configFile, required=configPath is not None)
     serverConfig = getTable(config, "server", configFile)
+    limits = ServerLimits.fromConfig(serverConfig, configFile)
     hostname = hostname or serverConfig.get("hostname") or "localhost"
 
     if certificatePath and keyPath:
@@ -88,11 +93,14 @@ def assembleServer(
     users = UserDatabase(dataDir / "users.json")
     portal = Portal(MailRealm(dataDir, users, hostname), [ScryptChecker(users)])
 
-    smtpFactory = SubmissionFactory(portal, context=tlsOptions)
+    # One count of connections for both protocols: the limits are the
+    # server's, not each listener's.
+    limiter = ConnectionLimiter(limits)
+    smtpFactory = SubmissionFactory(portal, context=tlsOptions, limits=limits, limiter=limiter)
     smtpFactory.domain = hostname.encode("idna")
     smtpFactory.identityHasher = hasher
 
-    imapFactory = MailIMAP4Factory(portal, context=tlsOptions)
+    imapFactory = MailIMAP4Factory(portal, context=tlsOptions, limits=limits, limiter=limiter)
     imapFactory.identityHasher = hasher
 
     return MailServer(
@@ -106,6 +114,8 @@ def assembleServer(
         portal=portal,
         smtpFactory=smtpFactory,
         imapFactory=imapFactory,
+        limits=limits,
+        limiter=limiter,
     )
 
 

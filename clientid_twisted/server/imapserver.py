@@ -4,24 +4,66 @@ The IMAP protocol that C{twistd clientid-mail} runs: L{ClientIDIMAP4Server}
 plus what a mail store needs and Twisted's IMAP4Server leaves out or gets
 wrong: C{\\Seen} on a body fetch, clean APPEND and COPY replies for a
 missing mailbox, an EXISTS after APPEND into the selected mailbox, the
-selected mailbox closed on disconnect, and no Nagle delay.
+selected mailbox closed on disconnect, no Nagle delay, and the limits of
+L{clientid_twisted.server.limits} (line length, literal size, timeouts,
+error budget, failed-login delay, connection counts).
+
+Twisted's IMAP4Server does not support LITERAL+ (RFC 7888): C{{n+}} is a
+"bad literal size" to it, and the literal's bytes would then be read as
+commands.  We do not list LITERAL+; a non-synchronising literal gets BAD
+and its bytes are skipped unread, or, over C{maxLiteralBytes}, the
+connection ends with BYE.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from clientid_twisted.imap import ClientIDIMAP4Factory, ClientIDIMAP4Server
+from clientid_twisted.server.connections import ConnectionLimiter, RefusedConnection
+from clientid_twisted.server.guard import SessionGuardMixin
+from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.net import setNoDelay
 
 __all__ = ["MailIMAP4Server", "MailIMAP4Factory"]
 
 _log = Logger()
+
+_LITERAL_AT_END = re.compile(rb"\{([0-9]+)(\+?)\}\Z")
+
+_SPOOL_IN_MEMORY = 1024 * 1024
+"""APPEND literals larger than this go to a temporary file, not memory
+(Twisted keeps up to 10 MiB per session in memory)."""
+
+_GOODBYES = {
+    "idle-timeout": b"Autologout; idle for too long",
+    "command-timeout": b"Command not completed in time",
+    "data-timeout": b"Literal not completed in time",
+    "error-budget": b"Too many errors",
+    "handshake-limit": b"Too many TLS handshakes in progress, try again later",
+    "shutdown": b"Server shutting down",
+    "line-too-long": b"Command line too long",
+    "literal-too-large": b"Literal too large",
+    "too many connections": b"Too many connections, try again later",
+    "too many connections from your address": b"Too many connections from your address, try again later",
+    "shutting down": b"Server shutting down, try again later",
+}
+
+
+def _literalSize(digits: bytes) -> int:
+    # int() refuses very long digit strings; any of them is too large.
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
+class _SpooledLiteral(imap4.LiteralFile):
+    _memoryFileLimit = _SPOOL_IN_MEMORY
 
 
 def _setsSeen(query: list[Any]) -> bool:
@@ -37,10 +79,15 @@ def _setsSeen(query: list[Any]) -> bool:
     return False
 
 
-class MailIMAP4Server(ClientIDIMAP4Server):
+class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
     """
     IMAP4rev1 over the server's maildirs, with CLIENTID.
     """
+
+    _currentTag: bytes | None = None
+    _skipBytes = 0
+    _dropContinuation = False
+    _replaying = False
 
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
@@ -49,6 +96,197 @@ class MailIMAP4Server(ClientIDIMAP4Server):
     def connectionLost(self, reason: Failure) -> None:
         self._closeMailbox()
         super().connectionLost(reason)
+
+    # -- limits -------------------------------------------------------------------
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        return self.limits.imapMaxLineBytes
+
+    @property
+    def POSTAUTH_TIMEOUT(self) -> float:  # type: ignore[override]
+        return self.limits.imapIdleTimeout
+
+    def authenticatedIdleTimeout(self) -> float:
+        return self.limits.imapIdleTimeout
+
+    def capabilities(self) -> dict[bytes, Any]:
+        cap = super().capabilities()
+        # RFC 7889: the largest APPEND we take.
+        cap[b"APPENDLIMIT"] = [b"%d" % (self.limits.maxLiteralBytes,)]
+        return cap
+
+    def sendGoodbye(self, event: str) -> None:
+        self.sendLine(b"* BYE " + _GOODBYES[event])
+
+    def hasPartialLine(self) -> bool:
+        return bool(self.line_mode and self._buffer)
+
+    def inTransfer(self) -> bool:
+        return not self.line_mode or self._skipBytes > 0
+
+    def isBusy(self) -> bool:
+        return self.blocked is not None or isinstance(self._pendingLiteral, imap4.LiteralFile)
+
+    def isAuthenticated(self) -> bool:
+        return self.state in ("auth", "select")
+
+    def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
+        super().sendBadResponse(tag, message)
+        self.countError()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.closeSession("line-too-long")
+
+    def dataReceived(self, data: bytes) -> Any:
+        if self._skipBytes and data:
+            skipped = min(self._skipBytes, len(data))
+            self._skipBytes -= skipped
+            data = data[skipped:]
+            if not data:
+                self._updateDeadlines()
+                return None
+        return super().dataReceived(data)
+
+    def _unblock(self) -> None:
+        """
+        Run the lines queued while a command ran (Twisted's, plus: once a
+        replayed command starts a literal, what was queued after it is
+        that literal's data, not commands).  Only lines read from the
+        network may start skipping a literal.
+        """
+        commands, self.blocked = self.blocked or [], None
+        self._replaying = True
+        try:
+            while commands and self.blocked is None and not self.closing:
+                if not self.line_mode:
+                    self._buffer = b"".join(c + b"\r\n" for c in commands) + self._buffer
+                    commands = []
+                    self._replaying = False
+                    self.dataReceived(b"")
+                    break
+                self.lineReceived(commands.pop(0))
+        finally:
+            self._replaying = False
+        if self.blocked is not None:
+            self.blocked.extend(commands)
+
+    def rawDataReceived(self, data: bytes) -> Any:
+        if self._pendingLiteral is None:
+            # Nothing is waiting for raw bytes: read lines again.
+            return self.setLineMode(data)
+        return super().rawDataReceived(data)
+
+    def lineReceived(self, line: bytes) -> Any:
+        """
+        Check literals before Twisted sees them: a synchronising literal
+        over C{maxLiteralBytes} gets C{NO [TOOBIG]} before the client sends
+        a byte of it; a non-synchronising one gets BAD and is skipped, or
+        ends the session when too large.
+        """
+        if self.closing:
+            return None
+        if self._dropContinuation and not self._replaying:
+            # The rest of a command whose literal was refused.
+            self._dropContinuation = False
+            match = _LITERAL_AT_END.search(line)
+            if match is not None and match.group(2):
+                self._refuseNonSynchronizing(_literalSize(match.group(1)), None)
+            return None
+        if self._discardingPlaintext or self.parseState not in ("command", "pending"):
+            return super().lineReceived(line)
+        match = _LITERAL_AT_END.search(line)
+        if match is None:
+            return super().lineReceived(line)
+        size = _literalSize(match.group(1))
+        if match.group(2):
+            if not self._replaying:
+                self._refuseNonSynchronizing(size, self._tagOf(line))
+                return None
+        elif size > self.limits.maxLiteralBytes and self.blocked is None:
+            tag = self._tagOf(line)
+            self._abandonCommand()
+            self.sendNegativeResponse(
+                tag, b"[TOOBIG] Literal larger than %d octets" % (self.limits.maxLiteralBytes,)
+            )
+            self.countError()
+            return None
+        return super().lineReceived(line)
+
+    def _tagOf(self, line: bytes) -> bytes | None:
+        if self.parseState == "pending":
+            return self._currentTag
+        words = line.split(None, 1)
+        return words[0] if words else None
+
+    def _abandonCommand(self) -> None:
+        """
+        Forget a command waiting for the rest of its line after a literal.
+        """
+        if self.parseState == "pending" and self.blocked is None:
+            self._pendingLiteral = None
+            self.parseState = "command"
+
+    def _refuseNonSynchronizing(self, size: int, tag: bytes | None) -> None:
+        if size > self.limits.maxLiteralBytes:
+            self.closeSession("literal-too-large")
+            return
+        if tag is not None:
+            self._abandonCommand()
+            self.sendBadResponse(tag, b"Non-synchronizing literals (LITERAL+) are not supported")
+            if self.closing:
+                return
+        # Skip the literal unread; the line that follows it finishes the
+        # refused command and is dropped too.
+        skipped = min(size, len(self._buffer))
+        self._buffer = self._buffer[skipped:]
+        self._skipBytes = size - skipped
+        self._dropContinuation = True
+
+    def _fileLiteral(self, size: int) -> defer.Deferred[Any]:
+        # Twisted's, with a literal that spools to disk sooner.
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.parseState = "pending"
+        self._pendingLiteral = _SpooledLiteral(size, d)
+        self.sendContinuationRequest(b"Ready for %d octets of data" % (size,))
+        self.setRawMode()
+        return d
+
+    def parse_command(self, line: bytes) -> Any:
+        if self.draining:
+            self.closeSession("shutdown")
+            return None
+        words = line.split(None, 1)
+        self._currentTag = words[0] if words else None
+        return super().parse_command(line)
+
+    def do_STARTTLS(self, tag: bytes) -> None:
+        if self.isEncrypted() or self.startedTLS or not (self.ctx and self.canStartTLS):
+            super().do_STARTTLS(tag)
+            return
+        if not self.reserveStartTLS():
+            return
+        super().do_STARTTLS(tag)
+        if not self.startedTLS:
+            self.startTLSNotStarted()
+
+    unauth_STARTTLS = (do_STARTTLS,)  # type: ignore[assignment]
+
+    def _awaitLogin(self, d: Any, tag: bytes, fields: dict[str, Any], okMessage: bytes) -> None:
+        self.holdInput()
+        super()._awaitLogin(d, tag, fields, okMessage)
+        d.addBoth(self.releaseInput)
+
+    def _ebClientIDLogin(self, reason: Failure, tag: bytes, fields: dict[str, Any]) -> Any:
+        if reason.check(UnauthorizedLogin):
+            parent = super()._ebClientIDLogin
+
+            def answer() -> None:
+                parent(reason, tag, fields)
+                self.countError()
+
+            return self.delayAuthFailure(answer)
+        return super()._ebClientIDLogin(reason, tag, fields)
 
     def _closeMailbox(self) -> None:
         mbox, self.mbox = self.mbox, None
@@ -92,6 +330,42 @@ class MailIMAP4Server(ClientIDIMAP4Server):
         _log.failure("APPEND failed", reason)
         self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed")
 
+    def _cbStatusGotMailbox(self, mbox: Any, tag: bytes, mailbox: str, names: list[str]) -> None:
+        # Twisted's failure path raises a TypeError of its own (it adds a
+        # str to bytes), so an unknown STATUS item left the command
+        # unanswered and a traceback in the log.
+        if not mbox:
+            self.sendNegativeResponse(tag, b"Could not open mailbox")
+            return
+        d = defer.maybeDeferred(mbox.requestStatus, names)
+        d.addCallbacks(
+            self._statusReady, self._statusFailed, callbackArgs=(tag, mailbox), errbackArgs=(tag,)
+        )
+
+    def _statusReady(self, status: dict[str, int], tag: bytes, mailbox: str) -> None:
+        items = " ".join(f"{name} {value}" for name, value in status.items())
+        self.sendUntaggedResponse(
+            b"STATUS " + mailbox.encode("imap4-utf-7") + b" (" + items.encode("ascii") + b")"
+        )
+        self.sendPositiveResponse(tag, b"STATUS complete")
+
+    def _statusFailed(self, reason: Failure, tag: bytes) -> None:
+        if reason.check(KeyError):
+            self.sendBadResponse(tag, b"STATUS failed: unknown status item")
+            return
+        _log.failure("STATUS failed", reason)
+        self.sendNegativeResponse(tag, b"[SERVERBUG] STATUS failed")
+
+    def _IMAP4Server__ebSearch(self, reason: Failure, tag: bytes) -> None:
+        # Twisted's private errback for SEARCH (name-mangled, so this is
+        # how a subclass reaches it): it logs every failure with a
+        # traceback, also a client's unknown search key.
+        if reason.check(imap4.IllegalQueryError, imap4.IllegalClientResponse):
+            self.sendBadResponse(tag, b"SEARCH failed: invalid search criteria")
+            return
+        _log.failure("SEARCH failed", reason)
+        self.sendNegativeResponse(tag, b"[SERVERBUG] SEARCH failed")
+
     def _cbCopySelectedMailbox(self, mbox: Any, tag: bytes, messages: Any, mailbox: Any, uid: int) -> None:
         if not mbox:
             self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
@@ -99,9 +373,146 @@ class MailIMAP4Server(ClientIDIMAP4Server):
         super()._cbCopySelectedMailbox(mbox, tag, messages, mailbox, uid)
 
 
+def _checkMailboxName(parsed: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    name = parsed[0]
+    try:
+        name.decode("imap4-utf-7")
+    except Exception:
+        raise imap4.IllegalMailboxEncoding(name)
+    return parsed
+
+
+def _hardenedArgument(parse: Any, mailbox: bool, ascii: bool) -> Any:
+    """
+    Wrap one of Twisted's argument parsers.
+
+    Twisted passes L{None} for a missing argument (C{a SELECT}, C{a STORE 1
+    +FLAGS}), which its parsers do not expect: the client got C{BAD Server
+    error} and the log a traceback; now it gets Twisted's own C{BAD Missing
+    argument}.  With C{mailbox}, a name that is not modified UTF-7 is
+    refused while parsing (C{NO Illegal mailbox name}); Twisted found out
+    later and logged a traceback for each.  With C{ascii}, 8-bit bytes are
+    refused: atoms, lists, sequence sets and FETCH items are ASCII
+    (RFC 3501 section 9), and Twisted's handlers decode them as such.
+    """
+
+    def parseArgument(self: Any, line: bytes | None) -> Any:
+        try:
+            if line is None:
+                line = b""
+            if ascii and not line.isascii():
+                raise imap4.IllegalClientResponse("8-bit bytes outside a string")
+            parsed = parse(self, line)
+            if isinstance(parsed, defer.Deferred):
+                if mailbox:
+                    parsed.addCallback(_checkMailboxName)
+                return parsed.addErrback(_malformed)
+            return _checkMailboxName(parsed) if mailbox else parsed
+        except Exception:
+            return _malformed(Failure())
+
+    return parseArgument
+
+
+def _hardenedHandler(handle: Any) -> Any:
+    """
+    Wrap a command handler: bytes a handler had to decode as ASCII or UTF-7
+    and could not are the client's error (BAD), not a server error with a
+    traceback.
+    """
+
+    def handleCommand(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return handle(self, *args, **kwargs)
+        except UnicodeError:
+            raise imap4.IllegalClientResponse("bytes that do not decode")
+
+    return handleCommand
+
+
+def _malformed(reason: Failure) -> Any:
+    """
+    Twisted's parsers raise plain exceptions (C{Exception}, C{TypeError},
+    C{MismatchedNesting}, ...) for malformed arguments, which it answered
+    C{BAD Server error} with a traceback in the log: they are the client's
+    syntax errors.
+    """
+    if reason.check(imap4.IllegalClientResponse, imap4.IllegalOperation, imap4.IllegalMailboxEncoding):
+        return reason
+    raise imap4.IllegalClientResponse("malformed arguments")
+
+
+_MAILBOX_COMMANDS = frozenset(
+    [b"SELECT", b"EXAMINE", b"CREATE", b"DELETE", b"RENAME", b"SUBSCRIBE",
+     b"UNSUBSCRIBE", b"LIST", b"LSUB", b"STATUS", b"APPEND", b"COPY"]
+)
+"""Commands whose every string argument is a mailbox name (or a LIST
+reference and pattern)."""
+
+_STRING_PARSERS = ("arg_astring", "arg_finalastring")
+"""Parsers of strings, which may carry 8-bit bytes (a password)."""
+
+_COMMAND_ATTRIBUTE = re.compile(r"(unauth|auth|select|logout)_([A-Z]+)\Z")
+
+
+def _hardenCommands(cls: type) -> None:
+    """
+    Replace Twisted's argument parsers in C{cls}'s command table by
+    L{_hardenedArgument} wrappers (parsers of our own are left alone).
+    """
+    for attribute in dir(cls):
+        match = _COMMAND_ATTRIBUTE.match(attribute)
+        if match is None:
+            continue
+        spec = getattr(cls, attribute)
+        if not isinstance(spec, tuple) or not spec:
+            continue
+        mailbox = match.group(2).encode("ascii") in _MAILBOX_COMMANDS
+        parts = [_hardenedHandler(spec[0])]
+        for part in spec[1:]:
+            name = getattr(part, "__qualname__", "")
+            if name.startswith(("IMAP4Server.arg_", "IMAP4Server.opt_")):
+                kind = name.split(".", 1)[1]
+                part = _hardenedArgument(
+                    part,
+                    mailbox=mailbox and kind in _STRING_PARSERS,
+                    ascii=kind not in _STRING_PARSERS + ("arg_searchkeys", "arg_literal"),
+                )
+            parts.append(part)
+        setattr(cls, attribute, tuple(parts))
+
+
+_hardenCommands(MailIMAP4Server)
+
+
 class MailIMAP4Factory(ClientIDIMAP4Factory):
     """
-    Builds L{MailIMAP4Server} protocols.
+    Builds L{MailIMAP4Server} protocols, counted by C{limiter}: over its
+    limits a connection gets C{* BYE} and is closed.
+
+    @ivar limits: The L{ServerLimits} each protocol enforces.
+    @ivar limiter: The L{ConnectionLimiter}; share one between the SMTP and
+        IMAP factories of a server.
     """
 
     protocol = MailIMAP4Server
+
+    def __init__(
+        self,
+        portal: Any = None,
+        context: Any = None,
+        limits: ServerLimits | None = None,
+        limiter: ConnectionLimiter | None = None,
+    ) -> None:
+        super().__init__(portal, context)
+        self.limits = limits or ServerLimits()
+        self.limiter = limiter or ConnectionLimiter(self.limits)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = super().buildProtocol(addr)
+        p.limits = self.limits
+        p.limiter = self.limiter
+        refusal = self.limiter.admit(p, addr)
+        if refusal is None:
+            return p
+        return RefusedConnection(b"* BYE " + _GOODBYES[refusal], refusal, "imap")

@@ -124,6 +124,12 @@ def makeService(options: Options) -> service.MultiService:
     for name, factory in factories.items():
         for description in options[name]:
             _listen(top, description, factory, name)
+    if server.limiter is not None:
+        from clientid_twisted.server.shutdown import GracefulShutdownService
+
+        # Added last, so stopped first: connections are refused while the
+        # ports close, then sessions wind down (docs/limits.md).
+        GracefulShutdownService(server.limiter).setServiceParent(top)
     return top
 
 

@@ -1,0 +1,397 @@
+# -*- test-case-name: tests.test_guard -*-
+"""
+What the runnable server's SMTP and IMAP sessions share to survive hostile
+clients: idle timeouts that depend on the session's stage, a deadline per
+command line and per transfer (so a client trickling a byte at a time is
+cut), a cap on the TLS handshake, an error budget, a delay before a failed
+login is answered, connection counting, and a graceful end on shutdown.
+
+L{SessionGuardMixin} goes first in the bases of a protocol that has
+C{TimeoutMixin}'s C{setTimeout}/C{callLater} and an C{isEncrypted()}; the
+protocol supplies the few hooks that differ between SMTP and IMAP.  Every
+timer goes through C{self.callLater}, so tests drive them with a
+L{twisted.internet.task.Clock}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from zope.interface import implementer
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+
+from clientid_twisted.server.connections import (
+    _CLOSE_GRACE_SECONDS,
+    _CUT_LINGER_SECONDS,
+    ConnectionLimiter,
+)
+from clientid_twisted.server.limits import ServerLimits
+
+__all__ = ["SessionGuardMixin"]
+
+_log = Logger()
+
+
+@implementer(IHandshakeListener)
+class SessionGuardMixin:
+    """
+    Limits for one session.  Subclasses implement L{sendGoodbye},
+    L{hasPartialLine}, L{inTransfer}, L{isBusy} and L{isAuthenticated}.
+
+    @ivar limits: The server's L{ServerLimits}.
+    @ivar limiter: The L{ConnectionLimiter} that counted this session, or
+        L{None}.
+    @ivar errors: Errors counted against the budget so far.
+    @ivar closing: Whether the session was told to end (goodbye sent).
+    @ivar draining: Whether a shutdown is waiting for this session's
+        current command.
+    """
+
+    limits = ServerLimits()
+    limiter: ConnectionLimiter | None = None
+    errors = 0
+    closing = False
+    draining = False
+    handshaking = False
+
+    _commandSinceTLS = False
+    _guardGone = False
+
+    # Provided by the protocol.
+    transport: Any
+    protocolName: str
+    callLater: Callable[..., Any]
+    setTimeout: Callable[[Any], Any]
+    isEncrypted: Callable[[], bool]
+
+    # -- hooks ----------------------------------------------------------------
+
+    def sendGoodbye(self, event: str) -> None:
+        """
+        Send the last line before closing (SMTP C{421}, IMAP C{* BYE}),
+        worded for C{event}.
+        """
+        raise NotImplementedError
+
+    def hasPartialLine(self) -> bool:
+        """
+        Whether part of a command line has arrived without its end.
+        """
+        raise NotImplementedError
+
+    def inTransfer(self) -> bool:
+        """
+        Whether a message body or literal is being received.
+        """
+        raise NotImplementedError
+
+    def isBusy(self) -> bool:
+        """
+        Whether a command is under way that a shutdown should let finish.
+        """
+        raise NotImplementedError
+
+    def isAuthenticated(self) -> bool:
+        """
+        Whether the client has logged in.
+        """
+        raise NotImplementedError
+
+    def sessionEnding(self) -> None:
+        """
+        The session is being ended: drop whatever it was receiving now,
+        rather than when the connection is finally gone (a TLS close may
+        wait for the client).
+        """
+
+    def authenticatedIdleTimeout(self) -> float:
+        """
+        The idle timeout after login.
+        """
+        return self.limits.idleTimeout
+
+    # -- connection -----------------------------------------------------------------
+
+    @property
+    def _timers(self) -> dict[str, Any]:
+        # The session's delayed calls by name (created on first use, so a
+        # protocol driven without connectionMade still works).
+        return self.__dict__.setdefault("_timerTable", {})  # type: ignore[no-any-return]
+
+    @property
+    def _delayed(self) -> list[defer.Deferred[None]]:
+        # Failed logins waiting for their delayed answer.
+        return self.__dict__.setdefault("_delayedAnswers", [])  # type: ignore[no-any-return]
+
+    def connectionMade(self) -> None:
+        if self.isEncrypted() and not self._reserveHandshake():
+            # Implicit TLS with too many handshakes in progress: nothing can
+            # be said before the handshake, so close without one.
+            self._logLimit("handshake-limit")
+            self.closing = True
+            self.transport.abortConnection()
+            return
+        super().connectionMade()  # type: ignore[misc]
+        self.refreshIdleTimeout()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._guardGone = True
+        for name in list(self._timers):
+            self._cancelTimer(name)
+        delayed = list(self._delayed)
+        del self._delayed[:]
+        for d in delayed:
+            d.callback(None)
+        if self.limiter is not None:
+            self.limiter.release(self)
+        super().connectionLost(reason)  # type: ignore[misc]
+
+    def _peer(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+        except Exception:
+            return "-"
+        return str(getattr(peer, "host", peer))
+
+    def _logLimit(self, event: str, **fields: Any) -> None:
+        _log.info(
+            "Closing {protocol} session from {peer}: {limitEvent}",
+            limitEvent=event,
+            protocol=self.protocolName,
+            peer=self._peer(),
+            **fields,
+        )
+
+    # -- timers -----------------------------------------------------------------
+
+    def _startTimer(self, name: str, seconds: float, fire: Callable[[], None]) -> None:
+        self._cancelTimer(name)
+
+        def run() -> None:
+            self._timers.pop(name, None)
+            fire()
+
+        self._timers[name] = self.callLater(seconds, run)
+
+    def _cancelTimer(self, name: str) -> None:
+        call = self._timers.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def idleTimeout(self) -> float:
+        """
+        The idle timeout for the session's stage: short before the first
+        command over TLS, longer after login.
+        """
+        if not self._commandSinceTLS or not self.isEncrypted():
+            return self.limits.initialTimeout
+        if self.isAuthenticated():
+            return self.authenticatedIdleTimeout()
+        return self.limits.idleTimeout
+
+    def refreshIdleTimeout(self) -> None:
+        """
+        Restart the idle timer with the timeout for the session's stage.
+        """
+        if not self.closing and not self._guardGone:
+            self.setTimeout(self.idleTimeout())
+
+    def timeoutConnection(self) -> None:
+        self.closeSession("idle-timeout")
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)  # type: ignore[misc]
+        if not self.closing and not self._guardGone:
+            self._updateDeadlines()
+
+    def lineReceived(self, line: bytes) -> Any:
+        # A complete line ends its deadline; the next partial one starts
+        # a new one when the read is done.
+        self._cancelTimer("command")
+        if self.isEncrypted():
+            self._commandSinceTLS = True
+        result = super().lineReceived(line)  # type: ignore[misc]
+        self.refreshIdleTimeout()
+        return result
+
+    def _updateDeadlines(self) -> None:
+        """
+        Deadlines count from the first byte, whatever arrives after: a
+        command line must be complete within C{commandTimeout}, a message
+        body or literal within C{dataTimeout}.
+        """
+        if self.inTransfer():
+            self._cancelTimer("command")
+            if "transfer" not in self._timers:
+                self._startTimer("transfer", self.limits.dataTimeout, lambda: self.closeSession("data-timeout"))
+            return
+        self._cancelTimer("transfer")
+        if self.hasPartialLine():
+            if "command" not in self._timers:
+                self._startTimer("command", self.limits.commandTimeout, lambda: self.closeSession("command-timeout"))
+        else:
+            self._cancelTimer("command")
+
+    # -- TLS handshakes -----------------------------------------------------------
+
+    def _reserveHandshake(self) -> bool:
+        """
+        Count a TLS handshake that is about to start, and give it
+        C{tlsHandshakeTimeout} to finish.
+
+        @return: Whether the allowance for handshakes in progress has room.
+        """
+        if self.limiter is not None and not self.limiter.handshakeStarting(self):
+            return False
+        self.handshaking = True
+        self._startTimer("handshake", self.limits.tlsHandshakeTimeout, self._handshakeTimedOut)
+        return True
+
+    def _unreserveHandshake(self) -> None:
+        self.handshaking = False
+        self._cancelTimer("handshake")
+        if self.limiter is not None:
+            self.limiter.handshakeFinished(self)
+
+    def reserveStartTLS(self) -> bool:
+        """
+        Call before starting TLS on a plaintext connection.  Over the
+        allowance for handshakes in progress, the session ends (SMTP 421,
+        IMAP BYE) and the caller must not start TLS.
+
+        @return: Whether TLS may start.
+        """
+        if self._reserveHandshake():
+            return True
+        self.closeSession("handshake-limit")
+        return False
+
+    def startTLSNotStarted(self) -> None:
+        """
+        Call when a reserved STARTTLS did not start TLS after all.
+        """
+        self._unreserveHandshake()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake finished (L{IHandshakeListener}).
+        """
+        self._unreserveHandshake()
+        self.refreshIdleTimeout()
+
+    def _handshakeTimedOut(self) -> None:
+        self._logLimit("handshake-timeout")
+        self.closing = True
+        self.transport.abortConnection()
+
+    # -- ending sessions -------------------------------------------------------------
+
+    def closeSession(self, event: str) -> None:
+        """
+        End the session: say why (L{sendGoodbye}), close, and cut the
+        connection if the client does not read the goodbye in time.
+        """
+        if self.closing or self._guardGone:
+            return
+        self.closing = True
+        self._logLimit(event)
+        for name in list(self._timers):
+            self._cancelTimer(name)
+        self.setTimeout(None)
+        self.sessionEnding()
+        self.sendGoodbye(event)
+        self.transport.loseConnection()
+        self._abortIn(_CLOSE_GRACE_SECONDS)
+
+    def _abortIn(self, seconds: float) -> None:
+        # A TLS close waits for the client's close_notify, and a client that
+        # does not read never drains the goodbye: neither may keep the
+        # connection.
+        self._cancelTimer("abort")
+        self._timers["abort"] = self.callLater(seconds, self.transport.abortConnection)
+
+    def countError(self) -> None:
+        """
+        Count one error (an unknown command, a syntax error, a malformed
+        CLIENTID, a failed login); past C{maxErrorsPerSession}, end the
+        session.
+        """
+        self.errors += 1
+        if self.errors > self.limits.maxErrorsPerSession:
+            self.closeSession("error-budget")
+
+    def delayAuthFailure(self, answer: Callable[[], Any]) -> defer.Deferred[None] | None:
+        """
+        Answer a failed login after C{authFailureDelay} seconds, without
+        holding up the reactor (or any other session).
+
+        @param answer: Sends the reply; not called if the connection is
+            gone by then.
+        @return: A L{defer.Deferred} that fires once answered (or the
+            connection is gone), or L{None} when answered at once.
+        """
+        delay = self.limits.authFailureDelay
+        if delay <= 0:
+            answer()
+            return None
+        d: defer.Deferred[None] = defer.Deferred()
+        self._delayed.append(d)
+
+        def fire() -> None:
+            if d in self._delayed:
+                self._delayed.remove(d)
+                if not self._guardGone:
+                    answer()
+                d.callback(None)
+
+        self._startTimer(f"auth-delay-{id(d)}", delay, fire)
+        return d
+
+    def holdInput(self) -> None:
+        """
+        Stop reading from the client (while a login is decided), so that
+        what it pipelines meanwhile stays in the kernel, not in memory.
+        """
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None and not self._guardGone:
+            pause()
+
+    def releaseInput(self, result: object = None) -> object:
+        """
+        Read from the client again; passes C{result} through.
+        """
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None and not self._guardGone and not self.closing:
+            resume()
+        return result
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def drainIfIdle(self) -> bool:
+        """
+        For a shutdown: end the session now unless a command is under way
+        (then it ends before the next command, or when polled again).
+
+        @return: Whether the session was ended (or was ending already).
+        """
+        if self.closing or self._guardGone:
+            return True
+        self.draining = True
+        if self.isBusy():
+            return False
+        self.closeSession("shutdown")
+        return True
+
+    def cut(self) -> None:
+        """
+        For a shutdown whose grace is over: end the session, busy or not.
+        Whatever it was receiving is discarded (a message in DATA is never
+        half-written: it lives in the maildir's C{tmp/} until complete).
+        """
+        if self._guardGone:
+            return
+        self.closeSession("shutdown")
+        self._abortIn(_CUT_LINGER_SECONDS)
