@@ -7,13 +7,22 @@ C{clientid-admin}: manage the runnable server's data directory.
     clientid-admin [--data-dir DIR] user remove ADDRESS
     clientid-admin [--data-dir DIR] user list
 
-Changes take effect on a running server at its next login: it re-reads the
-files.  Each command group is registered by one function in L{COMMANDS}, so
-more groups (devices, tokens, events) slot in beside C{user}.
+    clientid-admin [--data-dir DIR | --store URL] devices list ADDRESS [--json]
+    clientid-admin [...] devices approve ADDRESS (TYPE TOKEN | --fingerprint FP)
+    clientid-admin [...] devices revoke ADDRESS (TYPE TOKEN | --fingerprint FP)
+    clientid-admin [...] tokens revoke TYPE TOKEN [--for SECONDS]
+    clientid-admin [...] tokens unlock TYPE TOKEN
+    clientid-admin [...] events [--account ADDRESS] [--limit N] [--json]
 
-Exit status: 0 success, 1 the data directory is unusable (a corrupt or
-unreadable file), 2 a usage error (bad arguments, invalid address, unknown
-or existing user, empty password).
+Changes take effect on a running server at its next login: it re-reads the
+files and the store.  Each command group is registered by one function in
+L{COMMANDS}.  The device, token and event commands need only the CLIENTID
+store (C{--store URL}); with a data directory they also check that the
+account exists.
+
+Exit status: 0 success, 1 the data directory or store is unusable (a
+corrupt or unreadable file), 2 a usage error (bad arguments, invalid
+address, unknown or existing user, empty password).
 """
 
 from __future__ import annotations
@@ -21,10 +30,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
+import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
+from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.identity import ClientIdentity
+from clientid_twisted.policy.decision import accountName
+from clientid_twisted.policy.manage import DeviceManager, DeviceView, resultOf
+from clientid_twisted.server.config import configPath, loadConfig
+from clientid_twisted.server.secret import KEY_FILE, loadOrCreateKey
+from clientid_twisted.store import StoreError, openStore, storeScheme
 from clientid_twisted.server.users import (
     InvalidAddress,
     UnknownUser,
@@ -66,10 +85,21 @@ class _Context:
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
+        self._cleanups: list[Callable[[], Any]] = []
+
+    def closeLater(self, cleanup: Callable[[], Any]) -> None:
+        """
+        Call C{cleanup} when the command is done, whatever happened.
+        """
+        self._cleanups.append(cleanup)
+
+    def close(self) -> None:
+        while self._cleanups:
+            self._cleanups.pop()()
 
     @property
     def dataDir(self) -> Path:
-        return Path(self.arguments.data_dir)
+        return Path(self.arguments.data_dir or DEFAULT_DATA_DIR)
 
     def users(self) -> UserDatabase:
         return UserDatabase(usersPath(self.dataDir))
@@ -160,7 +190,348 @@ def _addUserCommands(commands: Any) -> None:
     listing.set_defaults(run=_userList)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_addUserCommands]
+# devices, tokens, events: the CLIENTID store
+
+
+class _WallClock:
+    """
+    The admin command's time (the store's, in blocking mode).
+    """
+
+    def seconds(self) -> float:
+        return time.time()
+
+
+def _usesDataDir(context: _Context) -> bool:
+    """
+    Whether the command reads the data directory: named with --data-dir,
+    or the default when no --store is given.
+    """
+    arguments = context.arguments
+    return arguments.data_dir is not None or not arguments.store
+
+
+def _manager(context: _Context) -> DeviceManager:
+    """
+    Open the store the arguments name, blocking, with the key its devices
+    are hashed with.
+    """
+    from clientid_twisted.policy.setup import configuredKey
+    from clientid_twisted.policy.config import parsePolicyConfig
+
+    arguments = context.arguments
+    usesDataDir = _usesDataDir(context)
+    dataDir = context.dataDir if usesDataDir else None
+    if arguments.config:
+        configFile: Path | None = Path(arguments.config)
+        config = loadConfig(configFile, required=True)
+    elif dataDir is not None:
+        configFile = configPath(dataDir)
+        config = loadConfig(configFile)
+    else:
+        configFile, config = None, {}
+    settings = parsePolicyConfig(config, configFile)
+    url = arguments.store or settings.store.url
+    if storeScheme(url) == "memory":
+        raise UsageError(
+            "a memory: store lives inside one server process: "
+            "clientid-admin cannot reach it"
+        )
+    if dataDir is not None and not dataDir.is_dir():
+        raise UsageError(
+            f"no data directory {dataDir}: give --data-dir DIR or --store URL"
+        )
+    # A store named on the command line must exist (a typo must not make a
+    # new, empty one); the data directory's may be made before the server
+    # first runs.
+    try:
+        store = openStore(
+            url, dataDir, clock=_WallClock(), blocking=True, create=not arguments.store
+        )
+    except StoreError as e:
+        if arguments.store and "no SQLite store" in str(e):
+            raise UsageError(str(e)) from None
+        raise
+    context.closeLater(store.close)
+    key = configuredKey(settings, dataDir)
+    if key is None:
+        candidate = None
+        if dataDir is not None:
+            candidate = loadOrCreateKey(dataDir / KEY_FILE)
+        key = resultOf(store.identityKey(candidate))
+    return DeviceManager(store, IdentityHasher(key))
+
+
+def _account(context: _Context, address: str) -> str:
+    """
+    The store's name for an account; with a data directory, only an
+    existing one.
+    """
+    if _usesDataDir(context):
+        users = context.users()
+        key = normalizeAddress(address)
+        if not users.exists(key):
+            raise UnknownUser(f"no such user: {key} (in {users.path})")
+        return key
+    account = accountName(address)
+    if account is None:
+        raise UsageError(f"invalid address {address!r}")
+    return account
+
+
+def _identity(arguments: argparse.Namespace) -> ClientIdentity:
+    return ClientIdentity(arguments.type, arguments.token)
+
+
+def _deviceIdentity(arguments: argparse.Namespace) -> tuple[ClientIdentity | None, str | None]:
+    """
+    The device named by TYPE TOKEN or by --fingerprint, not both.
+    """
+    byToken = arguments.type is not None or arguments.token is not None
+    if byToken and arguments.fingerprint:
+        raise UsageError("give TYPE TOKEN or --fingerprint FP, not both")
+    if arguments.fingerprint:
+        return None, arguments.fingerprint
+    if arguments.type is None or arguments.token is None:
+        raise UsageError("name the device: TYPE TOKEN, or --fingerprint FP from 'devices list'")
+    return _identity(arguments), None
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if math.isinf(seconds):
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds))
+
+
+def _isoTime(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    if math.isinf(seconds):
+        return "forever"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _table(context: _Context, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        context.say("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _state(view: DeviceView) -> str:
+    state = view.record.state
+    if view.revokedUntil is not None:
+        state += "+token-revoked"
+    if view.lockedUntil is not None:
+        state += "+locked"
+    return state
+
+
+def _devicesList(context: _Context) -> None:
+    account = _account(context, context.arguments.address)
+    views = _manager(context).listDevices(account)
+    if context.arguments.json:
+        context.say(
+            json.dumps(
+                [
+                    {
+                        "account": view.record.account,
+                        "type": view.record.typeName,
+                        "fingerprint": view.record.fingerprint,
+                        "state": view.record.state,
+                        "locked_until": _isoTime(view.lockedUntil),
+                        "token_revoked_until": _isoTime(view.revokedUntil),
+                        "first_seen": _isoTime(view.record.firstSeen),
+                        "last_seen": _isoTime(view.record.lastSeen),
+                        "last_address": view.record.lastAddress,
+                        "last_protocol": view.record.lastProtocol,
+                        "logins": view.record.logins,
+                        "failures": view.record.failures,
+                    }
+                    for view in views
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not views:
+        context.say(f"no devices known for {account}")
+        return
+    _table(
+        context,
+        ["TYPE", "FINGERPRINT", "STATE", "FIRST SEEN", "LAST SEEN", "LAST ADDRESS", "LOGINS", "FAILURES"],
+        [
+            [
+                view.record.typeName,
+                view.record.fingerprint,
+                _state(view),
+                _time(view.record.firstSeen),
+                _time(view.record.lastSeen),
+                view.record.lastAddress or "-",
+                str(view.record.logins),
+                str(view.record.failures),
+            ]
+            for view in views
+        ],
+    )
+
+
+def _devicesApprove(context: _Context) -> None:
+    account = _account(context, context.arguments.address)
+    identity, fingerprint = _deviceIdentity(context.arguments)
+    record = _manager(context).approve(account, identity, fingerprint)
+    context.say(f"approved {record.typeName} device {record.fingerprint} for {account}")
+
+
+def _devicesRevoke(context: _Context) -> None:
+    account = _account(context, context.arguments.address)
+    identity, fingerprint = _deviceIdentity(context.arguments)
+    record = _manager(context).revoke(account, identity, fingerprint)
+    context.say(f"revoked {record.typeName} device {record.fingerprint} for {account}")
+
+
+def _tokensRevoke(context: _Context) -> None:
+    seconds = context.arguments.for_seconds
+    if seconds is not None and not seconds > 0:
+        raise UsageError(f"--for must be a positive number of seconds, not {seconds}")
+    identity = _identity(context.arguments)
+    manager = _manager(context)
+    until = manager.revokeToken(identity, seconds)
+    ending = "until unlocked" if math.isinf(until) else f"until {_time(until)}"
+    context.say(
+        f"revoked {identity.type} token {manager.hasher.fingerprint(identity)} "
+        f"on every account, {ending}"
+    )
+
+
+def _tokensUnlock(context: _Context) -> None:
+    identity = _identity(context.arguments)
+    manager = _manager(context)
+    manager.unlockToken(identity)
+    context.say(f"unlocked {identity.type} token {manager.hasher.fingerprint(identity)}")
+
+
+def _events(context: _Context) -> None:
+    arguments = context.arguments
+    if arguments.limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {arguments.limit}")
+    account = _account(context, arguments.account) if arguments.account else None
+    events = _manager(context).events(account, arguments.limit)
+    if arguments.json:
+        context.say(
+            json.dumps(
+                [
+                    {
+                        "time": _isoTime(e.time),
+                        "event": e.kind,
+                        "account": e.account,
+                        "type": e.typeName,
+                        "fingerprint": e.fingerprint,
+                        "address": e.address,
+                        "protocol": e.protocol,
+                        "detail": e.detail,
+                    }
+                    for e in events
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not events:
+        context.say("no events")
+        return
+    _table(
+        context,
+        ["TIME", "EVENT", "ACCOUNT", "TYPE", "FINGERPRINT", "ADDRESS", "DETAIL"],
+        [
+            [
+                _time(e.time),
+                e.kind,
+                e.account or "-",
+                e.typeName or "-",
+                e.fingerprint or "-",
+                e.address or "-",
+                e.detail or "",
+            ]
+            for e in events
+        ],
+    )
+
+
+def _storeOptions(parser: argparse.ArgumentParser) -> None:
+    """
+    Where the store is, accepted after the command too.
+    """
+    parser.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="the server's data directory (users, config, default store)")
+    parser.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
+                        help="the CLIENTID store, e.g. sqlite:///var/lib/clientid/clientid.sqlite3")
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="the TOML configuration (for [store] settings)")
+
+
+def _addDeviceCommands(commands: Any) -> None:
+    devices = commands.add_parser("devices", help="list, approve and revoke an account's devices")
+    actions = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="an account's devices")
+    listing.add_argument("address", metavar="ADDRESS")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _storeOptions(listing)
+    listing.set_defaults(run=_devicesList)
+
+    for name, run, what in [
+        ("approve", _devicesApprove, "let a device log in to an account"),
+        ("revoke", _devicesRevoke, "refuse a device on an account"),
+    ]:
+        action = actions.add_parser(name, help=what)
+        action.add_argument("address", metavar="ADDRESS")
+        action.add_argument("type", metavar="TYPE", nargs="?", help="the CLIENTID type")
+        action.add_argument("token", metavar="TOKEN", nargs="?", help="the CLIENTID token")
+        action.add_argument(
+            "--fingerprint", metavar="FP", help="the device's fingerprint, from 'devices list'"
+        )
+        _storeOptions(action)
+        action.set_defaults(run=run)
+
+
+def _addTokenCommands(commands: Any) -> None:
+    tokens = commands.add_parser("tokens", help="revoke or unlock a token on every account")
+    actions = tokens.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    revoke = actions.add_parser("revoke", help="refuse a token on every account")
+    revoke.add_argument("type", metavar="TYPE")
+    revoke.add_argument("token", metavar="TOKEN")
+    revoke.add_argument("--for", dest="for_seconds", metavar="SECONDS", type=float,
+                        help="only for this long [default: until unlocked]")
+    _storeOptions(revoke)
+    revoke.set_defaults(run=_tokensRevoke)
+
+    unlock = actions.add_parser(
+        "unlock", help="lift a token's revocation or lockout and forget its failures"
+    )
+    unlock.add_argument("type", metavar="TYPE")
+    unlock.add_argument("token", metavar="TOKEN")
+    _storeOptions(unlock)
+    unlock.set_defaults(run=_tokensUnlock)
+
+
+def _addEventCommands(commands: Any) -> None:
+    events = commands.add_parser("events", help="recent security events")
+    events.add_argument("--account", metavar="ADDRESS", help="only this account's")
+    events.add_argument("--limit", metavar="N", type=int, default=20, help="how many [default: 20]")
+    events.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _storeOptions(events)
+    events.set_defaults(run=_events)
+
+
+COMMANDS: list[Callable[[Any], None]] = [
+    _addUserCommands,
+    _addDeviceCommands,
+    _addTokenCommands,
+    _addEventCommands,
+]
 """
 Functions that each add one command group to the subparsers object they are
 given; every leaf parser sets C{run}, a callable taking the command context.
@@ -175,9 +546,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-dir",
-        default=DEFAULT_DATA_DIR,
+        default=None,
         metavar="DIR",
         help=f"the server's data directory (default: {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="the CLIENTID store (default: [store] url, else DATA_DIR/clientid.sqlite3)",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="the TOML configuration (default: DATA_DIR/clientid.toml)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for addCommands in COMMANDS:
@@ -211,8 +594,11 @@ def main(
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     context = _Context(arguments, stdin, stdout, stderr)
     try:
-        arguments.run(context)
-    except (UserDatabaseError, OSError) as e:
+        try:
+            arguments.run(context)
+        finally:
+            context.close()
+    except (UserDatabaseError, StoreError, OSError) as e:
         print(f"clientid-admin: error: {e}", file=stderr)
         return EXIT_DATA
     except (UsageError, InvalidAddress, UserExists, UnknownUser, ValueError) as e:

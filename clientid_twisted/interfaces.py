@@ -13,7 +13,12 @@ from zope.interface import Attribute, Interface
 
 from twisted.cred.credentials import ICredentials
 
-__all__ = ["IClientIdentifiedCredentials"]
+__all__ = [
+    "IClientIdentifiedCredentials",
+    "IClientIDPolicy",
+    "IClientIDStore",
+    "IAlertObserver",
+]
 
 
 class IClientIdentifiedCredentials(ICredentials):
@@ -34,3 +39,159 @@ class IClientIdentifiedCredentials(ICredentials):
     protocolName = Attribute('Which protocol the login came over: C{"smtp"} or C{"imap"}.')
     secure = Attribute("L{True} when the connection is encrypted (TLS).")
     credentials = Attribute("The mechanism's own credentials object, unwrapped.")
+
+
+class IClientIDPolicy(Interface):
+    """
+    Decides whether a login may go ahead given the device it came from, and
+    learns from how it ended.
+
+    A decision has two halves around the password check, so that a refusal
+    costs the same time as a wrong password: L{evaluate} runs first (and may
+    ask the store), the caller checks the password whatever the verdict, then
+    L{outcome} hears whether the password was right.
+    """
+
+    def evaluate(attempt):
+        """
+        Decide on an attempt before its password is known.
+
+        @param attempt: A L{clientid_twisted.policy.decision.Attempt}.
+        @return: A L{Deferred} firing with a
+            L{clientid_twisted.policy.decision.Decision}: C{ACCEPT} (the
+            password decides), C{REJECT} (refuse whatever the password) or
+            C{TEMPFAIL} (cannot decide now).  It never fails.
+        """
+
+    def outcome(decision, passwordAccepted):
+        """
+        Hear how an attempt ended: record it (devices, counters, events) and
+        raise alerts.  Never blocks the login: the caller need not wait.
+
+        @param decision: What L{evaluate} returned for the attempt.
+        @param passwordAccepted: Whether the wrapped checker accepted the
+            password.
+        @return: A L{Deferred} firing with L{None} once recorded; it never
+            fails (errors are logged).
+        """
+
+
+class IClientIDStore(Interface):
+    """
+    What the policy remembers: devices per account, windowed counters,
+    timed locks, small windowed sets, the event history and the key that
+    hashes tokens.  Every method returns a L{Deferred}.
+
+    The decision path is two coarse calls: L{loadState} reads everything one
+    decision needs, L{recordOutcome} applies everything it changes,
+    atomically.  A backend can serve each with one round trip (one
+    transaction, one Lua script).  Tokens never reach a store: only their
+    keyed hashes (L{clientid_twisted.fingerprint.IdentityHasher.digest}).
+
+    Time is the store's own (its clock), so frontends sharing a store agree
+    on windows and lock ends.
+
+    Read-your-writes: a L{loadState} call sees the effect of every
+    L{recordOutcome} called before it on the same store object, even if
+    that call's L{Deferred} has not fired yet.
+    """
+
+    def identityKey(candidate):
+        """
+        The key for hashing tokens kept with the store, so that every
+        process using the store agrees.
+
+        @param candidate: Bytes to keep if the store has no key yet; L{None}
+            to make a random one.
+        @return: A L{Deferred} firing with the key the store keeps.
+        """
+
+    def loadState(query):
+        """
+        Read what one decision needs.
+
+        @param query: A L{clientid_twisted.store.records.StateQuery}.
+        @return: A L{Deferred} firing with a
+            L{clientid_twisted.store.records.DecisionState}.
+        """
+
+    def recordOutcome(record):
+        """
+        Apply the changes of one decision atomically.
+
+        @param record: A L{clientid_twisted.store.records.OutcomeRecord}.
+        @return: A L{Deferred} firing with a
+            L{clientid_twisted.store.records.OutcomeResult}: the events
+            recorded (with their time) and the locks newly set.
+        """
+
+    def listDevices(account):
+        """
+        @return: A L{Deferred} firing with the account's
+            L{clientid_twisted.store.records.DeviceRecord}s, most recently
+            seen first.
+        """
+
+    def setDeviceState(account, digest, typeName, fingerprint, state, event):
+        """
+        Set a device's state, creating its record if there is none (an
+        operator may approve or revoke a device never seen).
+
+        @param event: An L{clientid_twisted.store.records.Event} to record
+            with the change, or L{None}.
+        @return: A L{Deferred} firing with the new
+            L{clientid_twisted.store.records.DeviceRecord}.
+        """
+
+    def setLock(key, seconds, event):
+        """
+        Lock C{key} for C{seconds} from now (L{None}: until cleared),
+        replacing any lock it has.
+
+        @return: A L{Deferred} firing with the lock's end (C{inf}: none).
+        """
+
+    def clearKeys(keys, event):
+        """
+        Remove locks, counters and sets named by C{keys}.
+
+        @return: A L{Deferred} firing with L{None}.
+        """
+
+    def activeLocks(keys):
+        """
+        @return: A L{Deferred} firing with a dict from each of C{keys} that
+            is locked now to the lock's end.
+        """
+
+    def listEvents(account, limit):
+        """
+        @param account: Only this account's events, or L{None} for all.
+        @return: A L{Deferred} firing with up to C{limit} most recent
+            L{clientid_twisted.store.records.Event}s, oldest first.
+        """
+
+    def close():
+        """
+        Finish pending writes and let go of resources.
+
+        @return: A L{Deferred} firing when done.
+        """
+
+
+class IAlertObserver(Interface):
+    """
+    Told about security events an account owner or operator should hear of:
+    a new device, a right password from a refused device, a lockout.
+
+    Alerts carry the identity type and its keyed fingerprint, never the
+    token.
+    """
+
+    def alertRaised(alert):
+        """
+        Handle one alert.  Must return at once and never raise: slow work
+        (mail, HTTP) goes on in the background, so no login waits for it.
+
+        @param alert: A L{clientid_twisted.policy.alerts.Alert}.
+        """

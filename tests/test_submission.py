@@ -32,6 +32,7 @@ def _server(testCase: SynchronousTestCase) -> Any:
     # A refused login is answered at once in tests (docs/limits.md).
     (dataDir / "clientid.toml").write_text("[server]\nauth_failure_delay_seconds = 0\n")
     server = assembleServer(dataDir, hostname="mail.example.test")
+    testCase.addCleanup(server.authentication.store.close)
     server.users.addUser("alice@example.test", "correct horse")
     server.users.addUser("bob@example.test", "battery staple")
     return server

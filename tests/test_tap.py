@@ -67,10 +67,17 @@ class MakeServiceTests(SynchronousTestCase):
             ["--data-dir", str(dataDir), "--smtp", "tcp:0", "--imaps", "tcp:0", "--imaps", "tcp:0:interface=127.0.0.2"]
         )
         top = makeService(options)
+        self.addCleanup(top.getServiceNamed("clientid store").store.close)
         names = sorted(service.name for service in top)
         self.assertEqual(
             names,
-            ["graceful shutdown", "imaps tcp:0", "imaps tcp:0:interface=127.0.0.2", "smtp tcp:0"],
+            [
+                "clientid store",
+                "graceful shutdown",
+                "imaps tcp:0",
+                "imaps tcp:0:interface=127.0.0.2",
+                "smtp tcp:0",
+            ],
         )
         # The last child is stopped first: it refuses connections while
         # the ports close.
@@ -97,7 +104,8 @@ class MakeServiceTests(SynchronousTestCase):
                 "--smtp", "tcp:0",
             ]
         )
-        makeService(options)
+        top = makeService(options)
+        self.addCleanup(top.getServiceNamed("clientid store").store.close)
         self.assertFalse((dataDir / "tls").exists())
 
     def test_badConfig(self) -> None:

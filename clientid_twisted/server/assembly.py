@@ -18,6 +18,7 @@ from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
 from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.policy.setup import Authentication, buildAuthentication
 from clientid_twisted.server.config import getTable, loadConfig
 from clientid_twisted.server.connections import ConnectionLimiter
 from clientid_twisted.server.delivery import MailRealm
@@ -53,6 +54,7 @@ class MailServer:
     portal: Portal
     smtpFactory: SubmissionFactory
     imapFactory: MailIMAP4Factory
+    authentication: Authentication
     limits: ServerLimits = ServerLimits()
     limiter: ConnectionLimiter | None = None
 
@@ -63,6 +65,7 @@ def assembleServer(
     certificatePath: str | None = None,
     keyPath: str | None = None,
     hostname: str | None = None,
+    storeURL: str | None = None,
 ) -> MailServer:
     """
     Build the shared parts of the server, creating the data directory and
@@ -91,7 +94,15 @@ def assembleServer(
 
     hasher = IdentityHasher(loadOrCreateKey(dataDir / "clientid.key"))
     users = UserDatabase(dataDir / "users.json")
-    portal = Portal(MailRealm(dataDir, users, hostname), [ScryptChecker(users)])
+    # The device policy wraps the password checker; the store's key (which
+    # a new store adopts from clientid.key) keys the fingerprints, so the
+    # protocol log and `clientid-admin devices list` agree.
+    authentication = buildAuthentication(
+        config, dataDir, storeURL, users, ScryptChecker(users), hasher, hostname,
+        configSource=configFile,
+    )
+    hasher = authentication.hasher or hasher
+    portal = Portal(MailRealm(dataDir, users, hostname), [authentication.checker])
 
     # One count of connections for both protocols: the limits are the
     # server's, not each listener's.
@@ -114,6 +125,7 @@ def assembleServer(
         portal=portal,
         smtpFactory=smtpFactory,
         imapFactory=imapFactory,
+        authentication=authentication,
         limits=limits,
         limiter=limiter,
     )

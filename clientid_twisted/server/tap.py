@@ -58,6 +58,7 @@ class Options(usage.Options):
         ["certificate", None, None, "PEM certificate (chain) for TLS [default: a self-signed one in DATA_DIR/tls]."],
         ["private-key", None, None, "PEM private key matching --certificate."],
         ["hostname", None, None, "Name the server greets with [default: [server] hostname, else localhost]."],
+        ["store", None, None, "CLIENTID device store URL: sqlite:///path, sqlite:relative, memory: [default: DATA_DIR/clientid.sqlite3]."],
     ]
 
     def __init__(self) -> None:
@@ -109,12 +110,16 @@ def makeService(options: Options) -> service.MultiService:
             certificatePath=options["certificate"],
             keyPath=options["private-key"],
             hostname=options["hostname"],
+            storeURL=options["store"],
         )
     except (ValueError, OSError) as e:
         # An operator's mistake (a bad config, an unreadable file): say so
         # and stop, without a traceback.
         raise SystemExit(f"clientid-mail: {e}")
     top = service.MultiService()
+    # First in, last out: the store closes (committing queued writes) after
+    # every listener and session has stopped.
+    server.authentication.service.setServiceParent(top)
     factories = {
         "smtp": server.smtpFactory,
         "smtps": TLSMemoryBIOFactory(server.tlsOptions, False, server.smtpFactory),

@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.test_checker -*-
+"""
+L{ClientIDChecker}: puts a device policy in front of any C{twisted.cred}
+checker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted.interfaces import IClientIdentifiedCredentials, IClientIDPolicy
+from clientid_twisted.policy.decision import Attempt, Decision, Verdict, accountName
+
+__all__ = ["ClientIDChecker", "attemptFromCredentials"]
+
+
+def attemptFromCredentials(credentials: Any) -> Attempt:
+    """
+    What the policy needs to know of a login.  Credentials that do not
+    provide L{IClientIdentifiedCredentials} count as a login without
+    CLIENTID from an unknown address.
+    """
+    account = accountName(getattr(credentials, "username", None))
+    if not IClientIdentifiedCredentials.providedBy(credentials):
+        return Attempt(account=account)
+    peer = credentials.peer
+    host = getattr(peer, "host", None)
+    return Attempt(
+        account=account,
+        identity=credentials.clientIdentity,
+        address=host if isinstance(host, str) else None,
+        protocolName=credentials.protocolName,
+        secure=bool(credentials.secure),
+    )
+
+
+class _Refused:
+    """
+    The wrapped checker refused the credentials.
+    """
+
+
+_REFUSED = _Refused()
+
+
+def _refusedPassword(reason: Failure) -> Any:
+    reason.trap(UnauthorizedLogin)
+    return _REFUSED
+
+
+@implementer(ICredentialsChecker)
+class ClientIDChecker:
+    """
+    Wraps an L{ICredentialsChecker} with an L{IClientIDPolicy}.
+
+    The policy's evaluation and the wrapped checker's password check run
+    side by side, and the wrapped checker runs for every attempt, even one
+    the policy has already refused: a refusal then costs exactly the time
+    of a password check (its KDF) and raises the same
+    L{UnauthorizedLogin}, so neither the reply nor its timing tells a
+    client why it was refused.  The outcome (was the password right?) goes
+    back to the policy, which records it without delaying the answer.
+
+    A policy that cannot decide (store outage) gives
+    L{TemporaryAuthenticationFailure}, which the protocols answer with 454
+    4.7.0 / NO [UNAVAILABLE]; so does a wrapped checker that raises
+    anything but L{UnauthorizedLogin}.
+
+    @ivar innerChecker: Checks the password.
+    @ivar policy: Decides on the device.
+    """
+
+    log = Logger()
+
+    def __init__(self, innerChecker: ICredentialsChecker, policy: IClientIDPolicy) -> None:
+        self.innerChecker = innerChecker
+        self.policy = policy
+        self.credentialInterfaces = tuple(innerChecker.credentialInterfaces)
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+        """
+        @return: A L{Deferred} firing with the wrapped checker's avatar ID,
+            or failing with L{UnauthorizedLogin} or
+            L{TemporaryAuthenticationFailure}.
+        """
+        try:
+            attempt = attemptFromCredentials(credentials)
+        except Exception:
+            self.log.failure("cannot read the login attempt")
+            return defer.fail(TemporaryAuthenticationFailure("unreadable credentials"))
+        decided = defer.maybeDeferred(self.policy.evaluate, attempt)
+        checked = defer.maybeDeferred(self.innerChecker.requestAvatarId, credentials)
+        checked.addErrback(_refusedPassword)
+        both = defer.gatherResults([decided, checked], consumeErrors=True)
+        both.addCallbacks(self._verdict, _firstError)
+        return both
+
+    def _verdict(self, results: list[Any]) -> Any:
+        decision: Decision = results[0]
+        avatarId = results[1]
+        if decision.verdict is Verdict.TEMPFAIL:
+            raise TemporaryAuthenticationFailure(decision.reason)
+        passwordAccepted = avatarId is not _REFUSED
+        try:
+            recorded = self.policy.outcome(decision, passwordAccepted)
+        except Exception:
+            self.log.failure("the CLIENTID policy failed to hear an outcome")
+        else:
+            if isinstance(recorded, defer.Deferred):
+                recorded.addErrback(
+                    lambda f: self.log.failure("the CLIENTID policy failed to record", f)
+                )
+        if passwordAccepted and decision.verdict is Verdict.ACCEPT:
+            return avatarId
+        raise UnauthorizedLogin()
+
+
+def _firstError(reason: Failure) -> Failure:
+    reason.trap(defer.FirstError)
+    first: defer.FirstError = reason.value  # type: ignore[assignment]
+    return first.subFailure

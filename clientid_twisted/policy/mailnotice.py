@@ -1,0 +1,172 @@
+# -*- test-case-name: tests.test_policy_alerts -*-
+"""
+Alerts as mail in the account's own INBOX: the owner reads them in the
+client they use anyway, without another service knowing about the device.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from pathlib import Path
+from typing import Any, Callable
+
+from zope.interface import implementer
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+
+from clientid_twisted.interfaces import IAlertObserver
+from clientid_twisted.policy.alerts import Alert
+from clientid_twisted.server.delivery import SubmissionDelivery
+from clientid_twisted.server.users import UserDatabase
+
+__all__ = ["MailboxAlertObserver", "noticeLines"]
+
+_SUBJECTS = {
+    "device-new": "New device logged in to your mail account",
+    "device-refused": "Your mail password was used from a refused device",
+    "device-locked": "A device was locked out of your mail account",
+    "account-closed": "Failed logins to your mail account",
+    "no-clientid-login": "Login to your mail account without a device identity",
+    "login": "Login to your mail account",
+}
+
+
+def noticeLines(alert: Alert, hostname: str, messageID: str) -> list[bytes]:
+    """
+    The notice for C{alert} as RFC 5322 lines (ASCII, no line ends).
+    """
+    ascii = _asciiHost(hostname)
+    when = email.utils.formatdate(alert.time, usegmt=True)
+    lines = [
+        f"From: Mail security <postmaster@{ascii}>",
+        f"To: <{alert.account}>",
+        f"Subject: {_SUBJECTS.get(alert.kind, 'Security notice for your mail account')}",
+        f"Date: {when}",
+        f"Message-ID: {messageID}",
+        "Auto-Submitted: auto-generated",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=us-ascii",
+        "Content-Transfer-Encoding: 7bit",
+        "",
+        f"Hello {alert.account},",
+        "",
+        f"On {when}, {alert.summary}.",
+        "",
+    ]
+    if alert.typeName or alert.fingerprint:
+        lines.append(f"  Device:      {alert.typeName or '?'} {alert.fingerprint or ''}".rstrip())
+    if alert.address:
+        lines.append(f"  Address:     {alert.address}")
+    if alert.protocol:
+        lines.append(f"  Protocol:    {alert.protocol.upper()}")
+    if alert.detail:
+        lines.append(f"  Why:         {alert.detail}")
+    lines += [
+        "",
+        "If this was you, there is nothing to do.",
+        "If it was not, change your password now and ask your administrator",
+        "to revoke the device"
+        + (f" (fingerprint {alert.fingerprint})." if alert.fingerprint else "."),
+        "",
+        f"-- {ascii}",
+    ]
+    return [_safe(line) for line in lines]
+
+
+def _asciiHost(hostname: str) -> str:
+    try:
+        return hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return hostname.encode("ascii", "replace").decode("ascii")
+
+
+def _safe(line: str) -> bytes:
+    # Fields come from the network (an address, a type): never let one
+    # break a line or the message.
+    return line.replace("\r", "?").replace("\n", "?").encode("ascii", "replace")
+
+
+@implementer(IAlertObserver)
+class MailboxAlertObserver:
+    """
+    Delivers account alerts into the account's INBOX (its maildir, as mail
+    from C{postmaster@hostname}), off the reactor thread.
+
+    Only accounts that exist get mail: login names come from the network,
+    and no maildir is ever made for a name an attacker typed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        dataDir: Path,
+        users: UserDatabase,
+        hostname: str,
+        clock: Any = None,
+        runInThread: Callable[..., defer.Deferred[Any]] | None = None,
+    ) -> None:
+        """
+        @param users: The accounts; each delivery reads their file afresh,
+            in its own thread (a L{UserDatabase} belongs to one thread).
+        @param clock: Dates the notices; the reactor by default.
+        @param runInThread: C{runInThread(f, *args)} runs C{f} somewhere
+            that may block and returns a Deferred of its result; the
+            reactor's thread pool by default.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock
+        if runInThread is None:
+            from twisted.internet.threads import deferToThread
+
+            runInThread = deferToThread
+        self.dataDir = Path(dataDir)
+        self.usersPath = Path(users.path)
+        self.hostname = hostname
+        self._clock = clock
+        self._run: Callable[..., defer.Deferred[Any]] = runInThread
+
+    def alertRaised(self, alert: Alert) -> None:
+        if not alert.forAccount:
+            return
+        d = self._run(self.deliver, alert)
+        d.addErrback(
+            lambda f: self.log.failure(
+                "could not deliver the {alertKind} notice to {account}",
+                f,
+                alertKind=alert.kind,
+                account=alert.account,
+            )
+        )
+
+    def deliver(self, alert: Alert) -> Path | None:
+        """
+        Write the notice into the account's maildir; blocking.
+
+        @return: The message's path, or L{None} if the account does not
+            exist.
+        """
+        users = UserDatabase(self.usersPath)
+        if alert.account is None or not users.exists(alert.account):
+            return None
+        delivery = SubmissionDelivery(self.dataDir, users, self.hostname, clock=self._clock)
+        try:
+            start = delivery.validateTo(smtp.User(alert.account, None, None, None))
+        except smtp.SMTPBadRcpt:
+            return None
+        writer = start()
+        messageID = email.utils.make_msgid("clientid", domain=_asciiHost(self.hostname))
+        try:
+            for line in noticeLines(alert, self.hostname, messageID):
+                writer.lineReceived(line)
+        except BaseException:
+            writer.connectionLost()
+            raise
+        done: list[Any] = []
+        writer.eomReceived().addBoth(done.append)  # fires at once
+        if isinstance(done[0], Failure):
+            done[0].raiseException()
+        return Path(done[0])

@@ -1,0 +1,191 @@
+# -*- test-case-name: tests.test_admin_devices -*-
+"""
+What an operator does to devices and tokens, synchronously, over a store
+opened in blocking mode: the layer under C{clientid-admin devices|tokens|
+events}, usable from any script.
+
+Tokens given here are hashed with the store's key at once and never
+written anywhere; listings show the keyed fingerprint.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from attrs import frozen
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.identity import ClientIdentity
+from clientid_twisted.interfaces import IClientIDStore
+from clientid_twisted.policy import keys
+from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
+
+__all__ = ["ManagementError", "DeviceView", "DeviceManager", "resultOf"]
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{4,64}")
+
+
+class ManagementError(ValueError):
+    """
+    The operator asked for something that cannot be done; the message says
+    why.
+    """
+
+
+@frozen
+class DeviceView:
+    """
+    A device as C{devices list} shows it: its record, and its token's state
+    on every account.
+
+    @ivar lockedUntil: End of the token's lock (failures, too many
+        accounts), or L{None}.
+    @ivar revokedUntil: End of the token's revocation (C{inf}: until
+        unlocked), or L{None}.
+    """
+
+    record: DeviceRecord
+    lockedUntil: float | None = None
+    revokedUntil: float | None = None
+
+
+def resultOf(d: defer.Deferred[Any]) -> Any:
+    """
+    The result of a Deferred from a blocking store (one that has fired).
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        raise RuntimeError("the store did not answer at once: open it with blocking=True")
+    result = results[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+class DeviceManager:
+    """
+    Operator actions on a store.
+
+    @ivar store: An L{IClientIDStore} whose calls answer at once.
+    @ivar hasher: The store's hasher (its key, or the configured one).
+    @ivar actor: Who acts, recorded in the events (C{"admin"}).
+    """
+
+    def __init__(self, store: IClientIDStore, hasher: IdentityHasher, actor: str = "admin") -> None:
+        self.store = store
+        self.hasher = hasher
+        self.actor = actor
+
+    def _event(self, kind: str, account: str | None, typeName: str, fingerprint: str) -> Event:
+        return Event(kind, account, typeName, fingerprint, detail=f"by {self.actor}")
+
+    def listDevices(self, account: str) -> list[DeviceView]:
+        records: list[DeviceRecord] = resultOf(self.store.listDevices(account))
+        wanted = []
+        for record in records:
+            wanted += [keys.tokenLocked(record.digest), keys.tokenRevoked(record.digest)]
+        locks: dict[str, float] = resultOf(self.store.activeLocks(wanted)) if wanted else {}
+        return [
+            DeviceView(
+                record,
+                locks.get(keys.tokenLocked(record.digest)),
+                locks.get(keys.tokenRevoked(record.digest)),
+            )
+            for record in records
+        ]
+
+    def findDevice(self, account: str, fingerprint: str) -> DeviceRecord:
+        """
+        The account's device whose fingerprint starts with C{fingerprint}.
+
+        @raise ManagementError: If none does, or more than one.
+        """
+        fingerprint = fingerprint.lower()
+        if _FINGERPRINT.fullmatch(fingerprint) is None:
+            raise ManagementError(
+                f"invalid fingerprint {fingerprint!r}: expected hex digits, as "
+                "'devices list' shows them"
+            )
+        records: list[DeviceRecord] = resultOf(self.store.listDevices(account))
+        matches = [r for r in records if r.digest.startswith(fingerprint)]
+        if not matches:
+            raise ManagementError(f"{account} has no device with fingerprint {fingerprint}")
+        if len(matches) > 1:
+            raise ManagementError(
+                f"fingerprint {fingerprint} matches {len(matches)} devices of {account}: "
+                "give more digits"
+            )
+        return matches[0]
+
+    def _setState(
+        self,
+        account: str,
+        state: str,
+        kind: str,
+        identity: ClientIdentity | None,
+        fingerprint: str | None,
+    ) -> DeviceRecord:
+        if identity is not None:
+            digest = self.hasher.digest(identity)
+            typeName, short = identity.type, self.hasher.fingerprint(identity)
+        elif fingerprint is not None:
+            found = self.findDevice(account, fingerprint)
+            digest, typeName, short = found.digest, found.typeName, found.fingerprint
+        else:
+            raise ManagementError("name the device by TYPE TOKEN or by --fingerprint")
+        record: DeviceRecord = resultOf(
+            self.store.setDeviceState(
+                account, digest, typeName, short, state, self._event(kind, account, typeName, short)
+            )
+        )
+        return record
+
+    def approve(
+        self, account: str, identity: ClientIdentity | None = None, fingerprint: str | None = None
+    ) -> DeviceRecord:
+        """
+        Let a device log in to an account (in any mode), whether it was seen
+        before or not.
+        """
+        return self._setState(account, APPROVED, "device-approved", identity, fingerprint)
+
+    def revoke(
+        self, account: str, identity: ClientIdentity | None = None, fingerprint: str | None = None
+    ) -> DeviceRecord:
+        """
+        Refuse a device on an account until it is approved again.
+        """
+        return self._setState(account, REVOKED, "device-revoked", identity, fingerprint)
+
+    def revokeToken(self, identity: ClientIdentity, seconds: float | None = None) -> float:
+        """
+        Refuse a token on every account, for C{seconds} or until unlocked.
+
+        @return: When the revocation ends (C{inf}: never by itself).
+        """
+        digest = self.hasher.digest(identity)
+        event = self._event("token-revoked", None, identity.type, self.hasher.fingerprint(identity))
+        until: float = resultOf(self.store.setLock(keys.tokenRevoked(digest), seconds, event))
+        return until
+
+    def unlockToken(self, identity: ClientIdentity) -> None:
+        """
+        Lift a token's revocation and lock, and forget the failures and
+        accounts counted against it.
+        """
+        digest = self.hasher.digest(identity)
+        event = self._event("token-unlocked", None, identity.type, self.hasher.fingerprint(identity))
+        resultOf(self.store.clearKeys(keys.tokenKeys(digest), event))
+
+    def events(self, account: str | None, limit: int) -> list[Event]:
+        """
+        The most recent C{limit} events (of C{account}, or all), oldest
+        first.
+        """
+        events: list[Event] = resultOf(self.store.listEvents(account, limit))
+        return events

@@ -1,0 +1,19 @@
+# -*- test-case-name: tests.test_store_sqlite -*-
+"""
+How a store says it cannot answer.
+"""
+
+from __future__ import annotations
+
+__all__ = ["StoreError"]
+
+
+class StoreError(OSError):
+    """
+    The store cannot be reached or failed; the message says why, for the
+    log.  The policy turns it into a temporary failure (or lets logins
+    through, if the operator chose to fail open).
+
+    An L{OSError}, like the other "this file cannot be used" errors at
+    start-up, so C{twistd} and C{clientid-admin} report it in one line.
+    """

@@ -1,0 +1,476 @@
+# -*- test-case-name: tests.test_store_redis -*-
+"""
+A small Redis client: the RESP wire format, a Twisted protocol that
+pipelines commands on one connection, a connection keeper that reconnects
+by itself, and a blocking client for the admin command.
+
+Why not txredisapi (which installs and runs on this Twisted): while Redis is
+down it queues every command until the connection comes back, so each login
+would wait for the policy's whole timeout instead of getting its temporary
+failure at once, and stale commands would be replayed on reconnection; and
+its reply parser costs more CPU than a decision can afford with many in
+flight.  This client does only what the store needs: commands in order on
+one connection (so a read sees every write sent before it), an immediate
+L{StoreError} while Redis is unreachable, a deadline on every command, and
+a reconnection loop that logs once per outage.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import socket
+import ssl as stdlibssl
+from typing import Any, Callable, Sequence
+
+from attrs import field, frozen
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from clientid_twisted.store.errors import StoreError
+
+__all__ = [
+    "RedisAddress",
+    "ReplyError",
+    "encodeCommand",
+    "parseReply",
+    "RedisProtocol",
+    "RedisConnection",
+    "BlockingRedisConnection",
+]
+
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 1.0
+
+
+@frozen
+class RedisAddress:
+    """
+    Where a Redis server is and how to log in to it.
+
+    @ivar tls: Whether to speak TLS (C{rediss://}).
+    @ivar caFile: PEM file of the authorities to trust for TLS (L{None}: the
+        system's).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    caFile: str | None = None
+
+    def __str__(self) -> str:
+        """
+        For logs and errors: never the password.
+        """
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.host}:{self.port}/{self.db}"
+
+
+class ReplyError(Exception):
+    """
+    Redis answered with an error reply (C{-ERR ...}, C{-NOSCRIPT ...}).
+    """
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, float):
+        return repr(value).encode("ascii")
+    return str(value).encode("ascii")
+
+
+def encodeCommand(arguments: Sequence[Any]) -> bytes:
+    """
+    One command as a RESP array of bulk strings.
+    """
+    parts = [b"*%d\r\n" % len(arguments)]
+    for argument in arguments:
+        data = _bytes(argument)
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def parseReply(buffer: bytes, position: int = 0) -> tuple[Any, int]:
+    """
+    One reply from C{buffer} at C{position}: bulk strings as L{bytes},
+    status replies as L{str}, error replies as L{ReplyError} instances.
+
+    @return: The reply and where the next one starts.
+    @raise _Incomplete: If the buffer holds only part of it.
+    @raise ValueError: For bytes that are not RESP.
+    """
+    end = buffer.find(b"\r\n", position)
+    if end < 0:
+        raise _Incomplete()
+    kind = buffer[position]
+    line = buffer[position + 1 : end]
+    if kind == 36:  # $
+        length = int(line)
+        if length < 0:
+            return None, end + 2
+        stop = end + 2 + length
+        if len(buffer) < stop + 2:
+            raise _Incomplete()
+        return buffer[end + 2 : stop], stop + 2
+    if kind == 42:  # *
+        count = int(line)
+        if count < 0:
+            return None, end + 2
+        items = []
+        position = end + 2
+        for n in range(count):
+            item, position = parseReply(buffer, position)
+            items.append(item)
+        return items, position
+    if kind == 58:  # :
+        return int(line), end + 2
+    if kind == 43:  # +
+        return line.decode("utf-8", "replace"), end + 2
+    if kind == 45:  # -
+        return ReplyError(line.decode("utf-8", "replace")), end + 2
+    raise ValueError(f"not a RESP reply: {buffer[position:position + 20]!r}")
+
+
+class RedisProtocol(Protocol):
+    """
+    Commands pipelined on one connection: replies come back in order, each
+    fires the L{Deferred} of its command.
+    """
+
+    def __init__(self, onLost: Callable[[RedisProtocol, Failure], None] | None = None) -> None:
+        self._buffer = b""
+        self._pending: collections.deque[defer.Deferred[Any]] = collections.deque()
+        self._onLost = onLost
+        self.lost = False
+
+    def execute(self, *arguments: Any) -> defer.Deferred[Any]:
+        """
+        Send a command; the L{Deferred} fires with its reply, or fails with
+        L{ReplyError} or L{StoreError} (connection lost).
+        """
+        if self.lost:
+            return defer.fail(StoreError("the Redis connection is closed"))
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._pending.append(d)
+        self.transport.write(encodeCommand(arguments))  # type: ignore[union-attr]
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        position = 0
+        size = len(buffer)
+        while position < size:
+            try:
+                reply, position = parseReply(buffer, position)
+            except _Incomplete:
+                break
+            except (ValueError, IndexError):
+                self._buffer = b""
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            if not self._pending:
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            d = self._pending.popleft()
+            if d.called:
+                continue  # its caller gave up waiting
+            if isinstance(reply, ReplyError):
+                d.errback(reply)
+            else:
+                d.callback(reply)
+        self._buffer = buffer[position:]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = True
+        pending, self._pending = self._pending, collections.deque()
+        error = StoreError(f"the Redis connection was lost ({reason.getErrorMessage()})")
+        for d in pending:
+            if not d.called:
+                d.errback(error)
+        if self._onLost is not None:
+            self._onLost(self, reason)
+
+
+class RedisConnection:
+    """
+    Keeps one connection to Redis, reconnecting by itself with a short
+    backoff.
+
+    While an attempt to connect is under way, commands wait for it (at most
+    the timeout); while there is neither a connection nor an attempt, they
+    fail at once with L{StoreError}, so a login during an outage gets its
+    answer without waiting.  Every command has a deadline: one that
+    misses it fails, and the connection is dropped and made again (a Redis
+    that stopped answering is treated like one that went away).
+
+    @ivar handshake: Called with each new connection's L{RedisProtocol};
+        returns a L{Deferred} that fires when the connection may be used
+        (log in, choose the database, load scripts).
+    @ivar connected: Whether a connection is ready now.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor: Any,
+        timeout: float,
+        handshake: Callable[[RedisProtocol], defer.Deferred[Any]],
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.handshake = handshake
+        self._reactor = reactor
+        self._protocol: RedisProtocol | None = None
+        self._attempt: defer.Deferred[Any] | None = None
+        self._waiting: list[defer.Deferred[RedisProtocol]] = []
+        self._retryCall: Any = None
+        self._delay = _RETRY_FIRST
+        self._down = False
+        self._downSince = 0.0
+        self._attempts = 0
+        self._stopped = False
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None
+
+    def start(self) -> None:
+        if self._attempt is None and self._protocol is None and not self._stopped:
+            self._connect()
+
+    def _endpoint(self) -> Any:
+        address = self.address
+        endpoint = TCP4ClientEndpoint(
+            self._reactor, address.host, address.port, timeout=max(1, int(self.timeout + 0.999))
+        )
+        if not address.tls:
+            return endpoint
+        from twisted.internet import ssl
+
+        trustRoot = None
+        if address.caFile:
+            with open(address.caFile, "rb") as f:
+                trustRoot = ssl.Certificate.loadPEM(f.read())
+        options = ssl.optionsForClientTLS(address.host, trustRoot=trustRoot)
+        return wrapClientTLS(options, endpoint)
+
+    def _connect(self) -> None:
+        self._retryCall = None
+        self._attempts += 1
+        protocol = RedisProtocol(self._lost)
+        try:
+            attempt = connectProtocol(self._endpoint(), protocol)
+        except Exception:
+            attempt = defer.fail()
+        attempt.addCallback(lambda p: self.handshake(p).addCallback(lambda _: p))
+        attempt.addTimeout(self.timeout, self._reactor)
+        self._attempt = attempt
+        attempt.addCallbacks(self._ready, self._failed, errbackArgs=(protocol,))
+
+    def _ready(self, protocol: RedisProtocol) -> None:
+        self._attempt = None
+        if self._stopped or protocol.lost:
+            if not protocol.lost:
+                protocol.transport.loseConnection()  # type: ignore[union-attr]
+            self._failed(Failure(StoreError("the Redis connection closed")), protocol)
+            return
+        self._protocol = protocol
+        self._delay = _RETRY_FIRST
+        if self._down:
+            self.log.info(
+                "Redis store {address} reachable again after {seconds:.1f} s "
+                "({attempts} attempts)",
+                address=str(self.address),
+                seconds=self._reactor.seconds() - self._downSince,
+                attempts=self._attempts,
+                storeEvent="redis-up",
+            )
+            self._down = False
+        self._attempts = 0
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(protocol)
+
+    def _failed(self, reason: Failure, protocol: RedisProtocol) -> None:
+        self._attempt = None
+        transport = protocol.transport
+        if transport is not None and not protocol.lost:
+            transport.abortConnection()  # type: ignore[attr-defined]
+        self._noteDown(reason)
+        waiting, self._waiting = self._waiting, []
+        error = self._unreachable(reason)
+        for d in waiting:
+            d.errback(error)
+        self._scheduleRetry()
+
+    def _unreachable(self, reason: Failure | None = None) -> StoreError:
+        why = f" ({_describe(reason)})" if reason is not None else ""
+        return StoreError(f"Redis store {self.address} is unreachable{why}")
+
+    def _lost(self, protocol: RedisProtocol, reason: Failure) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        if self._stopped:
+            return
+        self._noteDown(reason)
+        self._scheduleRetry(immediately=True)
+
+    def _noteDown(self, reason: Failure) -> None:
+        if self._down or self._stopped:
+            return
+        self._down = True
+        self._downSince = self._reactor.seconds()
+        self.log.warn(
+            "Redis store {address} unreachable ({error}); reconnecting in the background",
+            address=str(self.address),
+            error=_describe(reason),
+            storeEvent="redis-down",
+        )
+
+    def _scheduleRetry(self, immediately: bool = False) -> None:
+        if self._stopped or self._retryCall is not None or self._attempt is not None:
+            return
+        if immediately:
+            self._connect()
+            return
+        delay = self._delay * (0.5 + random.random() / 2)
+        self._delay = min(self._delay * 2, _RETRY_MAX)
+        self._retryCall = self._reactor.callLater(delay, self._connect)
+
+    def _protocolNow(self) -> defer.Deferred[RedisProtocol]:
+        if self._protocol is not None:
+            return defer.succeed(self._protocol)
+        if self._stopped:
+            return defer.fail(StoreError(f"Redis store {self.address} is closed"))
+        if self._attempt is None:
+            return defer.fail(self._unreachable())
+        d: defer.Deferred[RedisProtocol] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def whenConnected(self) -> defer.Deferred[None]:
+        """
+        Fires once a connection is ready, however long that takes (L{None}
+        if the connection is closed first: it never fires then).
+        """
+        if self._protocol is not None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def check(_: Any = None) -> None:
+            if self._stopped:
+                return
+            if self._protocol is not None:
+                d.callback(None)
+            else:
+                self._reactor.callLater(0.05, check)
+
+        self._reactor.callLater(0, check)
+        return d
+
+    def execute(self, *arguments: Any) -> defer.Deferred[Any]:
+        """
+        Run one command, within the timeout.
+        """
+        protocol = self._protocol
+        if protocol is not None:
+            d = protocol.execute(*arguments)
+        else:
+            d = self._protocolNow().addCallback(lambda p: p.execute(*arguments))
+        d.addTimeout(self.timeout, self._reactor, onTimeoutCancel=self._timedOut)
+        return d
+
+    def _timedOut(self, result: Any, timeout: float) -> Any:
+        if isinstance(result, Failure) and not result.check(defer.CancelledError):
+            return result
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            # It stopped answering: drop the connection, make a new one.
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+        return Failure(StoreError(f"Redis store {self.address} did not answer within {timeout:g} s"))
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._retryCall = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.loseConnection()  # type: ignore[attr-defined]
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(StoreError(f"Redis store {self.address} is closed"))
+
+
+def _describe(reason: Failure | None) -> str:
+    if reason is None:
+        return "unknown"
+    if reason.check(defer.TimeoutError, defer.CancelledError):
+        return "no answer in time"
+    return reason.getErrorMessage() or reason.type.__name__
+
+
+class BlockingRedisConnection:
+    """
+    The same commands on a plain socket, each answered before it returns:
+    for C{clientid-admin}, which has no reactor running.
+    """
+
+    def __init__(self, address: RedisAddress, timeout: float) -> None:
+        self.address = address
+        self._buffer = b""
+        try:
+            sock = socket.create_connection((address.host, address.port), timeout=timeout)
+            if address.tls:
+                context = stdlibssl.create_default_context(cafile=address.caFile)
+                sock = context.wrap_socket(sock, server_hostname=address.host)
+        except OSError as e:
+            raise StoreError(f"Redis store {address} is unreachable: {e}") from None
+        self._socket = sock
+
+    def execute(self, *arguments: Any) -> Any:
+        """
+        @return: The reply.
+        @raise ReplyError: For an error reply.
+        @raise StoreError: If Redis cannot be reached.
+        """
+        try:
+            self._socket.sendall(encodeCommand(arguments))
+            while True:
+                try:
+                    reply, position = parseReply(self._buffer)
+                except (_Incomplete, IndexError):
+                    data = self._socket.recv(65536)
+                    if not data:
+                        raise OSError("connection closed by Redis")
+                    self._buffer += data
+                    continue
+                self._buffer = self._buffer[position:]
+                break
+        except OSError as e:
+            raise StoreError(f"Redis store {self.address}: {e}") from None
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        self._socket.close()

@@ -1,0 +1,463 @@
+# -*- test-case-name: tests.test_store_sqlite -*-
+"""
+The SQLite store's operations as plain functions of a connection and the
+time.
+
+They hold no state and start no transaction, so the store can run them
+where it likes: reads on the reactor thread, writes batched in its writer
+thread, everything inline in the blocking mode the admin command uses.
+Their semantics are those of L{clientid_twisted.store.records}.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import sqlite3
+from typing import Iterable
+
+from attrs import evolve
+
+from clientid_twisted.store.records import (
+    APPROVED,
+    FOREVER,
+    AddMember,
+    Bump,
+    DecisionState,
+    DeviceRecord,
+    DeviceUpdate,
+    Event,
+    Once,
+    OutcomeRecord,
+    OutcomeResult,
+    Reset,
+    StateQuery,
+)
+
+__all__ = [
+    "identityKey",
+    "loadState",
+    "recordOutcome",
+    "listDevices",
+    "setDeviceState",
+    "setLock",
+    "clearKeys",
+    "activeLocks",
+    "listEvents",
+    "sweep",
+]
+
+_DEVICE_COLUMNS = (
+    "account, digest, type, fingerprint, state, first_seen, last_seen, "
+    "last_address, last_protocol, logins, failures"
+)
+
+
+def _device(row: tuple | None) -> DeviceRecord | None:  # type: ignore[type-arg]
+    return None if row is None else DeviceRecord(*row)
+
+
+def identityKey(connection: sqlite3.Connection, now: float, candidate: bytes | None) -> bytes:
+    """
+    Keep C{candidate} (or random bytes) as the key unless there is one;
+    return the one kept.
+    """
+    key = candidate if candidate is not None else os.urandom(32)
+    connection.execute(
+        "INSERT OR IGNORE INTO meta (name, value) VALUES ('identity-key', ?)",
+        (binascii.hexlify(key).decode("ascii"),),
+    )
+    (value,) = connection.execute(
+        "SELECT value FROM meta WHERE name = 'identity-key'"
+    ).fetchone()
+    return binascii.unhexlify(value)
+
+
+def loadState(connection: sqlite3.Connection, now: float, query: StateQuery) -> DecisionState:
+    device = None
+    approved = 0
+    if query.account is not None:
+        if query.digest is not None:
+            device = _device(
+                connection.execute(
+                    f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE account = ? AND digest = ?",
+                    (query.account, query.digest),
+                ).fetchone()
+            )
+        (approved,) = connection.execute(
+            "SELECT count(*) FROM devices WHERE account = ? AND state = ?",
+            (query.account, APPROVED),
+        ).fetchone()
+    locks = _liveLocks(connection, now, query.locks)
+    size, has = 0, False
+    if query.windowSet is not None:
+        row = connection.execute(
+            "SELECT count FROM counters WHERE key = ? AND expires > ?",
+            (query.windowSet, now),
+        ).fetchone()
+        if row is not None:
+            size = row[0]
+            has = (
+                connection.execute(
+                    "SELECT 1 FROM set_members WHERE key = ? AND member = ?",
+                    (query.windowSet, query.member),
+                ).fetchone()
+                is not None
+            )
+    return DecisionState(
+        device=device, approvedDevices=approved, locks=locks, setSize=size, setHasMember=has
+    )
+
+
+def _liveLocks(
+    connection: sqlite3.Connection, now: float, keys: Iterable[str]
+) -> dict[str, float]:
+    keys = list(keys)
+    if not keys:
+        return {}
+    marks = ", ".join("?" * len(keys))
+    return dict(
+        connection.execute(
+            f"SELECT key, until FROM locks WHERE key IN ({marks}) AND until > ?",
+            (*keys, now),
+        ).fetchall()
+    )
+
+
+def _lock(connection: sqlite3.Connection, now: float, key: str, seconds: float) -> bool:
+    """
+    Set or extend a lock; whether it was not live before.
+    """
+    row = connection.execute("SELECT until FROM locks WHERE key = ?", (key,)).fetchone()
+    until = now + seconds
+    if row is not None and row[0] > now:
+        if until > row[0]:
+            connection.execute("UPDATE locks SET until = ? WHERE key = ?", (until, key))
+        return False
+    connection.execute("INSERT OR REPLACE INTO locks (key, until) VALUES (?, ?)", (key, until))
+    return True
+
+
+def _record(
+    connection: sqlite3.Connection, now: float, event: Event, recorded: list[Event] | None
+) -> None:
+    connection.execute(
+        "INSERT INTO events (time, kind, account, type, fingerprint, address, protocol, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            event.kind,
+            event.account,
+            event.typeName,
+            event.fingerprint,
+            event.address,
+            event.protocol,
+            event.detail,
+        ),
+    )
+    if recorded is not None:
+        recorded.append(evolve(event, time=now))
+
+
+def recordOutcome(
+    connection: sqlite3.Connection, now: float, record: OutcomeRecord
+) -> OutcomeResult:
+    recorded: list[Event] = []
+    locked: list[str] = []
+    device = None
+    if record.device is not None:
+        device = _updateDevice(connection, now, record.device, recorded)
+    for operation in record.operations:
+        if isinstance(operation, Bump):
+            _bump(connection, now, operation, recorded, locked)
+        elif isinstance(operation, Reset):
+            connection.execute("DELETE FROM counters WHERE key = ?", (operation.counter,))
+        elif isinstance(operation, AddMember):
+            _addMember(connection, now, operation, recorded, locked)
+        elif isinstance(operation, Once):
+            row = connection.execute(
+                "SELECT 1 FROM locks WHERE key = ? AND until > ?", (operation.marker, now)
+            ).fetchone()
+            if row is None:
+                connection.execute(
+                    "INSERT OR REPLACE INTO locks (key, until) VALUES (?, ?)",
+                    (operation.marker, now + operation.seconds),
+                )
+                _record(connection, now, operation.event, recorded)
+        else:
+            raise TypeError(f"unknown operation {operation!r}")
+    for event in record.events:
+        _record(connection, now, event, recorded)
+    return OutcomeResult(events=tuple(recorded), locked=tuple(locked), device=device)
+
+
+def _updateDevice(
+    connection: sqlite3.Connection, now: float, update: DeviceUpdate, recorded: list[Event]
+) -> DeviceRecord | None:
+    current = _device(
+        connection.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE account = ? AND digest = ?",
+            (update.account, update.digest),
+        ).fetchone()
+    )
+    logins, failures = (1, 0) if update.succeeded else (0, 1)
+    if current is None:
+        if update.create is None:
+            return None
+        new = DeviceRecord(
+            account=update.account,
+            digest=update.digest,
+            typeName=update.typeName,
+            fingerprint=update.fingerprint,
+            state=update.create,
+            firstSeen=now,
+            lastSeen=now,
+            lastAddress=update.address,
+            lastProtocol=update.protocol,
+            logins=logins,
+            failures=failures,
+        )
+        connection.execute(
+            f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                new.account,
+                new.digest,
+                new.typeName,
+                new.fingerprint,
+                new.state,
+                new.firstSeen,
+                new.lastSeen,
+                new.lastAddress,
+                new.lastProtocol,
+                new.logins,
+                new.failures,
+            ),
+        )
+        changed = True
+    else:
+        state = current.state
+        changed = update.promote is not None and state in update.promoteFrom
+        if changed and update.promote is not None:
+            state = update.promote
+        new = evolve(
+            current,
+            state=state,
+            firstSeen=current.firstSeen if current.firstSeen is not None else now,
+            lastSeen=now,
+            lastAddress=update.address,
+            lastProtocol=update.protocol,
+            logins=current.logins + logins,
+            failures=current.failures + failures,
+        )
+        connection.execute(
+            "UPDATE devices SET state = ?, first_seen = ?, last_seen = ?, last_address = ?, "
+            "last_protocol = ?, logins = ?, failures = ? WHERE account = ? AND digest = ?",
+            (
+                new.state,
+                new.firstSeen,
+                new.lastSeen,
+                new.lastAddress,
+                new.lastProtocol,
+                new.logins,
+                new.failures,
+                new.account,
+                new.digest,
+            ),
+        )
+    if changed and update.event is not None:
+        _record(connection, now, update.event, recorded)
+    return new
+
+
+def _bump(
+    connection: sqlite3.Connection,
+    now: float,
+    bump: Bump,
+    recorded: list[Event],
+    locked: list[str],
+) -> None:
+    row = connection.execute(
+        "SELECT count, expires FROM counters WHERE key = ?", (bump.counter,)
+    ).fetchone()
+    if row is None or row[1] <= now:
+        count, expires = 1, now + bump.window
+    else:
+        count, expires = row[0] + 1, row[1]
+    connection.execute(
+        "INSERT OR REPLACE INTO counters (key, count, expires) VALUES (?, ?, ?)",
+        (bump.counter, count, expires),
+    )
+    if bump.limit > 0 and count >= bump.limit and bump.lock is not None:
+        if _lock(connection, now, bump.lock, bump.lockSeconds):
+            locked.append(bump.lock)
+            if bump.event is not None:
+                _record(connection, now, bump.event, recorded)
+
+
+def _addMember(
+    connection: sqlite3.Connection,
+    now: float,
+    add: AddMember,
+    recorded: list[Event],
+    locked: list[str],
+) -> None:
+    row = connection.execute(
+        "SELECT count, expires FROM counters WHERE key = ?", (add.key,)
+    ).fetchone()
+    if row is None or row[1] <= now:
+        connection.execute("DELETE FROM set_members WHERE key = ?", (add.key,))
+        size, expires = 0, now + add.window
+    else:
+        size, expires = row
+        known = connection.execute(
+            "SELECT 1 FROM set_members WHERE key = ? AND member = ?", (add.key, add.member)
+        ).fetchone()
+        if known is not None:
+            return
+    if add.limit <= 0 or size <= add.limit:
+        connection.execute(
+            "INSERT INTO set_members (key, member) VALUES (?, ?)", (add.key, add.member)
+        )
+        size += 1
+    connection.execute(
+        "INSERT OR REPLACE INTO counters (key, count, expires) VALUES (?, ?, ?)",
+        (add.key, size, expires),
+    )
+    if add.limit > 0 and size > add.limit and add.lock is not None:
+        if _lock(connection, now, add.lock, add.lockSeconds):
+            locked.append(add.lock)
+            if add.event is not None:
+                _record(connection, now, add.event, recorded)
+
+
+def listDevices(connection: sqlite3.Connection, now: float, account: str) -> list[DeviceRecord]:
+    rows = connection.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE account = ? "
+        "ORDER BY last_seen IS NULL, last_seen DESC, fingerprint",
+        (account,),
+    ).fetchall()
+    return [DeviceRecord(*row) for row in rows]
+
+
+def setDeviceState(
+    connection: sqlite3.Connection,
+    now: float,
+    account: str,
+    digest: str,
+    typeName: str,
+    fingerprint: str,
+    state: str,
+    event: Event | None,
+) -> DeviceRecord:
+    connection.execute(
+        "INSERT INTO devices (account, digest, type, fingerprint, state) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (account, digest) DO UPDATE SET state = excluded.state",
+        (account, digest, typeName, fingerprint, state),
+    )
+    if event is not None:
+        _record(connection, now, event, None)
+    row = connection.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE account = ? AND digest = ?",
+        (account, digest),
+    ).fetchone()
+    return DeviceRecord(*row)
+
+
+def setLock(
+    connection: sqlite3.Connection,
+    now: float,
+    key: str,
+    seconds: float | None,
+    event: Event | None,
+) -> float:
+    until = FOREVER if seconds is None else now + seconds
+    connection.execute("INSERT OR REPLACE INTO locks (key, until) VALUES (?, ?)", (key, until))
+    if event is not None:
+        _record(connection, now, event, None)
+    return until
+
+
+def clearKeys(
+    connection: sqlite3.Connection, now: float, keys: Iterable[str], event: Event | None
+) -> None:
+    for key in keys:
+        connection.execute("DELETE FROM locks WHERE key = ?", (key,))
+        connection.execute("DELETE FROM counters WHERE key = ?", (key,))
+        connection.execute("DELETE FROM set_members WHERE key = ?", (key,))
+    if event is not None:
+        _record(connection, now, event, None)
+
+
+def activeLocks(
+    connection: sqlite3.Connection, now: float, keys: Iterable[str]
+) -> dict[str, float]:
+    return _liveLocks(connection, now, keys)
+
+
+def listEvents(
+    connection: sqlite3.Connection, now: float, account: str | None, limit: int
+) -> list[Event]:
+    columns = "time, kind, account, type, fingerprint, address, protocol, detail"
+    if account is None:
+        rows = connection.execute(
+            f"SELECT {columns} FROM events ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+    else:
+        rows = connection.execute(
+            f"SELECT {columns} FROM events WHERE account = ? ORDER BY id DESC LIMIT ?",
+            (account, limit),
+        ).fetchall()
+    return [
+        Event(
+            time=time,
+            kind=kind,
+            account=eventAccount,
+            typeName=typeName,
+            fingerprint=fingerprint,
+            address=address,
+            protocol=protocol,
+            detail=detail,
+        )
+        for (time, kind, eventAccount, typeName, fingerprint, address, protocol, detail)
+        in reversed(rows)
+    ]
+
+
+def sweep(
+    connection: sqlite3.Connection, now: float, eventsBefore: float, chunk: int = 1000
+) -> int:
+    """
+    Delete up to C{chunk} expired rows of each kind, and events older than
+    C{eventsBefore}; the writer calls it now and then, in small bites, so a
+    sweep never holds the write lock for long.
+
+    @return: How many rows went.
+    """
+    removed = 0
+    expired = [
+        key
+        for (key,) in connection.execute(
+            "SELECT key FROM counters WHERE expires <= ? LIMIT ?", (now, chunk)
+        )
+    ]
+    for key in expired:
+        connection.execute("DELETE FROM set_members WHERE key = ?", (key,))
+        connection.execute("DELETE FROM counters WHERE key = ?", (key,))
+    removed += len(expired)
+    removed += connection.execute(
+        "DELETE FROM locks WHERE key IN (SELECT key FROM locks WHERE until <= ? LIMIT ?)",
+        (now, chunk),
+    ).rowcount
+    # Events go in id order, which is time order: look at the oldest
+    # chunk only, so a sweep costs the same however many events there are.
+    (last,) = connection.execute(
+        "SELECT max(id) FROM (SELECT id, time FROM events ORDER BY id LIMIT ?) "
+        "WHERE time < ?",
+        (chunk, eventsBefore),
+    ).fetchone()
+    if last is not None:
+        removed += connection.execute(
+            "DELETE FROM events WHERE id <= ? AND time < ?", (last, eventsBefore)
+        ).rowcount
+    return removed
+

@@ -1,0 +1,179 @@
+"""
+Tests for L{clientid_twisted.policy.checker.ClientIDChecker}: it asks the
+policy, always runs the wrapped checker, answers a refusal exactly like a
+wrong password and only once the password check is done, and reports the
+outcome.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.trial.unittest import SynchronousTestCase
+
+from clientid_twisted.cred import identifyCredentials
+from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted.identity import ClientIdentity
+from clientid_twisted.interfaces import IClientIDPolicy
+from clientid_twisted.policy.checker import ClientIDChecker, attemptFromCredentials
+from clientid_twisted.policy.decision import Attempt, Decision, Verdict
+
+
+@implementer(IClientIDPolicy)
+class ScriptedPolicy:
+    """
+    Answers every attempt with C{verdict}; records what it is told.
+    """
+
+    def __init__(self, verdict: Verdict = Verdict.ACCEPT) -> None:
+        self.verdict = verdict
+        self.attempts: list[Attempt] = []
+        self.outcomes: list[tuple[Decision, bool]] = []
+        self.raiseInOutcome = False
+
+    def evaluate(self, attempt: Attempt) -> defer.Deferred[Decision]:
+        self.attempts.append(attempt)
+        return defer.succeed(Decision(attempt, self.verdict, "scripted"))
+
+    def outcome(self, decision: Decision, passwordAccepted: bool) -> defer.Deferred[None]:
+        self.outcomes.append((decision, passwordAccepted))
+        if self.raiseInOutcome:
+            raise RuntimeError("broken policy")
+        return defer.succeed(None)
+
+
+@implementer(ICredentialsChecker)
+class SlowChecker:
+    """
+    Answers when the test says so.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred[bytes]] = []
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+def identified(username: bytes = b"Alice", password: bytes = b"pw", token: str | None = "tok") -> Any:
+    return identifyCredentials(
+        UsernamePassword(username, password),
+        ClientIdentity("UUID", token) if token else None,
+        IPv4Address("TCP", "192.0.2.9", 40000),
+        "imap",
+        True,
+    )
+
+
+class ClientIDCheckerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.inner = InMemoryUsernamePasswordDatabaseDontUse(Alice=b"pw")
+        self.policy = ScriptedPolicy()
+        self.checker = ClientIDChecker(self.inner, self.policy)
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(ICredentialsChecker, self.checker))
+
+    def test_credentialInterfacesOfTheInnerChecker(self) -> None:
+        self.assertEqual(
+            set(self.checker.credentialInterfaces), {IUsernamePassword, IUsernameHashedPassword}
+        )
+
+    def test_accepted(self) -> None:
+        self.assertEqual(self.successResultOf(self.checker.requestAvatarId(identified())), b"Alice")
+        [(decision, accepted)] = self.policy.outcomes
+        self.assertTrue(accepted)
+
+    def test_wrongPassword(self) -> None:
+        self.failureResultOf(
+            self.checker.requestAvatarId(identified(password=b"no")), UnauthorizedLogin
+        )
+        [(decision, accepted)] = self.policy.outcomes
+        self.assertFalse(accepted)
+
+    def test_refusedLikeAWrongPassword(self) -> None:
+        self.policy.verdict = Verdict.REJECT
+        refused = self.failureResultOf(self.checker.requestAvatarId(identified()))
+        wrong = self.failureResultOf(
+            ClientIDChecker(self.inner, ScriptedPolicy()).requestAvatarId(identified(password=b"no"))
+        )
+        self.assertIs(refused.type, wrong.type)
+        self.assertIs(refused.type, UnauthorizedLogin)
+        self.assertEqual(str(refused.value), str(wrong.value))
+        [(decision, accepted)] = self.policy.outcomes
+        self.assertTrue(accepted)
+
+    def test_refusalWaitsForThePasswordCheck(self) -> None:
+        """
+        A refusal decided before the password check is only answered once
+        the wrapped checker (its KDF) is done: it takes as long as a wrong
+        password.
+        """
+        inner = SlowChecker()
+        policy = ScriptedPolicy(Verdict.REJECT)
+        d = ClientIDChecker(inner, policy).requestAvatarId(identified())
+        self.assertEqual(len(inner.pending), 1)
+        self.assertNoResult(d)
+        inner.pending[0].callback(b"alice")
+        self.failureResultOf(d, UnauthorizedLogin)
+
+    def test_tempfail(self) -> None:
+        self.policy.verdict = Verdict.TEMPFAIL
+        self.failureResultOf(
+            self.checker.requestAvatarId(identified()), TemporaryAuthenticationFailure
+        )
+        self.assertEqual(self.policy.outcomes, [])
+
+    def test_innerTemporaryFailurePassedOn(self) -> None:
+        inner = SlowChecker()
+        d = ClientIDChecker(inner, self.policy).requestAvatarId(identified())
+        inner.pending[0].errback(TemporaryAuthenticationFailure("users unreadable"))
+        self.failureResultOf(d, TemporaryAuthenticationFailure)
+        self.assertEqual(self.policy.outcomes, [])
+
+    def test_innerErrorPassedOn(self) -> None:
+        inner = SlowChecker()
+        d = ClientIDChecker(inner, self.policy).requestAvatarId(identified())
+        inner.pending[0].errback(ZeroDivisionError())
+        self.failureResultOf(d, ZeroDivisionError)
+
+    def test_brokenOutcomeDoesNotBreakLogin(self) -> None:
+        self.policy.raiseInOutcome = True
+        self.assertEqual(self.successResultOf(self.checker.requestAvatarId(identified())), b"Alice")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_attempt(self) -> None:
+        self.checker.requestAvatarId(identified())
+        [attempt] = self.policy.attempts
+        self.assertEqual(
+            attempt,
+            Attempt("alice", ClientIdentity("UUID", "tok"), "192.0.2.9", "imap", True),
+        )
+
+    def test_plainCredentialsHaveNoCLIENTID(self) -> None:
+        self.checker.requestAvatarId(UsernamePassword(b"Alice", b"pw"))
+        [attempt] = self.policy.attempts
+        self.assertEqual(attempt, Attempt("alice", None, None, "unknown", False))
+
+
+class AttemptFromCredentialsTests(SynchronousTestCase):
+    def test_notUTF8(self) -> None:
+        self.assertIsNone(attemptFromCredentials(identified(username=b"\xff")).account)
+
+    def test_empty(self) -> None:
+        self.assertIsNone(attemptFromCredentials(identified(username=b"")).account)
+
+    def test_withoutIdentity(self) -> None:
+        self.assertIsNone(attemptFromCredentials(identified(token=None)).identity)
