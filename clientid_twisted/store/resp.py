@@ -151,11 +151,31 @@ class RedisProtocol(Protocol):
     fires the L{Deferred} of its command.
     """
 
-    def __init__(self, onLost: Callable[[RedisProtocol, Failure], None] | None = None) -> None:
+    def __init__(
+        self,
+        onLost: Callable[[RedisProtocol, Failure], None] | None = None,
+        clock: Any = None,
+    ) -> None:
         self._buffer = b""
-        self._pending: collections.deque[defer.Deferred[Any]] = collections.deque()
+        self._pending: collections.deque[tuple[defer.Deferred[Any], float]] = collections.deque()
         self._onLost = onLost
+        self._clock = clock
         self.lost = False
+        self.abortReason: str | None = None
+
+    def oldestPending(self) -> float | None:
+        """
+        When the oldest command still waiting for its reply was sent.
+        """
+        return self._pending[0][1] if self._pending else None
+
+    def abort(self, reason: str) -> None:
+        """
+        Drop the connection; waiting commands fail with C{reason}.
+        """
+        self.abortReason = reason
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def execute(self, *arguments: Any) -> defer.Deferred[Any]:
         """
@@ -165,7 +185,7 @@ class RedisProtocol(Protocol):
         if self.lost:
             return defer.fail(StoreError("the Redis connection is closed"))
         d: defer.Deferred[Any] = defer.Deferred()
-        self._pending.append(d)
+        self._pending.append((d, self._clock.seconds() if self._clock is not None else 0.0))
         self.transport.write(encodeCommand(arguments))  # type: ignore[union-attr]
         return d
 
@@ -185,7 +205,7 @@ class RedisProtocol(Protocol):
             if not self._pending:
                 self.transport.abortConnection()  # type: ignore[union-attr]
                 return
-            d = self._pending.popleft()
+            d = self._pending.popleft()[0]
             if d.called:
                 continue  # its caller gave up waiting
             if isinstance(reply, ReplyError):
@@ -197,8 +217,10 @@ class RedisProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
         pending, self._pending = self._pending, collections.deque()
-        error = StoreError(f"the Redis connection was lost ({reason.getErrorMessage()})")
-        for d in pending:
+        error = StoreError(
+            self.abortReason or f"the Redis connection was lost ({reason.getErrorMessage()})"
+        )
+        for d, sent in pending:
             if not d.called:
                 d.errback(error)
         if self._onLost is not None:
@@ -213,8 +235,8 @@ class RedisConnection:
     While an attempt to connect is under way, commands wait for it (at most
     the timeout); while there is neither a connection nor an attempt, they
     fail at once with L{StoreError}, so a login during an outage gets its
-    answer without waiting.  Every command has a deadline: one that
-    misses it fails, and the connection is dropped and made again (a Redis
+    answer without waiting.  Every command has a deadline: when one
+    misses it, the connection is dropped (its commands fail) and made again (a Redis
     that stopped answering is treated like one that went away).
 
     @ivar handshake: Called with each new connection's L{RedisProtocol};
@@ -245,6 +267,7 @@ class RedisConnection:
         self._downSince = 0.0
         self._attempts = 0
         self._stopped = False
+        self._watchCall: Any = None
 
     @property
     def connected(self) -> bool:
@@ -273,7 +296,7 @@ class RedisConnection:
     def _connect(self) -> None:
         self._retryCall = None
         self._attempts += 1
-        protocol = RedisProtocol(self._lost)
+        protocol = RedisProtocol(self._lost, self._reactor)
         try:
             attempt = connectProtocol(self._endpoint(), protocol)
         except Exception:
@@ -292,6 +315,8 @@ class RedisConnection:
             return
         self._protocol = protocol
         self._delay = _RETRY_FIRST
+        if self._watchCall is None:
+            self._watch()
         if self._down:
             self.log.info(
                 "Redis store {address} reachable again after {seconds:.1f} s "
@@ -391,26 +416,36 @@ class RedisConnection:
         """
         protocol = self._protocol
         if protocol is not None:
-            d = protocol.execute(*arguments)
-        else:
-            d = self._protocolNow().addCallback(lambda p: p.execute(*arguments))
-        d.addTimeout(self.timeout, self._reactor, onTimeoutCancel=self._timedOut)
-        return d
+            return protocol.execute(*arguments)
+        return self._protocolNow().addCallback(lambda p: p.execute(*arguments))
 
-    def _timedOut(self, result: Any, timeout: float) -> Any:
-        if isinstance(result, Failure) and not result.check(defer.CancelledError):
-            return result
+    def _watch(self) -> None:
+        """
+        Every quarter of the timeout, check the oldest command waiting for
+        its reply (replies come in order): if it is older than the timeout,
+        Redis stopped answering; drop the connection (its commands fail)
+        and make a new one.  One timer per connection, not one per command.
+        """
+        self._watchCall = None
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
-            # It stopped answering: drop the connection, make a new one.
-            protocol.transport.abortConnection()  # type: ignore[attr-defined]
-        return Failure(StoreError(f"Redis store {self.address} did not answer within {timeout:g} s"))
+        if protocol is None or self._stopped:
+            return
+        sent = protocol.oldestPending()
+        if sent is not None and self._reactor.seconds() - sent > self.timeout:
+            protocol.abort(
+                f"Redis store {self.address} did not answer within {self.timeout:g} s"
+            )
+            return
+        self._watchCall = self._reactor.callLater(self.timeout / 4, self._watch)
 
     def stop(self) -> None:
         self._stopped = True
         if self._retryCall is not None and self._retryCall.active():
             self._retryCall.cancel()
         self._retryCall = None
+        if self._watchCall is not None and self._watchCall.active():
+            self._watchCall.cancel()
+        self._watchCall = None
         if self._attempt is not None:
             self._attempt.cancel()
         protocol, self._protocol = self._protocol, None
