@@ -2,7 +2,9 @@
 """
 Helpers for testing code that uses clientid-twisted, in the manner of
 C{treq.testing}: drive a protocol over an in-memory transport marked as TLS
-(or not), and make throwaway certificates for loopback TLS.
+(or not), make throwaway certificates for loopback TLS, and stand in for the
+policy, the store and the alert observers (L{RecordingPolicy},
+L{MemoryStore}, L{RecordingAlertObserver}).
 
 The project's own tests use these, so they stay correct.
 """
@@ -10,9 +12,9 @@ The project's own tests use these, so they stay correct.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
-from zope.interface import directlyProvides
+from zope.interface import directlyProvides, implementer
 
 from twisted.internet import defer, ssl
 from twisted.internet.address import IPv4Address
@@ -21,12 +23,20 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
+from clientid_twisted.policy.decision import Attempt, Decision, Verdict
 from clientid_twisted.server.tls import ServerCertificate, selfSignedCertificate
+from clientid_twisted.store.memory import MemoryStore
 
 __all__ = [
     "StartTLSStringTransport",
     "connectedTransport",
+    "connectPlaintext",
+    "connectTLS",
     "LineExchange",
+    "MemoryStore",
+    "RecordingPolicy",
+    "RecordingAlertObserver",
     "throwawayCertificate",
     "ConnectionTracker",
     "synchronousScheduler",
@@ -126,6 +136,94 @@ class LineExchange:
         Send one line; return the reply split into lines.
         """
         return self.exchange(line).splitlines()
+
+
+def connectPlaintext(protocol: Protocol, **kwargs: Any) -> LineExchange:
+    """
+    Connect C{protocol} to a fresh in-memory transport that is not
+    encrypted (it can still start TLS: STARTTLS marks it L{ISSLTransport}).
+
+    @param kwargs: C{peerHost} and C{clock}, as for L{connectedTransport}.
+    @return: A L{LineExchange} to talk to it; its C{transport} attribute
+        holds what the protocol wrote so far (the greeting).
+    """
+    return LineExchange(protocol, connectedTransport(protocol, secure=False, **kwargs))
+
+
+def connectTLS(protocol: Protocol, **kwargs: Any) -> LineExchange:
+    """
+    Connect C{protocol} to a fresh in-memory transport marked as TLS from
+    the start (implicit TLS, as on ports 465 and 993).
+
+    @param kwargs: C{peerHost} and C{clock}, as for L{connectedTransport}.
+    @return: A L{LineExchange} to talk to it.
+    """
+    return LineExchange(protocol, connectedTransport(protocol, secure=True, **kwargs))
+
+
+@implementer(IClientIDPolicy)
+class RecordingPolicy:
+    """
+    An L{IClientIDPolicy} that answers every attempt with a verdict the test
+    chooses and records what it is asked and told.
+
+    @ivar verdict: The verdict of the next decisions (change it any time).
+    @ivar reason: The reason given with it.
+    @ivar decide: If not L{None}, called with each L{Attempt} to choose the
+        verdict instead of C{verdict}.
+    @ivar attempts: Every L{Attempt} passed to L{evaluate}, in order.
+    @ivar outcomes: Every C{(decision, passwordAccepted)} passed to
+        L{outcome}, in order.
+    """
+
+    def __init__(
+        self,
+        verdict: Verdict = Verdict.ACCEPT,
+        reason: str = "recorded",
+        decide: Callable[[Attempt], Verdict] | None = None,
+    ) -> None:
+        self.verdict = verdict
+        self.reason = reason
+        self.decide = decide
+        self.attempts: list[Attempt] = []
+        self.outcomes: list[tuple[Decision, bool]] = []
+
+    def evaluate(self, attempt: Attempt) -> defer.Deferred[Decision]:
+        """
+        Record C{attempt}; answer with C{decide(attempt)} or C{verdict}.
+        """
+        self.attempts.append(attempt)
+        verdict = self.decide(attempt) if self.decide is not None else self.verdict
+        return defer.succeed(Decision(attempt, verdict, self.reason))
+
+    def outcome(self, decision: Decision, passwordAccepted: bool) -> defer.Deferred[None]:
+        """
+        Record the outcome.
+        """
+        self.outcomes.append((decision, passwordAccepted))
+        return defer.succeed(None)
+
+
+@implementer(IAlertObserver)
+class RecordingAlertObserver:
+    """
+    An L{IAlertObserver} that keeps every alert.
+
+    @ivar alerts: The L{clientid_twisted.policy.alerts.Alert}s raised, in
+        order.
+    """
+
+    def __init__(self) -> None:
+        self.alerts: list[Any] = []
+
+    def alertRaised(self, alert: Any) -> None:
+        self.alerts.append(alert)
+
+    def kinds(self) -> list[str]:
+        """
+        The kinds of the alerts raised, in order.
+        """
+        return [alert.kind for alert in self.alerts]
 
 
 @functools.lru_cache(maxsize=None)

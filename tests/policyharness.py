@@ -23,10 +23,9 @@ from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.interfaces import IAlertObserver
 from clientid_twisted.policy.checker import ClientIDChecker
 from clientid_twisted.policy.engine import policyFromConfig
-from clientid_twisted.store.memory import MemoryStore
+from clientid_twisted.testing import MemoryStore, RecordingAlertObserver
 
 START = 1_700_000_000.0
 ALICE = "alice@example.test"
@@ -51,16 +50,7 @@ class PasswordChecker:
         return defer.fail(UnauthorizedLogin())
 
 
-@implementer(IAlertObserver)
-class RecordingObserver:
-    def __init__(self) -> None:
-        self.alerts: list[Any] = []
-
-    def alertRaised(self, alert: Any) -> None:
-        self.alerts.append(alert)
-
-    def kinds(self) -> list[str]:
-        return [a.kind for a in self.alerts]
+RecordingObserver = RecordingAlertObserver
 
 
 class PolicyHarness:

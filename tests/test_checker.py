@@ -22,32 +22,27 @@ from twisted.trial.unittest import SynchronousTestCase
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.interfaces import IClientIDPolicy
 from clientid_twisted.policy.checker import ClientIDChecker, attemptFromCredentials
 from clientid_twisted.policy.decision import Attempt, Decision, Verdict
+from clientid_twisted.testing import RecordingPolicy
 
 
-@implementer(IClientIDPolicy)
-class ScriptedPolicy:
+class ScriptedPolicy(RecordingPolicy):
     """
-    Answers every attempt with C{verdict}; records what it is told.
+    Answers every attempt with C{verdict}; records what it is told; can
+    break when told the outcome.
     """
+
+    raiseInOutcome = False
 
     def __init__(self, verdict: Verdict = Verdict.ACCEPT) -> None:
-        self.verdict = verdict
-        self.attempts: list[Attempt] = []
-        self.outcomes: list[tuple[Decision, bool]] = []
-        self.raiseInOutcome = False
-
-    def evaluate(self, attempt: Attempt) -> defer.Deferred[Decision]:
-        self.attempts.append(attempt)
-        return defer.succeed(Decision(attempt, self.verdict, "scripted"))
+        RecordingPolicy.__init__(self, verdict, "scripted")
 
     def outcome(self, decision: Decision, passwordAccepted: bool) -> defer.Deferred[None]:
-        self.outcomes.append((decision, passwordAccepted))
+        d = RecordingPolicy.outcome(self, decision, passwordAccepted)
         if self.raiseInOutcome:
             raise RuntimeError("broken policy")
-        return defer.succeed(None)
+        return d
 
 
 @implementer(ICredentialsChecker)

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.server.net import setNoDelay
-from clientid_twisted.testing import ConnectionTracker, LineExchange, connectedTransport
+from clientid_twisted.testing import ConnectionTracker, connectPlaintext
 
 TOKEN = "0f6a2c1e-3b7d-4e55-8f0a-6d2b9c1e7a44"
 
@@ -46,8 +46,8 @@ class SubmissionRulesTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.server = _server(self)
         self.protocol = self.server.smtpFactory.buildProtocol(None)
-        self.transport = connectedTransport(self.protocol)
-        self.client = LineExchange(self.protocol, self.transport)
+        self.client = connectPlaintext(self.protocol)
+        self.transport = self.client.transport
 
     def code(self, line: bytes) -> int:
         return int(self.client.exchange(line).splitlines()[-1][:3])

@@ -194,6 +194,7 @@ def buildAuthentication(
     *,
     clock: Any = None,
     configSource: object = None,
+    wrapStore: Callable[[IClientIDStore], IClientIDStore] | None = None,
 ) -> Authentication:
     """
     Build the CLIENTID checker for the server.
@@ -209,6 +210,9 @@ def buildAuthentication(
         does a key the configuration names.
     @param hostname: Notices come from C{postmaster@hostname}.
     @param clock: The policy's and store's time; C{reactor} by default.
+    @param wrapStore: Called with the opened store; what it returns is the
+        store everything uses (L{clientid_twisted.server.metrics} counts
+        locks and store errors so).
     @raise ConfigError: For a bad policy configuration or key.
     @raise ValueError: For a store URL that cannot be used.
     @raise clientid_twisted.store.StoreError: If the store cannot be opened.
@@ -220,6 +224,8 @@ def buildAuthentication(
     settings = parsePolicyConfig(config, configSource)
     key = configuredKey(settings, dataDir)
     store = openStore(storeURL or settings.store.url, dataDir, reactor, clock=clock)
+    if wrapStore is not None:
+        store = wrapStore(store)
 
     observers: list[Any] = [LogAlertObserver()]
     if settings.alerts.mailAccount:

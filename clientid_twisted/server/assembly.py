@@ -66,11 +66,14 @@ def assembleServer(
     keyPath: str | None = None,
     hostname: str | None = None,
     storeURL: str | None = None,
+    metrics: Any = None,
 ) -> MailServer:
     """
     Build the shared parts of the server, creating the data directory and
     its generated files on first use.
 
+    @param metrics: A L{clientid_twisted.server.metrics.ServerMetrics} to
+        count the store's locks and errors in, or L{None}.
     @raise ValueError: With a message for the operator when a file is
         missing or unreadable.
     """
@@ -100,6 +103,7 @@ def assembleServer(
     authentication = buildAuthentication(
         config, dataDir, storeURL, users, ScryptChecker(users), hasher, hostname,
         configSource=configFile,
+        wrapStore=metrics.countingStore if metrics is not None else None,
     )
     hasher = authentication.hasher or hasher
     portal = Portal(MailRealm(dataDir, users, hostname), [authentication.checker])

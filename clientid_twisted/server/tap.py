@@ -65,6 +65,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         for name in DEFAULT_LISTENERS:
             self[name] = []
+        self["metrics"] = None
 
     def _addListener(self, name: str, description: str) -> None:
         try:
@@ -89,6 +90,14 @@ class Options(usage.Options):
         """Listen for IMAP over implicit TLS on this endpoint, e.g. tcp:993; the server adds the TLS layer (repeatable) [default: tcp:8993:interface=127.0.0.1]."""
         self._addListener("imaps", description)
 
+    def opt_metrics(self, description: str) -> None:
+        """Serve Prometheus counters at /metrics on this endpoint, e.g. tcp:9108 or just 9108; loopback unless the endpoint names an interface [default: off]."""
+        self["metrics"] = loopbackEndpoint(description)
+        try:
+            endpoints.serverFromString(_ValidatingReactor(), self["metrics"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise usage.UsageError(f"--metrics: invalid endpoint {description!r}: {e}")
+
     def postOptions(self) -> None:
         if bool(self["certificate"]) != bool(self["private-key"]):
             raise usage.UsageError("--certificate and --private-key go together")
@@ -103,6 +112,11 @@ def makeService(options: Options) -> service.MultiService:
     """
     from clientid_twisted.server.assembly import assembleServer
 
+    metrics = None
+    if options["metrics"]:
+        from clientid_twisted.server.metrics import ServerMetrics
+
+        metrics = ServerMetrics()
     try:
         server = assembleServer(
             dataDir=Path(options["data-dir"]),
@@ -111,6 +125,7 @@ def makeService(options: Options) -> service.MultiService:
             keyPath=options["private-key"],
             hostname=options["hostname"],
             storeURL=options["store"],
+            metrics=metrics,
         )
     except (ValueError, OSError) as e:
         # An operator's mistake (a bad config, an unreadable file): say so
@@ -120,6 +135,11 @@ def makeService(options: Options) -> service.MultiService:
     # First in, last out: the store closes (committing queued writes) after
     # every listener and session has stopped.
     server.authentication.service.setServiceParent(top)
+    if metrics is not None:
+        from clientid_twisted.server.metrics import metricsService
+
+        metricsService(metrics, options["metrics"]).setServiceParent(top)
+        _log.info("metrics served at /metrics on {endpoint}", endpoint=options["metrics"])
     factories = {
         "smtp": server.smtpFactory,
         "smtps": TLSMemoryBIOFactory(server.tlsOptions, False, server.smtpFactory),
@@ -136,6 +156,20 @@ def makeService(options: Options) -> service.MultiService:
         # ports close, then sessions wind down (docs/limits.md).
         GracefulShutdownService(server.limiter).setServiceParent(top)
     return top
+
+
+def loopbackEndpoint(description: str) -> str:
+    """
+    A TCP endpoint on loopback unless it names an interface: C{"9108"} and
+    C{"tcp:9108"} become C{"tcp:9108:interface=127.0.0.1"}; anything else
+    is kept as given.
+    """
+    if description.isdigit():
+        description = "tcp:" + description
+    parts = description.split(":")
+    if parts[0] == "tcp" and not any(p.startswith("interface=") for p in parts[1:]):
+        description += ":interface=127.0.0.1"
+    return description
 
 
 def _listen(parent: service.MultiService, description: str, factory: Any, name: str) -> None:

@@ -1,0 +1,125 @@
+# -*- test-case-name: tests.test_credfactory -*-
+"""
+L{ClientIDChecker} as a C{twisted.cred} L{ICheckerFactory}, so that
+C{--auth} style strings name it wherever Twisted tools accept them
+(C{twisted.cred.strcred.makeChecker}, C{AuthOptionMixin})::
+
+    clientid:inner=file:/etc/mail/passwd:mode=allowlist:store=sqlite:///var/lib/clientid.sqlite3
+
+The argument string is a series of C{NAME=VALUE} options separated by
+colons.  Values may hold colons themselves (checker strings and store URLs
+do): a colon starts a new option only where it is followed by one of the
+option names below and C{=}.
+
+    - C{inner=CHECKER} (required): the checker that checks passwords, as an
+      C{--auth} string of its own (C{file:PATH}, C{memory:USER:PASSWORD},
+      C{unix}, ...), made with C{strcred.makeChecker};
+    - C{mode=off|learn|tofu|allowlist}: the device mode (default C{learn},
+      or C{[policy] devices} of C{config});
+    - C{store=URL}: the CLIENTID store, as C{--store} (default C{memory:}:
+      devices are forgotten when the process ends);
+    - C{config=PATH}: a C{clientid.toml} whose policy tables
+      (C{[policy]}, C{[limits]}, C{[types.NAME]}) configure the policy.
+
+Alerts go to the log.  The store is closed when the reactor shuts down.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import ICheckerFactory
+from twisted.plugin import IPlugin
+
+__all__ = ["ClientIDCheckerFactory", "parseArgString", "OPTION_NAMES"]
+
+OPTION_NAMES = ("inner", "mode", "store", "config")
+
+_OPTION_START = re.compile(r":(?=(?:%s)=)" % "|".join(OPTION_NAMES))
+
+_HELP = """
+Puts the CLIENTID device policy in front of another checker: the inner
+checker checks passwords, the policy decides on the device the client
+identified itself as (CLIENTID), and a refusal looks exactly like a wrong
+password.
+
+Options, separated by colons (values may contain colons):
+  inner=CHECKER   the password checker, itself an --auth string (required)
+  mode=MODE       off, learn (default), tofu or allowlist
+  store=URL       the CLIENTID store: sqlite:///PATH, memory: (default)
+  config=PATH     a clientid.toml for the other policy settings
+"""
+
+
+def parseArgString(argstring: str) -> dict[str, str]:
+    """
+    Split C{clientid:}'s argument string into its options.
+
+    @raise ValueError: For an unknown or repeated option, or a missing
+        C{inner}.
+    """
+    options: dict[str, str] = {}
+    for part in _OPTION_START.split(argstring):
+        name, equals, value = part.partition("=")
+        if not equals or name not in OPTION_NAMES:
+            raise ValueError(
+                f"clientid: expected NAME=VALUE with NAME one of {', '.join(OPTION_NAMES)}, "
+                f"not {part!r}"
+            )
+        if name in options:
+            raise ValueError(f"clientid: {name}= given twice")
+        options[name] = value
+    if not options.get("inner"):
+        raise ValueError("clientid: inner=CHECKER is required, e.g. inner=file:/path/passwd")
+    return options
+
+
+@implementer(ICheckerFactory, IPlugin)
+class ClientIDCheckerFactory:
+    """
+    Makes a L{clientid_twisted.policy.checker.ClientIDChecker} from a
+    C{clientid:...} string.
+    """
+
+    authType = "clientid"
+    authHelp = _HELP
+    argStringFormat = "inner=CHECKER[:mode=MODE][:store=URL][:config=PATH]"
+    credentialInterfaces = (IUsernamePassword,)
+
+    def generateChecker(self, argstring: str, reactor: Any = None) -> Any:
+        """
+        @raise ValueError: For a bad argument string, configuration or store
+            URL.
+        """
+        from twisted.cred import strcred
+
+        from clientid_twisted.fingerprint import IdentityHasher
+        from clientid_twisted.policy.alerts import LogAlertObserver
+        from clientid_twisted.policy.checker import ClientIDChecker
+        from clientid_twisted.policy.config import parsePolicyConfig
+        from clientid_twisted.policy.engine import DevicePolicy
+        from clientid_twisted.server.config import loadConfig
+        from clientid_twisted.store import openStore
+
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        options = parseArgString(argstring)
+        inner = strcred.makeChecker(options["inner"])
+        config: dict[str, Any] = {}
+        if options.get("config"):
+            config = loadConfig(Path(options["config"]), required=True)
+        if options.get("mode"):
+            config = dict(config)
+            config["policy"] = dict(config.get("policy", {}), devices=options["mode"])
+        settings = parsePolicyConfig(config, options.get("config") or "clientid:")
+        store = openStore(options.get("store") or "memory:", Path("."), reactor)
+        policy = DevicePolicy(settings, store, None, [LogAlertObserver()], reactor)
+        key = store.identityKey(None)
+        key.addCallback(lambda key: setattr(policy, "hasher", IdentityHasher(key)))
+        reactor.addSystemEventTrigger("before", "shutdown", store.close)
+        return ClientIDChecker(inner, policy)

@@ -1,0 +1,280 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Counters for C{twistd clientid-mail --metrics ENDPOINT}, served in the
+Prometheus text format by C{prometheus_client} on a private registry.
+
+Most counts come from the structured events the protocols and the policy
+already log (C{clientIDEvent}, C{authEvent}, C{policyEvent}, C{alertKind},
+C{storeEvent}), read by a log observer, so nothing in the protocols changes.
+Locks and store errors are counted where they happen, by L{CountingStore}
+around the CLIENTID store.
+
+Labels never carry an account, a token, a fingerprint or an address: only
+protocol names and fixed words (outcomes, reasons, alert and lock kinds).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from zope.interface import implementer
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from clientid_twisted.interfaces import IClientIDStore
+
+__all__ = ["ServerMetrics", "CountingStore", "MetricsResource", "metricsService"]
+
+_PROTOCOLS = frozenset({"smtp", "imap"})
+_LOCK_KINDS = frozenset(
+    {"token-locked", "token-revoked", "account-closed", "address-locked", "under-attack"}
+)
+_MAX_LABEL = 64
+
+
+def _label(value: object, known: Iterable[str] | None = None) -> str:
+    """
+    A label value: C{known} words as they are, anything else C{"other"}.
+    With no C{known} set, free text the code itself writes (reasons),
+    shortened.
+    """
+    if not isinstance(value, str) or not value:
+        return "none" if value is None else "other"
+    if known is not None:
+        return value if value in known else "other"
+    return value[:_MAX_LABEL]
+
+
+class ServerMetrics:
+    """
+    The server's counters, on a registry of their own (so tests and several
+    servers in one process do not share counts).
+
+    @ivar registry: What the C{/metrics} resource serves.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.commands = Counter(
+            "clientid_commands",
+            "CLIENTID commands by protocol, outcome (accepted, refused) and reason for a refusal.",
+            ["protocol", "outcome", "reason"],
+            registry=r,
+        )
+        self.logins = Counter(
+            "clientid_logins",
+            "Logins (AUTH, LOGIN, AUTHENTICATE) by protocol and result "
+            "(succeeded, failed, tempfail, error).",
+            ["protocol", "result"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "clientid_policy_refusals",
+            "Logins the device policy refused, by protocol, reason, and whether the "
+            "password was right.",
+            ["protocol", "reason", "password"],
+            registry=r,
+        )
+        self.locks = Counter(
+            "clientid_locks",
+            "Locks the policy set, by kind (token-locked, account-closed, address-locked, "
+            "under-attack).",
+            ["kind"],
+            registry=r,
+        )
+        self.alerts = Counter("clientid_alerts", "Alerts raised, by kind.", ["kind"], registry=r)
+        self.storeErrors = Counter(
+            "clientid_store_errors",
+            "CLIENTID store operations that failed (or timed out), by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.storeOutages = Counter(
+            "clientid_store_outages", "Times the CLIENTID store became unavailable.", registry=r
+        )
+
+    # -- the log observer -----------------------------------------------------
+
+    def observe(self, event: LogEvent) -> None:
+        """
+        Count one log event (an L{ILogObserver}); never raises.
+        """
+        try:
+            self._observe(event)
+        except Exception:  # pragma: no cover (never let logging fail)
+            pass
+
+    def _observe(self, event: LogEvent) -> None:
+        protocol = _label(event.get("protocol"), _PROTOCOLS)
+        if "clientIDEvent" in event:
+            outcome = _label(event["clientIDEvent"], ("accepted", "refused"))
+            reason = _label(event.get("reason")) if outcome == "refused" else ""
+            self.commands.labels(protocol, outcome, reason).inc()
+        elif "authEvent" in event:
+            result = _label(event["authEvent"], ("succeeded", "failed", "tempfail", "error"))
+            self.logins.labels(protocol, result).inc()
+        elif event.get("policyEvent") == "refused":
+            password = "right" if event.get("passwordAccepted") else "wrong"
+            self.refusals.labels(protocol, _label(event.get("reason")), password).inc()
+        elif "alertKind" in event:
+            self.alerts.labels(_label(event["alertKind"])).inc()
+        elif event.get("storeEvent") == "down":
+            self.storeOutages.inc()
+
+    # -- the store ------------------------------------------------------------
+
+    def lockSet(self, key: str) -> None:
+        self.locks.labels(_label(key.partition(":")[0], _LOCK_KINDS)).inc()
+
+    def storeFailed(self, operation: str) -> None:
+        self.storeErrors.labels(operation).inc()
+
+    def countingStore(self, store: IClientIDStore) -> "CountingStore":
+        """
+        Wrap the CLIENTID store so its locks and errors are counted.
+        """
+        return CountingStore(store, self)
+
+    # -- exposition -------------------------------------------------------------
+
+    def scrape(self) -> bytes:
+        """
+        The Prometheus text format of every counter.
+        """
+        return generate_latest(self.registry)  # type: ignore[no-any-return]
+
+
+@implementer(IClientIDStore)
+class CountingStore:
+    """
+    An L{IClientIDStore} that passes every call to C{store} and counts the
+    locks it reports newly set and the calls that fail.
+    """
+
+    def __init__(self, store: IClientIDStore, metrics: ServerMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        # Backend extras (a Redis store's connection state, ...).
+        return getattr(self.store, name)
+
+    def _call(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
+        d = defer.maybeDeferred(method, *args)
+
+        def failed(reason: Failure) -> Failure:
+            self.metrics.storeFailed(operation)
+            return reason
+
+        return d.addErrback(failed)
+
+    def identityKey(self, candidate: bytes | None) -> Any:
+        return self._call("identityKey", self.store.identityKey, candidate)
+
+    def loadState(self, query: Any) -> Any:
+        return self._call("loadState", self.store.loadState, query)
+
+    def recordOutcome(self, record: Any) -> Any:
+        def counted(result: Any) -> Any:
+            for key in getattr(result, "locked", ()):
+                self.metrics.lockSet(key)
+            return result
+
+        return self._call("recordOutcome", self.store.recordOutcome, record).addCallback(counted)
+
+    def listDevices(self, account: str) -> Any:
+        return self._call("listDevices", self.store.listDevices, account)
+
+    def setDeviceState(
+        self, account: str, digest: str, typeName: str, fingerprint: str, state: str, event: Any
+    ) -> Any:
+        return self._call(
+            "setDeviceState",
+            self.store.setDeviceState,
+            account,
+            digest,
+            typeName,
+            fingerprint,
+            state,
+            event,
+        )
+
+    def setLock(self, key: str, seconds: float | None, event: Any) -> Any:
+        def counted(result: Any) -> Any:
+            self.metrics.lockSet(key)
+            return result
+
+        return self._call("setLock", self.store.setLock, key, seconds, event).addCallback(counted)
+
+    def clearKeys(self, keys: Any, event: Any) -> Any:
+        return self._call("clearKeys", self.store.clearKeys, keys, event)
+
+    def activeLocks(self, keys: Any) -> Any:
+        return self._call("activeLocks", self.store.activeLocks, keys)
+
+    def listEvents(self, account: str | None, limit: int) -> Any:
+        return self._call("listEvents", self.store.listEvents, account, limit)
+
+    def close(self) -> Any:
+        return self._call("close", self.store.close)
+
+
+class MetricsResource(resource.Resource):
+    """
+    C{GET /metrics}: the counters in the Prometheus text format.
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        resource.Resource.__init__(self)
+        self.metrics = metrics
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self.metrics.scrape()
+
+
+class _ObserverService(service.Service):
+    """
+    Adds the metrics' log observer while the server runs.
+    """
+
+    def __init__(self, metrics: ServerMetrics, publisher: Any) -> None:
+        self.observer = metrics.observe
+        self.publisher = publisher
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.publisher.addObserver(self.observer)
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        self.publisher.removeObserver(self.observer)
+
+
+def metricsService(
+    metrics: ServerMetrics, description: str, publisher: Any = None
+) -> service.MultiService:
+    """
+    The services that count and serve: the log observer, and an HTTP
+    listener on C{description} (an endpoint string) answering C{/metrics}.
+    """
+    root = resource.Resource()
+    root.putChild(b"metrics", MetricsResource(metrics))
+    site = server.Site(root)
+    site.displayTracebacks = False
+    top = service.MultiService()
+    top.setName("metrics")
+    _ObserverService(metrics, publisher if publisher is not None else globalLogPublisher).setServiceParent(top)
+    listener = strports.service(description, site)
+    listener.setName(f"metrics {description}")
+    listener.setServiceParent(top)
+    return top

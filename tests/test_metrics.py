@@ -1,0 +1,222 @@
+"""
+Tests for L{clientid_twisted.server.metrics} and C{twistd clientid-mail
+--metrics}: counts from the log events and the store, the Prometheus
+scrape, and what the labels never carry.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import socket
+import ssl
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from zope.interface.verify import verifyObject
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from clientid_twisted.interfaces import IClientIDStore
+from clientid_twisted.server.metrics import CountingStore, ServerMetrics
+from clientid_twisted.server.tap import Options, loopbackEndpoint, makeService
+from clientid_twisted.server.users import UserDatabase
+from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store.records import Bump, OutcomeRecord, StateQuery
+from clientid_twisted.testing import MemoryStore
+
+ACCOUNT, PASSWORD = "alice@example.test", "alice password"
+GOOD_TOKEN = "5b0e0c1e-laptop-token-9f1d-7a44c0de"
+BAD_TOKEN = "77aa01b2-stranger-token-c3d4e5f6"
+
+
+def _value(metrics: ServerMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ObserverTests(SynchronousTestCase):
+    """
+    The log observer counts the structured events.
+    """
+
+    def setUp(self) -> None:
+        self.metrics = ServerMetrics()
+
+    def test_commands(self) -> None:
+        self.metrics.observe({"clientIDEvent": "accepted", "protocol": "smtp", "clientIDFingerprint": "ab"})
+        self.metrics.observe({"clientIDEvent": "refused", "protocol": "imap", "reason": "malformed"})
+        self.assertEqual(
+            _value(self.metrics, "clientid_commands_total", protocol="smtp", outcome="accepted", reason=""),
+            1,
+        )
+        self.assertEqual(
+            _value(self.metrics, "clientid_commands_total", protocol="imap", outcome="refused", reason="malformed"),
+            1,
+        )
+
+    def test_loginsAndRefusals(self) -> None:
+        self.metrics.observe({"authEvent": "failed", "protocol": "imap", "username": "a@b"})
+        self.metrics.observe(
+            {"policyEvent": "refused", "protocol": "smtp", "reason": "device not approved",
+             "passwordAccepted": True, "account": "a@b"}
+        )
+        self.assertEqual(_value(self.metrics, "clientid_logins_total", protocol="imap", result="failed"), 1)
+        self.assertEqual(
+            _value(
+                self.metrics, "clientid_policy_refusals_total",
+                protocol="smtp", reason="device not approved", password="right",
+            ),
+            1,
+        )
+
+    def test_alertsAndOutages(self) -> None:
+        self.metrics.observe({"alertKind": "device-new", "account": "a@b"})
+        self.metrics.observe({"storeEvent": "down"})
+        self.metrics.observe({"storeEvent": "up"})
+        self.assertEqual(_value(self.metrics, "clientid_alerts_total", kind="device-new"), 1)
+        self.assertEqual(_value(self.metrics, "clientid_store_outages_total"), 1)
+
+    def test_unknownProtocolLabel(self) -> None:
+        """
+        A label value that is not one of the known words becomes C{other}.
+        """
+        self.metrics.observe({"authEvent": "succeeded", "protocol": "alice@example.test"})
+        self.assertEqual(_value(self.metrics, "clientid_logins_total", protocol="other", result="succeeded"), 1)
+        self.assertNotIn(b"alice", self.metrics.scrape())
+
+
+class CountingStoreTests(SynchronousTestCase):
+    """
+    L{CountingStore} passes calls through and counts locks and failures.
+    """
+
+    def setUp(self) -> None:
+        self.metrics = ServerMetrics()
+        self.clock = Clock()
+        self.inner = MemoryStore(self.clock)
+        self.store = self.metrics.countingStore(self.inner)
+
+    def test_provides(self) -> None:
+        self.assertTrue(verifyObject(IClientIDStore, self.store))
+        self.assertIsInstance(self.store, CountingStore)
+
+    def test_locks(self) -> None:
+        record = OutcomeRecord(
+            operations=(Bump("device-failures:d1", 600.0, limit=1, lock="token-locked:d1", lockSeconds=900.0),)
+        )
+        result = self.successResultOf(self.store.recordOutcome(record))
+        self.assertEqual(result.locked, ("token-locked:d1",))
+        self.successResultOf(self.store.setLock("account-closed:alice@example.test", 60, None))
+        self.assertEqual(_value(self.metrics, "clientid_locks_total", kind="token-locked"), 1)
+        self.assertEqual(_value(self.metrics, "clientid_locks_total", kind="account-closed"), 1)
+        self.assertNotIn(b"alice", self.metrics.scrape())
+
+    def test_errors(self) -> None:
+        original = self.inner.loadState
+        self.inner.loadState = lambda query: defer.fail(StoreError("down"))  # type: ignore[method-assign]
+        self.failureResultOf(self.store.loadState(StateQuery(account="a")), StoreError)
+        self.inner.loadState = original  # type: ignore[method-assign]
+        self.successResultOf(self.store.loadState(StateQuery(account="a")))
+        self.assertEqual(_value(self.metrics, "clientid_store_errors_total", operation="loadState"), 1)
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{--metrics} is off by default and on loopback unless told otherwise.
+    """
+
+    def test_offByDefault(self) -> None:
+        options = Options()
+        options.parseOptions([])
+        self.assertIsNone(options["metrics"])
+
+    def test_loopback(self) -> None:
+        self.assertEqual(loopbackEndpoint("9108"), "tcp:9108:interface=127.0.0.1")
+        self.assertEqual(loopbackEndpoint("tcp:9108"), "tcp:9108:interface=127.0.0.1")
+        self.assertEqual(loopbackEndpoint("tcp:9108:interface=0.0.0.0"), "tcp:9108:interface=0.0.0.0")
+        self.assertEqual(loopbackEndpoint("unix:/run/m.sock"), "unix:/run/m.sock")
+
+    def test_invalid(self) -> None:
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--metrics", "nonsense:1"])
+
+
+class ScrapeTests(TestCase):
+    """
+    C{twistd clientid-mail --metrics}: a refused and an accepted login over
+    TLS, then a scrape that counts both and names no account, token or
+    fingerprint.
+    """
+
+    @defer.inlineCallbacks
+    def test_scrapeAfterRefusedAndAcceptedLogin(self) -> Any:
+        dataDir = Path(self.mktemp())
+        dataDir.mkdir(parents=True)
+        (dataDir / "clientid.toml").write_text(
+            "[server]\nauth_failure_delay_seconds = 0\n"
+            '[policy]\ndevices = "tofu"\n'
+            "[alerts]\nmail_account = false\n"
+        )
+        UserDatabase(dataDir / "users.json").addUser(ACCOUNT, PASSWORD)
+        smtpPort, metricsPort = _freePort(), _freePort()
+        options = Options()
+        options.parseOptions(
+            [
+                "--data-dir", str(dataDir),
+                "--store", "memory:",
+                "--smtp", f"tcp:{smtpPort}:interface=127.0.0.1",
+                "--metrics", f"tcp:{metricsPort}",
+            ]
+        )
+        top = makeService(options)
+        top.startService()
+        self.addCleanup(top.stopService)
+        context = ssl.create_default_context(cafile=str(dataDir / "tls" / "selfsigned.pem"))
+
+        def login(token: str) -> int:
+            with smtplib.SMTP("127.0.0.1", smtpPort, timeout=20) as client:
+                client.ehlo("laptop")
+                client.starttls(context=context)
+                client.ehlo("laptop")
+                assert client.docmd("CLIENTID", "UUID " + token)[0] == 250
+                secret = base64.b64encode(f"\0{ACCOUNT}\0{PASSWORD}".encode()).decode()
+                return client.docmd("AUTH", "PLAIN " + secret)[0]
+
+        # tofu with one slot: the first device is trusted, the second refused
+        # although its password is right.
+        accepted = yield deferToThread(login, GOOD_TOKEN)
+        refused = yield deferToThread(login, BAD_TOKEN)
+        self.assertEqual((accepted, refused), (235, 535))
+
+        def scrape() -> tuple[str, str]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metricsPort}/metrics", timeout=20) as r:
+                return r.headers["Content-Type"], r.read().decode("utf-8")
+
+        contentType, text = yield deferToThread(scrape)
+        self.assertTrue(contentType.startswith("text/plain"))
+        self.assertIn('clientid_logins_total{protocol="smtp",result="succeeded"} 1.0', text)
+        self.assertIn('clientid_logins_total{protocol="smtp",result="failed"} 1.0', text)
+        self.assertIn(
+            'clientid_policy_refusals_total{password="right",protocol="smtp",'
+            'reason="device not approved (tofu limit reached)"} 1.0',
+            text,
+        )
+        self.assertIn('clientid_commands_total{outcome="accepted",protocol="smtp",reason=""} 2.0', text)
+        self.assertIn('clientid_alerts_total{kind="device-new"} 1.0', text)
+        self.assertIn('clientid_alerts_total{kind="device-refused"} 1.0', text)
+        for secret in (ACCOUNT, "alice", GOOD_TOKEN, BAD_TOKEN, GOOD_TOKEN[:8], BAD_TOKEN[:8]):
+            self.assertNotIn(secret, text)
+        # No fingerprint either: 16 hex digits anywhere in a label.
+        import re
+
+        self.assertIsNone(re.search(r'"[0-9a-f]{16}', text))
