@@ -5,7 +5,9 @@ process: C{python -m benchmarks._stacks --stack ours|bare --protocol smtp|imap
 
 Both share everything but CLIENTID: the same TLS certificate, the same
 checker, the same maildir delivery and mailbox, C{TCP_NODELAY}.  "ours" is
-the runnable server's protocols (with its policy when one is configured);
+the runnable server's protocols with its device policy (C{learn} on the
+SQLite store unless the data directory's C{clientid.toml} says otherwise)
+in front of the checker;
 "bare" is plain C{twisted.mail} ESMTP / IMAP4Server.
 """
 
@@ -25,6 +27,7 @@ from twisted.internet import defer
 from twisted.mail import imap4, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from clientid_twisted.policy.checker import ClientIDChecker
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.server.delivery import MailRealm
 from clientid_twisted.server.net import setNoDelay
@@ -114,7 +117,10 @@ def buildFactory(stack: str, protocol: str, dataDir: Path, checker: str) -> tupl
             server.users.addUser(user, PASSWORD)
     inner = FastChecker() if checker == "fast" else server.portal.checkers[IUsernamePassword]
     if stack == "ours":
-        portal = Portal(server.portal.realm, [inner])
+        # The runnable server's policy (learn, SQLite store by default)
+        # around the same password checker as bare.
+        checker = ClientIDChecker(inner, server.authentication.policy)
+        portal = Portal(server.portal.realm, [checker])
         factory = server.smtpFactory if protocol == "smtp" else server.imapFactory
         factory.portal = portal
         return factory, server
