@@ -253,6 +253,19 @@ class MessageTests(DeliveryTestMixin, SynchronousTestCase):
             self.assertTrue((self.maildir / name).is_dir())
         message.connectionLost()
 
+    def test_partlyCreatedMaildir(self) -> None:
+        """
+        A maildir whose top directory exists but whose C{tmp/} does not yet
+        (another writer is creating it) still takes the message.
+        """
+        self.maildir.mkdir(parents=True)
+        message = self.startMessage()
+        message.lineReceived(b"Subject: race")
+        final = self.successResultOf(message.eomReceived())
+        self.assertEqual(final.parent, self.maildir / "new")
+        for sub in ("cur", "new", "tmp"):
+            self.assertTrue((self.maildir / sub).is_dir())
+
     def test_delivered(self) -> None:
         """
         The message is written to tmp/ and appears complete in new/.

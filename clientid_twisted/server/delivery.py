@@ -15,15 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from zope.interface import implementer
-from zope.interface.interface import InterfaceClass
+from zope.interface import Interface, implementer
 
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4, smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
-from twisted.mail.maildir import initializeMaildir
 
 from clientid_twisted.server.users import (
     InvalidAddress,
@@ -37,6 +35,7 @@ __all__ = [
     "SubmissionDelivery",
     "MaildirMessageWriter",
     "maildirPath",
+    "ensureMaildir",
 ]
 
 
@@ -107,7 +106,7 @@ class MaildirMessageWriter:
         """
         Make the message durable and visible.
 
-        @return: A L{Deferred} firing with its path in C{new/}.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with its path in C{new/}.
         """
         try:
             self._file.flush()
@@ -129,6 +128,20 @@ class MaildirMessageWriter:
             os.unlink(self.temporaryPath)
         except FileNotFoundError:
             pass
+
+
+def ensureMaildir(maildir: Path) -> None:
+    """
+    Make C{maildir} and its C{cur/ new/ tmp/}, whatever part of them exists.
+
+    Twisted's C{initializeMaildir} creates the subdirectories only when it
+    created the top one, so two writers racing for a new account's first
+    message (a delivery and a policy notice, say) could leave one of them
+    facing a maildir without C{tmp/}.
+    """
+    maildir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(mode=0o700, exist_ok=True)
 
 
 def _fsyncDirectory(directory: Path) -> None:
@@ -252,8 +265,7 @@ class SubmissionDelivery:
         maildir = maildirPath(self.dataDir, address)
 
         def startMessage() -> MaildirMessageWriter:
-            maildir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            initializeMaildir(str(maildir))
+            ensureMaildir(maildir)
             return MaildirMessageWriter(maildir, self._names.generate())
 
         return startMessage
@@ -283,15 +295,15 @@ class MailRealm:
         self.hostname = hostname
         self._clock = clock
         self.avatarFactories: dict[
-            InterfaceClass, Callable[[Any, Any], tuple[Any, Callable[[], None]]]
+            type[Interface], Callable[[Any, Any], tuple[Any, Callable[[], None]]]
         ] = {
             IMessageDelivery: self._messageDelivery,
             imap4.IAccount: self._mailAccount,
         }
 
     def requestAvatar(
-        self, avatarId: Any, mind: Any, *interfaces: InterfaceClass
-    ) -> tuple[InterfaceClass, Any, Callable[[], None]]:
+        self, avatarId: Any, mind: Any, *interfaces: type[Interface]
+    ) -> tuple[type[Interface], object, Callable[[], None]]:
         """
         The avatar for the first of C{interfaces} this realm serves.
 
