@@ -81,3 +81,23 @@ class BenchmarkSmokeTests(TestCase):
             {"ours_kib_per_conn", "bare_kib_per_conn", "ratio"} <= set(result), result
         )
         self.assertEqual(result["failed"], 0)
+
+    def test_sessions(self) -> None:
+        """
+        Full SMTP and IMAP sessions against ours and bare twisted.mail.
+        """
+        for protocol in ("smtp", "imap"):
+            result = runBenchmark("sessions", "--protocol", protocol)
+            self.assertTrue(
+                {
+                    "ours_per_s",
+                    "bare_per_s",
+                    "ratio",
+                    "p99_ms_ours",
+                    "p99_ms_bare",
+                    "cpu_ms_ours",
+                    "cpu_ms_bare",
+                }
+                <= set(result),
+                result,
+            )
