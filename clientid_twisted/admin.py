@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-C{clientid-admin}: manage the runnable server's data directory.
+C{clientid-admin}: manage the runnable server's data directory::
 
     clientid-admin [--data-dir DIR] user add ADDRESS --password-stdin
     clientid-admin [--data-dir DIR] user passwd ADDRESS --password-stdin

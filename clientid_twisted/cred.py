@@ -6,7 +6,7 @@ A protocol wraps the credentials its AUTH/LOGIN mechanism built with
 L{identifyCredentials} before calling C{portal.login}.  The wrapper provides
 L{IClientIdentifiedCredentials} I{and} every interface the wrapped object
 provides, and forwards attribute access to it, so a checker written for
-L{IUsernamePassword} (C{checkPassword}, C{username}) keeps working and a
+L{IUsernamePassword <twisted.cred.credentials.IUsernamePassword>} (C{checkPassword}, C{username}) keeps working and a
 checker that knows about CLIENTID can read C{clientIdentity}.
 """
 

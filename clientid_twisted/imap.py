@@ -26,7 +26,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
@@ -140,10 +140,10 @@ class ClientIDIMAP4ServerMixin:
     state: str
     parseState: str
     portal: Any
-    challengers: dict[bytes, Any]
+    challengers: Any  # IMAP4Server's is untyped (None until set)
     account: Any
     mbox: Any
-    blocked: list[bytes] | None
+    blocked: Any  # list[bytes] | None; untyped in IMAP4Server
     startedTLS: bool
     ctx: Any
     canStartTLS: bool
@@ -233,7 +233,9 @@ class ClientIDIMAP4ServerMixin:
         if listed:
             self.clientIDAdvertised = True
 
-    unauth_CAPABILITY = (do_CAPABILITY,)
+    # Twisted's command tables are untyped tuples whose first item takes
+    # the protocol's own arguments: declared Any to match IMAP4Server.
+    unauth_CAPABILITY: Any = (do_CAPABILITY,)
     auth_CAPABILITY = unauth_CAPABILITY
     select_CAPABILITY = unauth_CAPABILITY
     logout_CAPABILITY = unauth_CAPABILITY
@@ -298,7 +300,7 @@ class ClientIDIMAP4ServerMixin:
             return None
         return super().lookupCommand(cmd)  # type: ignore[misc]
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connectionGone = True
         self._stopIdlePoll()
         super().connectionLost(reason)  # type: ignore[misc]
@@ -365,7 +367,7 @@ class ClientIDIMAP4ServerMixin:
         if self.state == "select" and self.idlePollInterval:
             self._scheduleIdlePoll()
 
-    select_IDLE = (do_IDLE,)
+    select_IDLE: Any = (do_IDLE,)
     auth_IDLE = select_IDLE
 
     def parse_idle(self, *args: Any) -> None:
@@ -416,7 +418,7 @@ class ClientIDIMAP4ServerMixin:
         if self.startedTLS and not wasStarted:
             self._forgetPlaintext()
 
-    unauth_STARTTLS = (do_STARTTLS,)
+    unauth_STARTTLS: Any = (do_STARTTLS,)
 
     def _forgetPlaintext(self) -> None:
         """
@@ -509,7 +511,7 @@ class ClientIDIMAP4ServerMixin:
         d = defer.maybeDeferred(self.authenticateLogin, user, passwd)
         self._awaitLogin(d, tag, fields, b"LOGIN succeeded")
 
-    unauth_LOGIN = (
+    unauth_LOGIN: Any = (
         do_LOGIN,
         imap4.IMAP4Server.arg_astring,
         imap4.IMAP4Server.arg_finalastring,
@@ -578,7 +580,7 @@ class ClientIDIMAP4ServerMixin:
         # Whatever follows the mechanism name; do_AUTHENTICATE checks it.
         return line, b""
 
-    unauth_AUTHENTICATE = (
+    unauth_AUTHENTICATE: Any = (
         do_AUTHENTICATE,
         imap4.IMAP4Server.arg_atom,
         _optionalInitialResponse,

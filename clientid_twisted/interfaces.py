@@ -21,14 +21,16 @@ __all__ = [
 ]
 
 
-class IClientIdentifiedCredentials(ICredentials):
+# Interface is listed too so that pydoctor, which cannot see Twisted's
+# sources, knows this is an interface; the resolution order is unchanged.
+class IClientIdentifiedCredentials(ICredentials, Interface):
     """
     Credentials that also tell who is knocking: the CLIENTID presented on the
     connection (if any) and how the connection looks.
 
     Objects providing this interface keep providing whatever the
-    authentication mechanism's credentials provided (L{IUsernamePassword},
-    L{IUsernameHashedPassword}, ...) so existing checkers work unchanged.
+    authentication mechanism's credentials provided (L{IUsernamePassword <twisted.cred.credentials.IUsernamePassword>},
+    L{IUsernameHashedPassword <twisted.cred.credentials.IUsernameHashedPassword>}, ...) so existing checkers work unchanged.
     """
 
     clientIdentity = Attribute(
@@ -57,7 +59,7 @@ class IClientIDPolicy(Interface):
         Decide on an attempt before its password is known.
 
         @param attempt: A L{clientid_twisted.policy.decision.Attempt}.
-        @return: A L{Deferred} firing with a
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with a
             L{clientid_twisted.policy.decision.Decision}: C{ACCEPT} (the
             password decides), C{REJECT} (refuse whatever the password) or
             C{TEMPFAIL} (cannot decide now).  It never fails.
@@ -71,7 +73,7 @@ class IClientIDPolicy(Interface):
         @param decision: What L{evaluate} returned for the attempt.
         @param passwordAccepted: Whether the wrapped checker accepted the
             password.
-        @return: A L{Deferred} firing with L{None} once recorded; it never
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with L{None} once recorded; it never
             fails (errors are logged).
         """
 
@@ -80,7 +82,7 @@ class IClientIDStore(Interface):
     """
     What the policy remembers: devices per account, windowed counters,
     timed locks, small windowed sets, the event history and the key that
-    hashes tokens.  Every method returns a L{Deferred}.
+    hashes tokens.  Every method returns a L{Deferred <twisted.internet.defer.Deferred>}.
 
     The decision path is two coarse calls: L{loadState} reads everything one
     decision needs, L{recordOutcome} applies everything it changes,
@@ -93,7 +95,7 @@ class IClientIDStore(Interface):
 
     Read-your-writes: a L{loadState} call sees the effect of every
     L{recordOutcome} called before it on the same store object, even if
-    that call's L{Deferred} has not fired yet.
+    that call's L{Deferred <twisted.internet.defer.Deferred>} has not fired yet.
     """
 
     def identityKey(candidate):
@@ -103,7 +105,7 @@ class IClientIDStore(Interface):
 
         @param candidate: Bytes to keep if the store has no key yet; L{None}
             to make a random one.
-        @return: A L{Deferred} firing with the key the store keeps.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the key the store keeps.
         """
 
     def loadState(query):
@@ -111,7 +113,7 @@ class IClientIDStore(Interface):
         Read what one decision needs.
 
         @param query: A L{clientid_twisted.store.records.StateQuery}.
-        @return: A L{Deferred} firing with a
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with a
             L{clientid_twisted.store.records.DecisionState}.
         """
 
@@ -120,14 +122,14 @@ class IClientIDStore(Interface):
         Apply the changes of one decision atomically.
 
         @param record: A L{clientid_twisted.store.records.OutcomeRecord}.
-        @return: A L{Deferred} firing with a
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with a
             L{clientid_twisted.store.records.OutcomeResult}: the events
             recorded (with their time) and the locks newly set.
         """
 
     def listDevices(account):
         """
-        @return: A L{Deferred} firing with the account's
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the account's
             L{clientid_twisted.store.records.DeviceRecord}s, most recently
             seen first.
         """
@@ -139,7 +141,7 @@ class IClientIDStore(Interface):
 
         @param event: An L{clientid_twisted.store.records.Event} to record
             with the change, or L{None}.
-        @return: A L{Deferred} firing with the new
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the new
             L{clientid_twisted.store.records.DeviceRecord}.
         """
 
@@ -148,26 +150,26 @@ class IClientIDStore(Interface):
         Lock C{key} for C{seconds} from now (L{None}: until cleared),
         replacing any lock it has.
 
-        @return: A L{Deferred} firing with the lock's end (C{inf}: none).
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the lock's end (C{inf}: none).
         """
 
     def clearKeys(keys, event):
         """
         Remove locks, counters and sets named by C{keys}.
 
-        @return: A L{Deferred} firing with L{None}.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with L{None}.
         """
 
     def activeLocks(keys):
         """
-        @return: A L{Deferred} firing with a dict from each of C{keys} that
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with a dict from each of C{keys} that
             is locked now to the lock's end.
         """
 
     def listEvents(account, limit):
         """
         @param account: Only this account's events, or L{None} for all.
-        @return: A L{Deferred} firing with up to C{limit} most recent
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with up to C{limit} most recent
             L{clientid_twisted.store.records.Event}s, oldest first.
         """
 
@@ -175,7 +177,7 @@ class IClientIDStore(Interface):
         """
         Finish pending writes and let go of resources.
 
-        @return: A L{Deferred} firing when done.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing when done.
         """
 
 

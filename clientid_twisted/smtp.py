@@ -2,7 +2,7 @@
 """
 The CLIENTID extension for C{twisted.mail}'s ESMTP server and client.
 
-Server: mix L{ClientIDESMTPMixin} into an L{ESMTP} subclass (or use
+Server: mix L{ClientIDESMTPMixin} into an L{ESMTP <twisted.mail.smtp.ESMTP>} subclass (or use
 L{ClientIDESMTP}).  The mixin adds the C{CLIENTID} verb and EHLO keyword
 following the drafts and this project's contract (docs/spec-notes), keeps
 the accepted identity as C{clientIdentity}, and hands it to C{twisted.cred}
@@ -101,6 +101,14 @@ class ClientIDESMTPMixin:
     mode: Any
     authenticated: bool
     startedTLS: bool
+    delivery: Any
+    deliveryFactory: Any
+    _helo: Any
+    _from: Any
+    _to: list[Any]
+    _onLogout: Any
+    sendCode: Any
+    do_UNKNOWN: Any
 
     # -- state ------------------------------------------------------------
 

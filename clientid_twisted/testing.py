@@ -47,7 +47,7 @@ __all__ = [
 class StartTLSStringTransport(StringTransport):
     """
     A L{StringTransport} that can "start TLS": C{startTLS} marks it as
-    providing L{ISSLTransport} (as Twisted's real transports do) and
+    providing L{ISSLTransport <twisted.internet.interfaces.ISSLTransport>} (as Twisted's real transports do) and
     remembers the context it was given.
 
     @ivar tlsStarted: The context factory passed to C{startTLS}, or L{None}.
@@ -71,7 +71,7 @@ def connectedTransport(
 
     @param secure: Mark the transport as TLS from the start (implicit TLS).
     @param peerHost: The client address the protocol sees.
-    @param clock: Drives the protocol's timeouts (L{TimeoutMixin}), so they
+    @param clock: Drives the protocol's timeouts (L{TimeoutMixin <twisted.protocols.policies.TimeoutMixin>}), so they
         never land on the global reactor; a new L{Clock} by default.
     """
     if hasattr(protocol, "callLater"):
@@ -141,7 +141,7 @@ class LineExchange:
 def connectPlaintext(protocol: Protocol, **kwargs: Any) -> LineExchange:
     """
     Connect C{protocol} to a fresh in-memory transport that is not
-    encrypted (it can still start TLS: STARTTLS marks it L{ISSLTransport}).
+    encrypted (it can still start TLS: STARTTLS marks it L{ISSLTransport <twisted.internet.interfaces.ISSLTransport>}).
 
     @param kwargs: C{peerHost} and C{clock}, as for L{connectedTransport}.
     @return: A L{LineExchange} to talk to it; its C{transport} attribute
@@ -312,7 +312,7 @@ def synchronousScheduler(iterator: Any) -> defer.Deferred[Any]:
     """
     A scheduler for L{twisted.mail.imap4.IMAP4Server} (its C{scheduler}
     argument) that runs FETCH output at once instead of in later reactor
-    turns, so IMAP tests can use L{SynchronousTestCase}.  A L{Deferred}
+    turns, so IMAP tests can use L{SynchronousTestCase <twisted.trial.unittest.SynchronousTestCase>}.  A L{Deferred <twisted.internet.defer.Deferred>}
     the iterator yields pauses it until that fires.
     """
     d: defer.Deferred[Any] = defer.Deferred()

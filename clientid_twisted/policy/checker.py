@@ -88,7 +88,7 @@ class ClientIDChecker:
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         """
-        @return: A L{Deferred} firing with the wrapped checker's avatar ID,
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the wrapped checker's avatar ID,
             or failing with L{UnauthorizedLogin} or
             L{TemporaryAuthenticationFailure}.
         """

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_probe -*-
 """
 C{clientid-probe}: check any SMTP or IMAP server's CLIENTID support against
-the drafts, the way C{testssl.sh} checks TLS.
+the drafts, the way C{testssl.sh} checks TLS::
 
     clientid-probe smtp HOST[:PORT] [--starttls | --tls] [--insecure]
     clientid-probe imap HOST[:PORT] [--starttls | --tls] [--cafile PEM]

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_probe -*-
 """
-The C{clientid-probe} command line.
+The C{clientid-probe} command line::
 
     clientid-probe {smtp,imap} HOST[:PORT] [--starttls | --tls]
                    [--insecure | --cafile PEM] [--servername NAME]

@@ -7,7 +7,7 @@ and the list of live sessions a graceful shutdown winds down.
 Counting happens in the factories' C{buildProtocol} and the protocols'
 C{connectionLost}, not in a wrapping factory: a protocol wrapper copies its
 transport's interfaces when the connection is made, so a later STARTTLS
-would not show as L{ISSLTransport} to the protocol.
+would not show as L{ISSLTransport <twisted.internet.interfaces.ISSLTransport>} to the protocol.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
@@ -93,7 +94,7 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
         setNoDelay(self.transport)
         super().connectionMade()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closeMailbox()
         super().connectionLost(reason)
 
@@ -305,7 +306,7 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
             d.addErrback(lambda f: _log.failure("setting \\Seen on FETCH", f))
         super().do_FETCH(tag, messages, query, uid)
 
-    select_FETCH = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
+    select_FETCH: Any = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
     def _cbAppendGotMailbox(self, mbox: Any, tag: bytes, flags: Any, date: Any, message: Any) -> None:
         if not mbox:
@@ -313,7 +314,7 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
             return
         decodedFlags = [f.decode("ascii") if isinstance(f, bytes) else f for f in flags or ()]
         d = defer.maybeDeferred(mbox.addMessage, message, decodedFlags, date)
-        d.addCallbacks(self._appended, self._appendFailed, (tag,), None, (tag,))
+        d.addCallbacks(self._appended, self._appendFailed, callbackArgs=(tag,), errbackArgs=(tag,))
 
     def _appended(self, result: object, tag: bytes) -> None:
         # The selected mailbox announces the new message (EXISTS) itself

@@ -51,7 +51,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, cast
 
 from zope.interface import implementer
 
@@ -759,7 +759,7 @@ class _SelfClosingFile:
     def read(self, size: int | None = -1) -> bytes:
         if self._f.closed:
             return b""
-        data = self._f.read(size)
+        data = self._f.read(-1 if size is None else size)
         if not data:
             self._f.close()
         return data
@@ -767,7 +767,7 @@ class _SelfClosingFile:
     def readline(self, size: int | None = -1) -> bytes:
         if self._f.closed:
             return b""
-        line = self._f.readline(size)
+        line = self._f.readline(-1 if size is None else size)
         if not line:
             self._f.close()
         return line
@@ -890,7 +890,7 @@ class _MessagePart:
                 if isinstance(payload, str):
                     self._body = payload.encode("ascii", "surrogateescape")
                 else:
-                    self._body = bytes(payload or b"")
+                    self._body = bytes(cast(bytes, payload or b""))
         return self._body
 
     def getBodyFile(self) -> BinaryIO:
@@ -916,7 +916,7 @@ def _subPart(message: Message, part: int, linesep: str) -> _MessagePart:
     payload = message.get_payload()
     if message.get_content_maintype() != "multipart" and part != 0:
         raise IndexError(part)
-    return _MessagePart(payload[part], linesep)
+    return _MessagePart(cast("list[Message]", payload)[part], linesep)
 
 
 class _HeaderBlock:
@@ -1221,9 +1221,9 @@ class _Search:
             value = message.getHeaders(False, name).get(name)
             return value is not None and needle in _decodedHeader(value).casefold()
         if key in ("BODY", "TEXT"):
-            needle = _word(argument()).encode("utf-8").lower()
+            pattern = _word(argument()).encode("utf-8").lower()
             source = message.getBodyFile() if key == "BODY" else message.open()
-            return _fileContains(source, needle)
+            return _fileContains(source, pattern)
         if key in ("LARGER", "SMALLER"):
             try:
                 size = int(_word(argument()))
@@ -1436,7 +1436,7 @@ class MaildirMailbox:
 
         @return: Their C{* n EXPUNGE} numbers, in order.
         """
-        numbers = []
+        numbers: list[int] = []
         kept = []
         for sequence, entry in enumerate(self._entries, 1):
             if entry.vanished:

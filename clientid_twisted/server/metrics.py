@@ -104,7 +104,7 @@ class ServerMetrics:
 
     def observe(self, event: LogEvent) -> None:
         """
-        Count one log event (an L{ILogObserver}); never raises.
+        Count one log event (an L{ILogObserver <twisted.logger.ILogObserver>}); never raises.
         """
         try:
             self._observe(event)

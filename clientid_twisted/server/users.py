@@ -432,7 +432,7 @@ class ScryptChecker:
     client should not think its password is wrong.
 
     The password is read from C{credentials.password} (Twisted's
-    L{UsernamePassword} and its SMTP/IMAP subclasses, and any wrapper that
+    L{UsernamePassword <twisted.cred.credentials.UsernamePassword>} and its SMTP/IMAP subclasses, and any wrapper that
     forwards attributes, like
     L{clientid_twisted.cred.ClientIdentifiedCredentials}).  Credentials
     without one are refused: C{checkPassword} cannot stand in for it, since
@@ -461,9 +461,9 @@ class ScryptChecker:
         self._reactor = reactor
         self._threadpool = threadpool
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes | tuple[()]]:
         """
-        @return: A L{Deferred} firing with the lower-cased address as bytes,
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the lower-cased address as bytes,
             or failing with L{UnauthorizedLogin} (or
             L{TemporaryAuthenticationFailure}).
         """

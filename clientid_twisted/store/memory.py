@@ -3,7 +3,7 @@
 A store in a process's memory: for tests, the brute-force simulation and
 embedders who need nothing to survive a restart.
 
-Every call is answered at once (the L{Deferred}s have fired on return), on
+Every call is answered at once (the L{Deferred <twisted.internet.defer.Deferred>}s have fired on return), on
 the time of an injected clock, so a test with a
 L{twisted.internet.task.Clock} walks through windows and lockouts exactly.
 """

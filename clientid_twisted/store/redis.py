@@ -30,7 +30,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from attrs import evolve
@@ -537,7 +537,10 @@ class RedisStore:
             _eventJSON(event) if event is not None else "",
             (event.account or "") if event is not None else "",
         )
-        return d.addCallback(lambda raw: _parseDevice(account, digest, raw))
+        # The script always answers with the record it has just written.
+        return d.addCallback(
+            lambda raw: cast(DeviceRecord, _parseDevice(account, digest, raw))
+        )
 
     def setLock(self, key: str, seconds: float | None, event: Event | None) -> defer.Deferred[float]:
         d = self._run(

@@ -148,7 +148,7 @@ def parseReply(buffer: bytes, position: int = 0) -> tuple[Any, int]:
 class RedisProtocol(Protocol):
     """
     Commands pipelined on one connection: replies come back in order, each
-    fires the L{Deferred} of its command.
+    fires the L{Deferred <twisted.internet.defer.Deferred>} of its command.
     """
 
     def __init__(
@@ -179,7 +179,7 @@ class RedisProtocol(Protocol):
 
     def execute(self, *arguments: Any) -> defer.Deferred[Any]:
         """
-        Send a command; the L{Deferred} fires with its reply, or fails with
+        Send a command; the L{Deferred <twisted.internet.defer.Deferred>} fires with its reply, or fails with
         L{ReplyError} or L{StoreError} (connection lost).
         """
         if self.lost:
@@ -240,7 +240,7 @@ class RedisConnection:
     that stopped answering is treated like one that went away).
 
     @ivar handshake: Called with each new connection's L{RedisProtocol};
-        returns a L{Deferred} that fires when the connection may be used
+        returns a L{Deferred <twisted.internet.defer.Deferred>} that fires when the connection may be used
         (log in, choose the database, load scripts).
     @ivar connected: Whether a connection is ready now.
     """
@@ -461,7 +461,7 @@ def _describe(reason: Failure | None) -> str:
         return "unknown"
     if reason.check(defer.TimeoutError, defer.CancelledError):
         return "no answer in time"
-    return reason.getErrorMessage() or reason.type.__name__
+    return reason.getErrorMessage() or getattr(reason.type, "__name__", "unknown")
 
 
 class BlockingRedisConnection:

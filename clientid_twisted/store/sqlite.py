@@ -36,7 +36,7 @@ lock, and it does neither.
 
 In blocking mode (C{blocking=True}, for the admin command) every call runs
 inline in its own transaction (waiting up to 5 s for the write lock) and
-returns a L{Deferred} that has already fired.
+returns a L{Deferred <twisted.internet.defer.Deferred>} that has already fired.
 
 The schema is versioned (L{clientid_twisted.store.sqlschema}) and migrated
 automatically when the store opens.  The file is made mode 0600: it holds
