@@ -287,3 +287,46 @@ class RefusedConnection(Protocol):
         call, self._abortCall = self._abortCall, None
         if call is not None and call.active():
             call.cancel()
+
+
+class LimitedFactoryMixin:
+    """
+    Counts a protocol factory's connections with a L{ConnectionLimiter}:
+    each protocol gets the limits, and over them a connection gets the
+    protocol's goodbye (L{goodbye}) and is closed instead.
+
+    Put it before the protocol's factory class in the bases.
+
+    @ivar limits: The L{ServerLimits} each protocol enforces.
+    @ivar limiter: The L{ConnectionLimiter}; share one between the SMTP and
+        IMAP factories of a server.
+    @ivar protocolName: For the refusal's log event.
+    """
+
+    protocolName = ""
+
+    def __init__(
+        self,
+        portal: Any = None,
+        context: Any = None,
+        limits: ServerLimits | None = None,
+        limiter: ConnectionLimiter | None = None,
+    ) -> None:
+        super().__init__(portal, context)  # type: ignore[call-arg]
+        self.limits = limits or ServerLimits()
+        self.limiter = limiter or ConnectionLimiter(self.limits)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = super().buildProtocol(addr)  # type: ignore[misc]
+        p.limits = self.limits
+        p.limiter = self.limiter
+        refusal = self.limiter.admit(p, addr)
+        if refusal is None:
+            return p
+        return RefusedConnection(self.goodbye(p, refusal), refusal, self.protocolName)
+
+    def goodbye(self, protocol: Any, refusal: str) -> bytes:
+        """
+        The line a refused connection gets before it is closed.
+        """
+        raise NotImplementedError

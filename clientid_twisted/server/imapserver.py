@@ -28,9 +28,8 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from clientid_twisted.imap import ClientIDIMAP4Factory, ClientIDIMAP4Server
-from clientid_twisted.server.connections import ConnectionLimiter, RefusedConnection
+from clientid_twisted.server.connections import LimitedFactoryMixin
 from clientid_twisted.server.guard import SessionGuardMixin
-from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.net import setNoDelay
 
 __all__ = ["MailIMAP4Server", "MailIMAP4Factory"]
@@ -486,34 +485,14 @@ def _hardenCommands(cls: type) -> None:
 _hardenCommands(MailIMAP4Server)
 
 
-class MailIMAP4Factory(ClientIDIMAP4Factory):
+class MailIMAP4Factory(LimitedFactoryMixin, ClientIDIMAP4Factory):
     """
     Builds L{MailIMAP4Server} protocols, counted by C{limiter}: over its
     limits a connection gets C{* BYE} and is closed.
-
-    @ivar limits: The L{ServerLimits} each protocol enforces.
-    @ivar limiter: The L{ConnectionLimiter}; share one between the SMTP and
-        IMAP factories of a server.
     """
 
     protocol = MailIMAP4Server
+    protocolName = "imap"
 
-    def __init__(
-        self,
-        portal: Any = None,
-        context: Any = None,
-        limits: ServerLimits | None = None,
-        limiter: ConnectionLimiter | None = None,
-    ) -> None:
-        super().__init__(portal, context)
-        self.limits = limits or ServerLimits()
-        self.limiter = limiter or ConnectionLimiter(self.limits)
-
-    def buildProtocol(self, addr: Any) -> Any:
-        p = super().buildProtocol(addr)
-        p.limits = self.limits
-        p.limiter = self.limiter
-        refusal = self.limiter.admit(p, addr)
-        if refusal is None:
-            return p
-        return RefusedConnection(b"* BYE " + _GOODBYES[refusal], refusal, "imap")
+    def goodbye(self, protocol: Any, refusal: str) -> bytes:
+        return b"* BYE " + _GOODBYES[refusal]

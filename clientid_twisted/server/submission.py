@@ -18,9 +18,8 @@ from twisted.internet import defer
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from clientid_twisted.server.connections import ConnectionLimiter, RefusedConnection
+from clientid_twisted.server.connections import LimitedFactoryMixin
 from clientid_twisted.server.guard import SessionGuardMixin
-from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.lines import BoundedLineOnlyReceiver
 from clientid_twisted.server.net import setNoDelay
 from clientid_twisted.smtp import ClientIDESMTP, ClientIDESMTPFactory
@@ -227,36 +226,14 @@ class SubmissionESMTP(SessionGuardMixin, ClientIDESMTP, BoundedLineOnlyReceiver)
         return super()._ebClientIDLogin(reason, credentials)
 
 
-class SubmissionFactory(ClientIDESMTPFactory):
+class SubmissionFactory(LimitedFactoryMixin, ClientIDESMTPFactory):
     """
     Builds L{SubmissionESMTP} protocols, counted by C{limiter}: over its
     limits a connection gets C{421} and is closed.
-
-    @ivar limits: The L{ServerLimits} each protocol enforces.
-    @ivar limiter: The L{ConnectionLimiter}; share one between the SMTP and
-        IMAP factories of a server.
     """
 
     protocol = SubmissionESMTP
+    protocolName = "smtp"
 
-    def __init__(
-        self,
-        portal: Any = None,
-        context: Any = None,
-        limits: ServerLimits | None = None,
-        limiter: ConnectionLimiter | None = None,
-    ) -> None:
-        super().__init__(portal, context)
-        self.limits = limits or ServerLimits()
-        self.limiter = limiter or ConnectionLimiter(self.limits)
-
-    def buildProtocol(self, addr: Any) -> Any:
-        p = super().buildProtocol(addr)
-        p.limits = self.limits
-        p.limiter = self.limiter
-        refusal = self.limiter.admit(p, addr)
-        if refusal is None:
-            return p
-        return RefusedConnection(
-            b"421 " + _GOODBYES[refusal] % (p.host,), refusal, "smtp"
-        )
+    def goodbye(self, protocol: Any, refusal: str) -> bytes:
+        return b"421 " + _GOODBYES[refusal] % (protocol.host,)
