@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4, smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 
+from clientid_twisted.server.files import fsyncDirectory
 from clientid_twisted.server.users import (
     InvalidAddress,
     UserDatabase,
@@ -116,7 +117,7 @@ class MaildirMessageWriter:
         except OSError:
             self.connectionLost()
             return defer.fail()
-        _fsyncDirectory(self.finalPath.parent)
+        fsyncDirectory(self.finalPath.parent)
         return defer.succeed(self.finalPath)
 
     def connectionLost(self) -> None:
@@ -142,19 +143,6 @@ def ensureMaildir(maildir: Path) -> None:
     maildir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for sub in ("cur", "new", "tmp"):
         (maildir / sub).mkdir(mode=0o700, exist_ok=True)
-
-
-def _fsyncDirectory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _DOMAIN = re.compile(rb"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?")

@@ -72,6 +72,8 @@ from twisted.mail.interfaces import (
     ISearchableIMAPMailbox,
 )
 
+from clientid_twisted.server.files import fsyncDirectory
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -307,19 +309,6 @@ def _locked(path: Path) -> Iterator[None]:
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _fsyncDirectory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _isMaildir(path: Path) -> bool:
@@ -694,7 +683,7 @@ class _Folder:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-        _fsyncDirectory(self.path / "cur")
+        fsyncDirectory(self.path / "cur")
         return uid
 
 

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted.server.files import fsyncDirectory
 
 try:
     import fcntl
@@ -341,7 +342,7 @@ class UserDatabase:
             except OSError:
                 pass
             raise
-        _fsyncDirectory(self.path.parent)
+        fsyncDirectory(self.path.parent)
         # Our own write is not news to us.
         self._stamp = None
         self._load()
@@ -399,23 +400,6 @@ class UserDatabase:
 def _checkPassword(password: str | bytes) -> None:
     if not isinstance(password, (str, bytes)) or not password:
         raise ValueError("the password must not be empty")
-
-
-def _fsyncDirectory(directory: Path) -> None:
-    """
-    Make a rename durable; best effort (not every platform can open a
-    directory).
-    """
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @implementer(ICredentialsChecker)
