@@ -23,7 +23,6 @@ import re
 from typing import Any, Callable
 
 from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import ServerFactory, connectionDone
@@ -31,6 +30,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from clientid_twisted.authlog import logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
@@ -747,29 +747,9 @@ class ClientIDIMAP4ServerMixin:
         unknown user, device policy): nothing on the wire tells them apart.
         Anything that is not a refusal is a temporary failure.
         """
-        if reason.check(UnauthorizedLogin):
-            self._log.info(
-                "{command} failed for {username} from {peer} "
-                "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
-                authEvent="failed",
-                **fields,
-            )
+        if logLoginFailure(self._log, reason, **fields):
             self.sendNegativeResponse(tag, AUTHENTICATION_FAILED)
             return
-        if reason.check(TemporaryAuthenticationFailure):
-            self._log.warn(
-                "{command} could not be decided for {username} from {peer}: {why}",
-                authEvent="tempfail",
-                why=str(reason.value),
-                **fields,
-            )
-        else:
-            self._log.failure(
-                "{command} raised for {username} from {peer}",
-                reason,
-                authEvent="error",
-                **fields,
-            )
         self.sendNegativeResponse(tag, TEMPORARY_FAILURE)
 
 

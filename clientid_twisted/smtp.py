@@ -21,15 +21,14 @@ import re
 from typing import Any
 
 
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.mail.imap4 import IllegalClientResponse, PLAINCredentials
 from twisted.python.failure import Failure
 
+from clientid_twisted.authlog import logLoginFailure
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import (
     ClientIdentity,
@@ -402,29 +401,9 @@ class ClientIDESMTPMixin:
         Anything that is not a refusal is a temporary failure.
         """
         fields = self._authLogFields(credentials)
-        if reason.check(UnauthorizedLogin):
-            self._log.info(
-                "AUTH failed for {username} from {peer} "
-                "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
-                authEvent="failed",
-                **fields,
-            )
+        if logLoginFailure(self._log, reason, command="AUTH", **fields):
             self.sendCode(535, b"5.7.8 Authentication credentials invalid")
             return
-        if reason.check(TemporaryAuthenticationFailure):
-            self._log.warn(
-                "AUTH could not be decided for {username} from {peer}: {why}",
-                authEvent="tempfail",
-                why=str(reason.value),
-                **fields,
-            )
-        else:
-            self._log.failure(
-                "AUTH raised for {username} from {peer}",
-                reason,
-                authEvent="error",
-                **fields,
-            )
         self.sendCode(454, b"4.7.0 Temporary authentication failure")
 
 
