@@ -6,6 +6,10 @@ Tests that need one call L{requireRedisServer} first: without the
 C{redis-server} program they are skipped, with a reason saying how to get
 it, unless the C{CI} environment variable is set, where a missing Redis is
 a failure (CI must install it: C{apt-get install -y redis-server}).
+
+A server can also require a password (C{requirepass}), have ACL users, or
+speak only TLS with a throwaway certificate, for the tests of C{rediss://}
+and of logging in (L{tests.test_redis_security}).
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import quote
 
 from twisted.trial.unittest import SkipTest
 
@@ -61,33 +68,95 @@ class RedisServer:
     One C{redis-server} process on loopback.
 
     @ivar port: Where it listens; the same across L{restart}.
+    @ivar password: The default user's password (C{requirepass}), or
+        L{None} for none.
+    @ivar tls: Whether it speaks only TLS (C{--port 0 --tls-port PORT}),
+        with L{certificate}; clients are not asked for certificates.
+    @ivar certificate: The throwaway certificate it serves with TLS (for
+        localhost, 127.0.0.1 and ::1), or L{None}.
+    @ivar caFile: A PEM file of L{certificate}, for C{rediss://...&ca=}.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        tls: bool = False,
+        users: Sequence[Sequence[str]] = (),
+        bind: Sequence[str] = ("127.0.0.1",),
+    ) -> None:
+        """
+        @param users: ACL users, each as the words of a C{user} directive
+            after the keyword (C{["mail", "on", ">secret", "~*", "+@all"]}).
+        @param bind: Loopback addresses to listen on.
+        """
         self.program = requireRedisServer()
         self.port = port if port is not None else _freePort()
         self.directory = tempfile.mkdtemp(prefix="clientid-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+        self.password = password
+        self.tls = tls
+        self.users = [list(user) for user in users]
+        self.bind = list(bind)
+        self.certificate: Any = None
+        self.caFile: str | None = None
+        if tls:
+            from clientid_twisted.testing import throwawayCertificate
+
+            self.certificate = throwawayCertificate()
+            directory = Path(self.directory)
+            (directory / "redis.crt").write_bytes(self.certificate.certificatePEM)
+            (directory / "redis.key").write_bytes(self.certificate.keyPEM)
+            self.caFile = str(directory / "redis.crt")
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """
+        Its store URL, with the password if it has one (options, such as
+        C{ca} for TLS, are the caller's to add).
+        """
+        scheme = "rediss" if self.tls else "redis"
+        login = f":{quote(self.password, safe='')}@" if self.password is not None else ""
+        return f"{scheme}://{login}127.0.0.1:{self.port}/0"
+
+    def arguments(self) -> list[str]:
+        """
+        The C{redis-server} command line.
+        """
+        arguments = [
+            self.program,
+            "--bind", *self.bind,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self.directory,
+            "--enable-debug-command", "local",
+        ]
+        if self.tls:
+            assert self.caFile is not None
+            directory = Path(self.directory)
+            arguments += [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(directory / "redis.crt"),
+                "--tls-key-file", str(directory / "redis.key"),
+                "--tls-ca-cert-file", self.caFile,
+                "--tls-auth-clients", "no",
+            ]
+        else:
+            arguments += ["--port", str(self.port)]
+        if self.password is not None:
+            arguments += ["--requirepass", self.password]
+        for user in self.users:
+            arguments += ["--user", *user]
+        return arguments
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """
         Start it and wait until it answers C{PING}.
         """
         self.process = subprocess.Popen(
-            [
-                self.program,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.directory,
-                "--enable-debug-command", "local",
-            ],
+            self.arguments(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -107,13 +176,33 @@ class RedisServer:
 
     def command(self, *arguments: str, timeout: float = 2.0) -> bytes:
         """
-        Send one command on a fresh connection; its raw reply.
+        Send one command on a fresh connection (over TLS, after C{AUTH},
+        as the server needs); its raw reply.
         """
-        from clientid_twisted.store.resp import encodeCommand
+        from clientid_twisted.store.resp import _Incomplete, encodeCommand, parseReply
 
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            s.sendall(encodeCommand(arguments))
-            return s.recv(65536)
+        commands: list[Sequence[str]] = [arguments]
+        if self.password is not None:
+            commands.insert(0, ("AUTH", self.password))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as plain:
+            s = plain
+            if self.tls:
+                context = ssl.create_default_context(cafile=self.caFile)
+                s = context.wrap_socket(plain, server_hostname="127.0.0.1")
+            s.sendall(b"".join(encodeCommand(command) for command in commands))
+            data = b""
+            while True:
+                try:
+                    position = 0
+                    for command in commands[:-1]:
+                        position = parseReply(data, position)[1]
+                    parseReply(data, position)
+                    return data[position:]
+                except (_Incomplete, IndexError):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return data[position:]
+                    data += chunk
 
     def stop(self) -> None:
         process, self.process = self.process, None

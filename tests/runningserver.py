@@ -54,7 +54,17 @@ class RunningServer:
     @ivar context: Client TLS context that trusts the server's certificate.
     """
 
-    def __init__(self, work: Path, config: str, protocols: tuple[str, ...] = ("smtp", "smtps", "imap", "imaps")) -> None:
+    def __init__(
+        self,
+        work: Path,
+        config: str,
+        protocols: tuple[str, ...] = ("smtp", "smtps", "imap", "imaps"),
+        store: str | None = None,
+    ) -> None:
+        """
+        @param config: The server's C{clientid.toml}.
+        @param store: Passed as C{--store} (a store URL), if given.
+        """
         work = Path(work).resolve()
         work.mkdir(parents=True, exist_ok=True)
         self.dataDir = work / "data"
@@ -78,6 +88,8 @@ class RunningServer:
             "--data-dir", str(self.dataDir),
             "--certificate", str(certificatePath), "--private-key", str(keyPath),
         ]
+        if store is not None:
+            command += ["--store", store]
         for name in protocols:
             command += [f"--{name}", "tcp:0:interface=127.0.0.1"]
         self.process = subprocess.Popen(

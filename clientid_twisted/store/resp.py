@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import random
+import re
 import socket
 import ssl as stdlibssl
 from typing import Any, Callable, Sequence
@@ -268,6 +269,7 @@ class RedisConnection:
         self._attempts = 0
         self._stopped = False
         self._watchCall: Any = None
+        self._checks: dict[defer.Deferred[None], Any] = {}
 
     @property
     def connected(self) -> bool:
@@ -288,8 +290,7 @@ class RedisConnection:
 
         trustRoot = None
         if address.caFile:
-            with open(address.caFile, "rb") as f:
-                trustRoot = ssl.Certificate.loadPEM(f.read())
+            trustRoot = _authorities(address.caFile)
         options = ssl.optionsForClientTLS(address.host, trustRoot=trustRoot)
         return wrapClientTLS(options, endpoint)
 
@@ -400,14 +401,18 @@ class RedisConnection:
         d: defer.Deferred[None] = defer.Deferred()
 
         def check(_: Any = None) -> None:
+            self._checks.pop(d, None)
             if self._stopped:
                 return
             if self._protocol is not None:
                 d.callback(None)
             else:
-                self._reactor.callLater(0.05, check)
+                self._checks[d] = self._reactor.callLater(0.05, check)
 
-        self._reactor.callLater(0, check)
+        # Kept so that stop() cancels them: a store closed while Redis was
+        # never reachable (wrong password, untrusted certificate) leaves no
+        # timer behind.
+        self._checks[d] = self._reactor.callLater(0, check)
         return d
 
     def execute(self, *arguments: Any) -> defer.Deferred[Any]:
@@ -446,6 +451,10 @@ class RedisConnection:
         if self._watchCall is not None and self._watchCall.active():
             self._watchCall.cancel()
         self._watchCall = None
+        checks, self._checks = self._checks, {}
+        for call in checks.values():
+            if call.active():
+                call.cancel()
         if self._attempt is not None:
             self._attempt.cancel()
         protocol, self._protocol = self._protocol, None
@@ -454,6 +463,25 @@ class RedisConnection:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.errback(StoreError(f"Redis store {self.address} is closed"))
+
+
+def _authorities(path: str) -> Any:
+    """
+    Every certificate of a PEM file, as a trust root (a C{ca} file may be
+    a bundle, as it is for the blocking client; not only its first).
+
+    @raise ValueError: If the file holds no certificate.
+    """
+    from twisted.internet import ssl
+
+    with open(path, "rb") as f:
+        data = f.read()
+    blocks = re.findall(
+        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.DOTALL
+    )
+    if not blocks:
+        raise ValueError(f"no PEM certificate in {path}")
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
 
 
 def _describe(reason: Failure | None) -> str:
