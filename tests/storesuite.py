@@ -213,6 +213,11 @@ class StoreTestsMixin:
         state = yield self.state(digest="c" * 64)
         self.assertEqual(state.approvedDevices, 2)  # type: ignore[attr-defined]
         self.assertEqual(state.device.state, PENDING)  # type: ignore[attr-defined]
+        # An unknown device, or none presented, still sees the account's count.
+        state = yield self.state(digest="f" * 64)
+        self.assertEqual((state.device, state.approvedDevices), (None, 2))  # type: ignore[attr-defined]
+        state = yield self.state(digest=None)
+        self.assertEqual((state.device, state.approvedDevices), (None, 2))  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_bumpLocksAtLimit(self) -> Any:

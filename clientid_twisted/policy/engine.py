@@ -43,7 +43,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.fingerprint import FINGERPRINT_LENGTH, IdentityHasher
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
 from clientid_twisted.policy import keys
 from clientid_twisted.policy.alerts import Alert, notifyAll
@@ -156,7 +156,8 @@ class DevicePolicy:
             # Handled but treated as not presented, and not kept anywhere.
             return _Context(attempt.account, flags, None, None, None, False, False, False)
         debug = "debug" in flags
-        fingerprint = hasher.fingerprint(identity)
+        digest = hasher.digest(identity)
+        fingerprint = digest[:FINGERPRINT_LENGTH]
         if debug:
             # Treated as not presented; shown in the log only.
             return _Context(
@@ -166,7 +167,7 @@ class DevicePolicy:
             account=attempt.account,
             flags=flags,
             typeName=identity.type,
-            digest=hasher.digest(identity),
+            digest=digest,
             fingerprint=fingerprint,
             used="auth" in flags,
             logged="system-log" in flags,

@@ -74,39 +74,44 @@ def identityKey(connection: sqlite3.Connection, now: float, candidate: bytes | N
 
 
 def loadState(connection: sqlite3.Connection, now: float, query: StateQuery) -> DecisionState:
+    # Three statements at most: a decision costs one read per login, so
+    # what can be asked together is.
     device = None
     approved = 0
     if query.account is not None:
         if query.digest is not None:
-            device = _device(
-                connection.execute(
-                    f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE account = ? AND digest = ?",
-                    (query.account, query.digest),
-                ).fetchone()
-            )
-        (approved,) = connection.execute(
-            "SELECT count(*) FROM devices WHERE account = ? AND state = ?",
-            (query.account, APPROVED),
-        ).fetchone()
+            row = connection.execute(
+                _DEVICE_AND_APPROVED, (query.account, APPROVED, query.account, query.digest)
+            ).fetchone()
+            approved = row[0]
+            device = None if row[1] is None else DeviceRecord(*row[1:])
+        else:
+            (approved,) = connection.execute(
+                "SELECT count(*) FROM devices WHERE account = ? AND state = ?",
+                (query.account, APPROVED),
+            ).fetchone()
     locks = _liveLocks(connection, now, query.locks)
     size, has = 0, False
     if query.windowSet is not None:
         row = connection.execute(
-            "SELECT count FROM counters WHERE key = ? AND expires > ?",
-            (query.windowSet, now),
+            "SELECT count, EXISTS (SELECT 1 FROM set_members WHERE key = ? AND member = ?) "
+            "FROM counters WHERE key = ? AND expires > ?",
+            (query.windowSet, query.member, query.windowSet, now),
         ).fetchone()
         if row is not None:
-            size = row[0]
-            has = (
-                connection.execute(
-                    "SELECT 1 FROM set_members WHERE key = ? AND member = ?",
-                    (query.windowSet, query.member),
-                ).fetchone()
-                is not None
-            )
+            size, has = row[0], bool(row[1])
     return DecisionState(
         device=device, approvedDevices=approved, locks=locks, setSize=size, setHasMember=has
     )
+
+
+_DEVICE_AND_APPROVED = (
+    "SELECT (SELECT count(*) FROM devices WHERE account = ? AND state = ?), "
+    + ", ".join("d." + c.strip() for c in _DEVICE_COLUMNS.split(","))
+    + " FROM (SELECT 1) LEFT JOIN devices AS d ON d.account = ? AND d.digest = ?"
+)
+"""One device's row (all NULL when unknown) beside its account's count of
+approved devices."""
 
 
 def _liveLocks(
@@ -302,17 +307,16 @@ def _addMember(
     locked: list[str],
 ) -> None:
     row = connection.execute(
-        "SELECT count, expires FROM counters WHERE key = ?", (add.key,)
+        "SELECT count, expires, EXISTS (SELECT 1 FROM set_members WHERE key = ? AND member = ?) "
+        "FROM counters WHERE key = ?",
+        (add.key, add.member, add.key),
     ).fetchone()
     if row is None or row[1] <= now:
         connection.execute("DELETE FROM set_members WHERE key = ?", (add.key,))
         size, expires = 0, now + add.window
     else:
-        size, expires = row
-        known = connection.execute(
-            "SELECT 1 FROM set_members WHERE key = ? AND member = ?", (add.key, add.member)
-        ).fetchone()
-        if known is not None:
+        size, expires, known = row
+        if known:
             return
     if add.limit <= 0 or size <= add.limit:
         connection.execute(
