@@ -8,7 +8,9 @@ checker, the same maildir delivery and mailbox, C{TCP_NODELAY}.  "ours" is
 the runnable server's protocols with its device policy (C{learn} on the
 SQLite store unless the data directory's C{clientid.toml} says otherwise)
 in front of the checker;
-"bare" is plain C{twisted.mail} ESMTP / IMAP4Server.
+"bare" is plain C{twisted.mail} ESMTP / IMAP4Server; "protocol" is ours
+without the device policy (the CLIENTID protocols and the server's limits
+alone), for the breakdown of where ours spends its time.
 """
 
 from __future__ import annotations
@@ -116,11 +118,12 @@ def buildFactory(stack: str, protocol: str, dataDir: Path, checker: str) -> tupl
         if not server.users.exists(user):
             server.users.addUser(user, PASSWORD)
     inner = FastChecker() if checker == "fast" else server.portal.checkers[IUsernamePassword]
-    if stack == "ours":
+    if stack in ("ours", "protocol"):
         # The runnable server's policy (learn, SQLite store by default)
-        # around the same password checker as bare.
-        checker = ClientIDChecker(inner, server.authentication.policy)
-        portal = Portal(server.portal.realm, [checker])
+        # around the same password checker as bare; "protocol" leaves the
+        # policy out, to show what the protocols alone cost.
+        front = ClientIDChecker(inner, server.authentication.policy) if stack == "ours" else inner
+        portal = Portal(server.portal.realm, [front])
         factory = server.smtpFactory if protocol == "smtp" else server.imapFactory
         factory.portal = portal
         return factory, server
@@ -135,7 +138,7 @@ def buildFactory(stack: str, protocol: str, dataDir: Path, checker: str) -> tupl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stack", choices=["ours", "bare"], required=True)
+    parser.add_argument("--stack", choices=["ours", "protocol", "bare"], required=True)
     parser.add_argument("--protocol", choices=["smtp", "imap"], required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--port-file", type=Path, required=True)

@@ -86,8 +86,12 @@ class BenchmarkSmokeTests(TestCase):
         """
         Full SMTP and IMAP sessions against ours and bare twisted.mail.
         """
-        for protocol in ("smtp", "imap"):
-            result = runBenchmark("sessions", "--protocol", protocol)
+        for protocol, extra in (("smtp", ()), ("imap", ("--breakdown",))):
+            result = runBenchmark("sessions", "--protocol", protocol, *extra)
+            if extra:
+                self.assertTrue(
+                    {"protocol_per_s", "p99_ms_protocol", "cpu_ms_protocol"} <= set(result), result
+                )
             self.assertTrue(
                 {
                     "ours_per_s",
