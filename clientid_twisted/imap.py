@@ -272,7 +272,12 @@ class ClientIDIMAP4ServerMixin:
         words = line.split(None, 2)
         tag = words[0] if words else None
         try:
-            if self.state == "select" and not self._skipPoll:
+            if (
+                self.state == "select"
+                and not self._skipPoll
+                and not (len(words) >= 2 and words[1].upper() == b"LOGOUT")
+            ):
+                # (Nothing is announced to a client that is leaving.)
                 if self._pollBeforeCommand(line):
                     return None
             self._skipPoll = False

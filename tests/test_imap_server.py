@@ -1032,6 +1032,14 @@ class PollTests(_Base):
         )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_notPolledBeforeLogout(self) -> None:
+        """
+        A client that is leaving is told nothing new: LOGOUT costs no poll.
+        """
+        self.mailbox.arrived = 2
+        self.assertTrue(self.exchange(b"q logout").endswith(b"q OK LOGOUT successful\r\n"))
+        self.assertEqual(self.mailbox.polls, 0)
+
     def test_notPolledOutsideSelected(self) -> None:
         self.assertEqual(self.exchange(b"c CLOSE"), b"c OK CLOSE completed\r\n")
         self.assertEqual(self.mailbox.polls, 1)
