@@ -10,11 +10,14 @@ Each test talks to a C{redis-server} of its own making
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -22,13 +25,31 @@ from clientid_twisted.store import openStore
 from clientid_twisted.store.errors import StoreError
 from clientid_twisted.store.records import (
     APPROVED,
+    AddMember,
     Bump,
+    DeviceUpdate,
     Event,
+    Once,
     OutcomeRecord,
+    Reset,
     StateQuery,
 )
-from clientid_twisted.store.redis import RedisStore, parseRedisURL
-from clientid_twisted.store.resp import ReplyError, encodeCommand, parseReply
+from clientid_twisted.store.redis import (
+    RedisStore,
+    _decodeJSON,
+    _encodeJSON,
+    _encodeRecord,
+    parseRedisURL,
+)
+from clientid_twisted.store.resp import (
+    CommandPrefix,
+    RedisProtocol,
+    ReplyError,
+    _Incomplete,
+    encodeArguments,
+    encodeCommand,
+    parseReply,
+)
 from tests.redisserver import RedisServer, requireRedisServer, sharedRedisServer, uniquePrefix
 from tests.storesuite import START, StoreTestsMixin, update
 
@@ -124,6 +145,377 @@ class RESPTests(SynchronousTestCase):
         self.assertIsInstance(value[4][0], ReplyError)
 
 
+def _referenceEncode(arguments: list[Any]) -> bytes:
+    """
+    The command encoding as it was first written: the fast paths must give
+    the same bytes.
+    """
+    parts = [b"*%d\r\n" % len(arguments)]
+    for argument in arguments:
+        if isinstance(argument, bytes):
+            data = argument
+        elif isinstance(argument, str):
+            data = argument.encode("utf-8")
+        elif isinstance(argument, float):
+            data = repr(argument).encode("ascii")
+        else:
+            data = str(argument).encode("ascii")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _resp(value: Any) -> bytes:
+    """
+    A reply as Redis writes it: bytes as bulk strings, L{str} as status,
+    L{int}, L{list} (nested), L{None} as nil bulk, L{ReplyError}.
+    """
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, bytes):
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if isinstance(value, str):
+        return b"+%s\r\n" % value.encode()
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, ReplyError):
+        return b"-%s\r\n" % str(value).encode()
+    return b"*%d\r\n" % len(value) + b"".join(_resp(v) for v in value)
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, ReplyError):
+        return ("error", str(value))
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _randomReply(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(7 if depth < 4 else 5)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(12))) + b"\r\n"[: rng.randrange(3)]
+    if kind == 2:
+        return rng.choice(["OK", "QUEUED", ""])
+    if kind == 3:
+        return rng.randrange(-(10**12), 10**12)
+    if kind == 4:
+        return ReplyError(rng.choice(["ERR no", "NOSCRIPT No matching script", "WRONGTYPE x"]))
+    return [_randomReply(rng, depth + 1) for _ in range(rng.randrange(5))]
+
+
+class RESPEncodingTests(SynchronousTestCase):
+    """
+    L{encodeCommand}, L{encodeArguments} and L{CommandPrefix} give the
+    bytes of the first, plain encoding for every kind of argument.
+    """
+
+    values: list[Any] = [
+        "SET", "", "caf\u00e9 \u2603", "a\r\nb", b"", b"\x00\xff\r\n", 0, -7, 10**20,
+        2.5, 1e300, -0.0, float("inf"), True, False, type("Sub", (str,), {})("sub"),
+    ]
+
+    def test_encodeCommand(self) -> None:
+        self.assertEqual(
+            encodeCommand(["SET", b"k", 1, 2.5]),
+            b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n$3\r\n2.5\r\n",
+        )
+        self.assertEqual(encodeCommand(self.values), _referenceEncode(self.values))
+        self.assertEqual(encodeCommand(()), b"*0\r\n")
+        for value in self.values:
+            self.assertEqual(encodeCommand([value]), _referenceEncode([value]), value)
+
+    def test_encodeArguments(self) -> None:
+        """
+        The arguments without the array's header.
+        """
+        header = b"*%d\r\n" % len(self.values)
+        self.assertEqual(header + encodeArguments(self.values), _referenceEncode(self.values))
+        self.assertEqual(encodeArguments(iter(["a", 1])), _referenceEncode(["a", 1])[4:])
+
+    def test_commandPrefix(self) -> None:
+        """
+        A prefix encoded once, then arguments encoded already, then the
+        rest: the same bytes as the whole command encoded at once.
+        """
+        prefix = CommandPrefix(["EVALSHA", b"f" * 40, 0, "clientid:"])
+        self.assertEqual(prefix.count, 4)
+        rest = ["alice", "caf\u00e9", 3, 0.5, b"\r\n"]
+        self.assertEqual(
+            prefix.command(rest),
+            _referenceEncode(["EVALSHA", b"f" * 40, 0, "clientid:", *rest]),
+        )
+        middle = encodeArguments(["1700000000.25", "100000"])
+        self.assertEqual(
+            prefix.command(rest, middle, 2),
+            _referenceEncode(
+                ["EVALSHA", b"f" * 40, 0, "clientid:", "1700000000.25", "100000", *rest]
+            ),
+        )
+        self.assertEqual(prefix.command(()), _referenceEncode(["EVALSHA", b"f" * 40, 0, "clientid:"]))
+
+
+class RESPParsingTests(SynchronousTestCase):
+    """
+    L{parseReply}: every kind of reply, nested, several in one buffer, and
+    any prefix of a buffer (a read that stopped anywhere) is incomplete.
+    """
+
+    def test_scalars(self) -> None:
+        for data, expected in [
+            (b"$3\r\nabc\r\n", b"abc"),
+            (b"$0\r\n\r\n", b""),
+            (b"$4\r\na\r\nb\r\n", b"a\r\nb"),
+            (b"$-1\r\n", None),
+            (b":-12\r\n", -12),
+            (b"+PONG\r\n", "PONG"),
+            (b"*0\r\n", []),
+            (b"*-1\r\n", None),
+        ]:
+            with self.subTest(data=data):
+                self.assertEqual(parseReply(data), (expected, len(data)))
+        error, end = parseReply(b"-NOSCRIPT No matching script\r\n")
+        self.assertIsInstance(error, ReplyError)
+        self.assertEqual((str(error), end), ("NOSCRIPT No matching script", 30))
+
+    def test_nested(self) -> None:
+        """
+        Arrays in arrays, empty and nil ones among them, and the position
+        after the whole reply.
+        """
+        value = [[b"a", [], None, [[1, [b"", [2]]], "OK"]], [None], [], 3]
+        data = _resp(value) + b":7\r\n"
+        self.assertEqual(parseReply(data), (value, len(data) - 4))
+        self.assertEqual(parseReply(data, len(data) - 4), (7, len(data)))
+        self.assertEqual(parseReply(b"*3\r\n*0\r\n*-1\r\n$-1\r\n")[0], [[], None, None])
+
+    def test_deep(self) -> None:
+        """
+        Nesting deeper than Python's recursion limit: the parser keeps its
+        own stack.
+        """
+        depth = 5000
+        data = b"*1\r\n" * depth + b":1\r\n"
+        value, end = parseReply(data)
+        self.assertEqual(end, len(data))
+        for _ in range(depth):
+            self.assertEqual(len(value), 1)
+            value = value[0]
+        self.assertEqual(value, 1)
+
+    def test_errorsInArrays(self) -> None:
+        value, _ = parseReply(_resp([ReplyError("ERR a"), [ReplyError("ERR b"), b"x"]]))
+        self.assertEqual(_comparable(value), [("error", "ERR a"), [("error", "ERR b"), b"x"]])
+
+    def test_random(self) -> None:
+        """
+        Random replies, one after the other in one buffer, parse back to
+        what was encoded.
+        """
+        rng = random.Random(7)
+        for _ in range(200):
+            replies = [_randomReply(rng) for _ in range(rng.randrange(1, 4))]
+            data = b"".join(_resp(r) for r in replies)
+            position = 0
+            for reply in replies:
+                value, position = parseReply(data, position)
+                self.assertEqual(_comparable(value), _comparable(reply))
+            self.assertEqual(position, len(data))
+
+    def test_incompleteAtEveryByte(self) -> None:
+        """
+        Cut anywhere, a buffer gives the replies wholly before the cut and
+        L{_Incomplete} for the one it splits, never a wrong value.
+        """
+        replies = [
+            [b"{\"s\":\"approved\"}", 3, [], [b"k", b"1.5"], 0, None, b"a\r\nb"],
+            [[1, [None, [b"x", ReplyError("ERR in")]]], []],
+            None,
+            ReplyError("NOSCRIPT No matching script"),
+            "OK",
+            -1,
+            b"",
+            [],
+        ]
+        data = b"".join(_resp(r) for r in replies)
+        ends = []
+        position = 0
+        for _ in replies:
+            position = parseReply(data, position)[1]
+            ends.append(position)
+        for cut in range(len(data) + 1):
+            buffer = data[:cut]
+            position = 0
+            for reply, end in zip(replies, ends):
+                if end > cut:
+                    self.assertRaises(_Incomplete, parseReply, buffer, position)
+                    break
+                value, position = parseReply(buffer, position)
+                self.assertEqual(_comparable(value), _comparable(reply))
+                self.assertEqual(position, end)
+
+    def test_notRESP(self) -> None:
+        for data in [b"?1\r\n", b"$x\r\nab\r\n", b"*y\r\n", b":\r\n", b"*2\r\n:1\r\n!\r\n"]:
+            with self.subTest(data=data):
+                self.assertRaises(ValueError, parseReply, data)
+
+
+class RESPProtocolTests(SynchronousTestCase):
+    """
+    L{RedisProtocol} matches replies to commands in order, whatever the
+    reads look like.
+    """
+
+    def connect(self) -> tuple[RedisProtocol, StringTransport]:
+        protocol = RedisProtocol()
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_byteByByte(self) -> None:
+        protocol, transport = self.connect()
+        prefix = CommandPrefix(["EVALSHA", b"f" * 40, 0])
+        results: list[Any] = []
+        for d in [
+            protocol.execute("GET", "k"),
+            protocol.executeEncoded(prefix.command(["a"])),
+            protocol.execute("LRANGE", "l", 0, -1),
+            protocol.execute("BAD"),
+            protocol.execute("GET", "missing"),
+        ]:
+            d.addBoth(results.append)
+        self.assertEqual(
+            transport.value(),
+            encodeCommand(["GET", "k"])
+            + encodeCommand(["EVALSHA", b"f" * 40, 0, "a"])
+            + encodeCommand(["LRANGE", "l", 0, -1])
+            + encodeCommand(["BAD"])
+            + encodeCommand(["GET", "missing"]),
+        )
+        replies = [b"v", [b"[null,3]", [b"x", 1]], [], ReplyError("ERR unknown command"), None]
+        for byte in b"".join(_resp(r) for r in replies):
+            protocol.dataReceived(bytes([byte]))
+        self.assertEqual(results[:3], [b"v", [b"[null,3]", [b"x", 1]], []])
+        self.assertIsInstance(results[3].value, ReplyError)
+        self.assertIsNone(results[4])
+        self.assertFalse(transport.disconnecting)
+
+    def test_manyInOneRead(self) -> None:
+        protocol, transport = self.connect()
+        results: list[Any] = []
+        for n in range(50):
+            protocol.execute("INCR", "n").addCallback(results.append)
+        data = b"".join(_resp(n) for n in range(50))
+        protocol.dataReceived(data[:-3])
+        self.assertEqual(results, list(range(49)))
+        protocol.dataReceived(data[-3:])
+        self.assertEqual(results, list(range(50)))
+
+    def test_garbage(self) -> None:
+        """
+        Bytes that are not RESP drop the connection, after the replies
+        before them have gone to their commands.
+        """
+        protocol, transport = self.connect()
+        results: list[Any] = []
+        protocol.execute("GET", "a").addBoth(results.append)
+        protocol.execute("GET", "b").addBoth(results.append)
+        protocol.dataReceived(b"$1\r\nA\r\n?junk\r\n")
+        self.assertEqual(results, [b"A"])
+        self.assertTrue(transport.disconnecting or getattr(transport, "aborted", False))
+
+
+class RedisJSONTests(SynchronousTestCase):
+    """
+    The store's JSON helpers give what C{json} gives.
+    """
+
+    def test_decode(self) -> None:
+        for raw in [
+            b'{"s":"approved","fs":"1700000000.5","n":4,"x":0}',
+            b'{"t":"caf\xc3\xa9","f":"a\\/b\\"c\\u2603","n":1.0,"la":null}',
+            b'[{"s":"pending"},3,["k","inf"],0,1,"1700000000"]',
+            b'[null,"1",[],[0,1]]',
+            b' {"s": "approved"} ',
+            b'\xef\xbb\xbf{"s":"approved"}',
+            b"{}",
+        ]:
+            with self.subTest(raw=raw):
+                self.assertEqual(_decodeJSON(raw), json.loads(raw))
+        for raw in [b'{"s":"approved"}x', b'{"s":', b"", b"nope", b'\xff{"s":1}']:
+            with self.subTest(raw=raw):
+                self.assertRaises(ValueError, _decodeJSON, raw)
+
+    def test_encode(self) -> None:
+        for value in [
+            {"a": "caf\u00e9", "b": [1, 2.5, None, True, False], "c": {"d": -0.0}},
+            ["device-new", None, "UUID", "0123456789abcdef", "192.0.2.1", "imap", 'q"\\/'],
+            {"w": 1e300, "ls": float("inf")},
+            [],
+        ]:
+            with self.subTest(value=value):
+                self.assertEqual(_encodeJSON(value), json.dumps(value, separators=(",", ":")))
+
+    def test_encodeRecord(self) -> None:
+        """
+        The record's JSON leaves out absent values; its events are numbers
+        whose JSON and account follow it as arguments, in order.
+        """
+        new = Event("device-new", "alice", "UUID", "fp", "192.0.2.1", "imap")
+        locked = Event("token-locked", None, "UUID", "fp", detail="too many")
+        closed = Event("account-closed", "alice")
+        login = Event("login", "alice", detail=None)
+        record = OutcomeRecord(
+            device=DeviceUpdate("alice", "d" * 64, "UUID", "fp", None, "imap", False,
+                                promote=APPROVED, promoteFrom=("pending",), event=new),
+            operations=(
+                AddMember("token-accounts:d", "alice", 600.0, 3, "token-locked:d", 900.0, locked),
+                Bump("unknown-failures:alice", 600.0, 5, "account-closed:alice", 900.0, closed),
+                Bump("attack", 60.0),
+                Reset("device-failures:d"),
+                Once("alerted:x", 3600.0, new),
+            ),
+            events=(login,),
+        )
+        argv, events = _encodeRecord(record)
+        self.assertEqual(events, [new, locked, closed, new, login])
+        self.assertEqual(
+            argv[1:],
+            [
+                json.dumps(["device-new", "alice", "UUID", "fp", "192.0.2.1", "imap", None],
+                           separators=(",", ":")), "alice",
+                json.dumps(["token-locked", None, "UUID", "fp", None, None, "too many"],
+                           separators=(",", ":")), "",
+                json.dumps(["account-closed", "alice", None, None, None, None, None],
+                           separators=(",", ":")), "alice",
+                json.dumps(["device-new", "alice", "UUID", "fp", "192.0.2.1", "imap", None],
+                           separators=(",", ":")), "alice",
+                json.dumps(["login", "alice", None, None, None, None, None],
+                           separators=(",", ":")), "alice",
+            ],
+        )
+        self.assertEqual(
+            json.loads(argv[0]),
+            {
+                "d": {"a": "alice", "g": "d" * 64, "t": "UUID", "f": "fp", "p": "imap",
+                      "ok": False, "pr": APPROVED, "pf": ["pending"], "ev": 0},
+                "o": [
+                    {"k": "m", "s": "token-accounts:d", "m": "alice", "w": 600.0, "l": 3,
+                     "lk": "token-locked:d", "ls": 900.0, "ev": 1},
+                    {"k": "b", "c": "unknown-failures:alice", "w": 600.0, "l": 5,
+                     "lk": "account-closed:alice", "ls": 900.0, "ev": 2},
+                    {"k": "b", "c": "attack", "w": 60.0, "l": 0, "ls": 0.0},
+                    {"k": "r", "c": "device-failures:d"},
+                    {"k": "o", "mk": "alerted:x", "s": 3600.0, "ev": 3},
+                ],
+                "e": [4],
+            },
+        )
+        self.assertEqual(_encodeRecord(OutcomeRecord()), (["{}"], []))
+        self.assertRaises(TypeError, _encodeRecord, OutcomeRecord(operations=("x",)))  # type: ignore[arg-type]
+
+
 class LiveRedisTests(TestCase):
     """
     The store on the real clock and Redis's time.
@@ -213,6 +605,112 @@ class LiveRedisTests(TestCase):
         self.server.command("SCRIPT", "FLUSH")
         state = yield store.loadState(StateQuery(account="a", digest="d"))
         self.assertIsNone(state.device)
+
+    @defer.inlineCallbacks
+    def test_scriptCacheFlushedRecord(self) -> Any:
+        """
+        After C{SCRIPT FLUSH}, a record with events (its arguments after
+        the JSON) and the caller's time goes through the script sent whole.
+        """
+        store = self.open(time="local")
+        self.server.command("SCRIPT", "FLUSH")
+        op = Bump("c", window=600.0, limit=1, lock="l", lockSeconds=60.0, event=Event("locked", "a"))
+        result = yield store.recordOutcome(
+            OutcomeRecord(device=update(account="a", digest="d"), operations=(op,),
+                          events=(Event("login", "a"),))
+        )
+        self.assertEqual([e.kind for e in result.events], ["locked", "login"])
+        self.assertEqual(result.locked, ("l",))
+        self.assertEqual((result.device.account, result.device.state), ("a", APPROVED))
+        self.assertLess(abs(result.events[0].time - time.time()), 5.0)
+        self.assertEqual([e.kind for e in (yield store.listEvents("a", 10))], ["locked", "login"])
+
+    @defer.inlineCallbacks
+    def test_awkwardNames(self) -> Any:
+        """
+        Keys and accounts with quotes, backslashes, slashes, control and
+        non-ASCII characters come back as they went in from the scripts'
+        JSON answers.
+        """
+        store = self.open()
+        names = ['q"uote', "back\\slash", "sl/ash", "caf\u00e9 \u2603", "tab\tnl\n", "[]{},:"]
+        for name in names:
+            yield store.setLock("lock:" + name, 600.0, None)
+        state = yield store.loadState(
+            StateQuery(account=names[0], digest="d", locks=tuple("lock:" + n for n in names) + ("none",),
+                       windowSet="set:" + names[1], member=names[3])
+        )
+        self.assertEqual(sorted(state.locks), sorted("lock:" + n for n in names))
+        for name in names:
+            op = Bump("n:" + name, window=600.0, limit=1, lock="new:" + name, lockSeconds=60.0)
+            result = yield store.recordOutcome(
+                OutcomeRecord(device=update(account=name, digest=name, typeName=name,
+                                            fingerprint=name, address=name, protocol=name),
+                              operations=(op,))
+            )
+            self.assertEqual(result.locked, ("new:" + name,))
+            device = result.device
+            self.assertEqual(
+                (device.account, device.digest, device.typeName, device.fingerprint,
+                 device.lastAddress, device.lastProtocol),
+                (name, name, name, name, name, name),
+            )
+            state = yield store.loadState(StateQuery(account=name, digest=name))
+            self.assertEqual(state.device, device)
+
+    @defer.inlineCallbacks
+    def test_manyLocks(self) -> Any:
+        """
+        A read of more locks than one C{MGET} of the script takes (1000)
+        sees every live one.
+        """
+        store = self.open()
+        live = [f"k{n}" for n in range(0, 2500, 7)]
+        for key in live:
+            yield store.setLock(key, 600.0, None)
+        state = yield store.loadState(StateQuery(locks=tuple(f"k{n}" for n in range(2500))))
+        self.assertEqual(sorted(state.locks), sorted(live))
+        self.assertEqual(sorted((yield store.activeLocks(f"k{n}" for n in range(2500)))), sorted(live))
+
+    @defer.inlineCallbacks
+    def test_storedRecordsRead(self) -> Any:
+        """
+        Device records as earlier versions and C{cjson} wrote them (any
+        key order, numbers as floats, escaped slashes, fields missing) are
+        read, and updated in place.
+        """
+        store = self.open()
+        key = self.prefix + "devices:alice"
+        records = {
+            "d1": '{"x":0,"s":"approved","t":"UUID","n":0,"f":"d1d1d1d1d1d1d1d1"}',
+            "d2": '{"s":"pending","fs":"1700000000.25","t":"Apple\\/x","f":"f2","ls":"1700000100",'
+                  '"lp":"imap","la":"192.0.2.7","x":2,"n":3.0}',
+        }
+        for digest, raw in records.items():
+            self.server.command("HSET", key, digest, raw)
+        self.server.command("SADD", self.prefix + "approved:alice", "d1")
+        state = yield store.loadState(StateQuery(account="alice", digest="d1"))
+        self.assertEqual(state.approvedDevices, 1)
+        d1 = state.device
+        self.assertEqual(
+            (d1.state, d1.typeName, d1.fingerprint, d1.firstSeen, d1.lastSeen, d1.logins, d1.failures),
+            (APPROVED, "UUID", "d1d1d1d1d1d1d1d1", None, None, 0, 0),
+        )
+        d2 = (yield store.loadState(StateQuery(account="alice", digest="d2"))).device
+        self.assertEqual(
+            (d2.state, d2.typeName, d2.firstSeen, d2.lastSeen, d2.lastAddress, d2.lastProtocol,
+             d2.logins, d2.failures),
+            ("pending", "Apple/x", 1700000000.25, 1700000100.0, "192.0.2.7", "imap", 3, 2),
+        )
+        listed = yield store.listDevices("alice")
+        self.assertEqual({d.digest: d for d in listed}, {"d1": d1, "d2": d2})
+        result = yield store.recordOutcome(
+            OutcomeRecord(device=update(account="alice", digest="d2", create=None))
+        )
+        self.assertEqual((result.device.state, result.device.logins, result.device.failures,
+                          result.device.firstSeen), ("pending", 4, 2, 1700000000.25))
+        self.assertEqual((yield store.loadState(StateQuery(account="alice", digest="d2"))).device,
+                         result.device)
 
 
 class FaultTests(TestCase):

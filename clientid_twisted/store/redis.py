@@ -30,7 +30,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, cast
+from typing import Any, Callable, Iterable, Sequence, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from attrs import evolve
@@ -58,10 +58,12 @@ from clientid_twisted.store.records import (
 from clientid_twisted.store.redisscripts import SCRIPTS, Script
 from clientid_twisted.store.resp import (
     BlockingRedisConnection,
+    CommandPrefix,
     RedisAddress,
     RedisConnection,
     RedisProtocol,
     ReplyError,
+    encodeArguments,
 )
 
 __all__ = ["RedisStore", "RedisSettings", "parseRedisURL", "openRedisStore"]
@@ -152,8 +154,38 @@ def parseRedisURL(url: str) -> RedisSettings:
     return RedisSettings(address, prefix, timeout, time == "redis")
 
 
+_encodeJSON = json.JSONEncoder(separators=(",", ":")).encode
+"""C{json.dumps(value, separators=(",", ":"))}, with the encoder made once."""
+
+
+def _jsonDecoder() -> Callable[[bytes], Any]:
+    """
+    C{json.loads} for the JSON that Redis's C{cjson} and this module
+    write (UTF-8, no whitespace around): C{raw_decode} skips C{json.loads}'s
+    encoding detection.  Anything else (trailing data, invalid UTF-8 or
+    JSON) goes to C{json.loads} itself, which accepts or rejects it as it
+    always did.
+    """
+    rawDecode = json.JSONDecoder().raw_decode
+
+    def decode(raw: bytes) -> Any:
+        try:
+            text = raw.decode("utf-8", "surrogatepass")
+            value, end = rawDecode(text)
+        except ValueError:
+            return json.loads(raw)
+        if end != len(text):
+            return json.loads(raw)
+        return value
+
+    return decode
+
+
+_decodeJSON = _jsonDecoder()
+
+
 def _eventJSON(event: Event) -> str:
-    return json.dumps(
+    return _encodeJSON(
         [
             event.kind,
             event.account,
@@ -162,8 +194,7 @@ def _eventJSON(event: Event) -> str:
             event.address,
             event.protocol,
             event.detail,
-        ],
-        separators=(",", ":"),
+        ]
     )
 
 
@@ -173,107 +204,159 @@ def _parseEvent(entry: bytes) -> Event:
     return Event(kind, account, typeName, fingerprint, address, protocol, detail, float(time))
 
 
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
 def _parseDevice(account: str, digest: str, raw: bytes | None) -> DeviceRecord | None:
     if raw is None:
         return None
-    d = json.loads(raw)
+    return _device(account, digest, _decodeJSON(raw))
+
+
+def _device(account: str, digest: str, d: dict[str, Any]) -> DeviceRecord:
+    """
+    A device record from its decoded JSON.
+    """
+    get = d.get
+    firstSeen = get("fs")
+    lastSeen = get("ls")
     return DeviceRecord(
-        account=account,
-        digest=digest,
-        typeName=d.get("t", ""),
-        fingerprint=d.get("f", ""),
-        state=d["s"],
-        firstSeen=_float(d.get("fs")),
-        lastSeen=_float(d.get("ls")),
-        lastAddress=d.get("la"),
-        lastProtocol=d.get("lp"),
-        logins=int(d.get("n", 0)),
-        failures=int(d.get("x", 0)),
+        account,
+        digest,
+        get("t", ""),
+        get("f", ""),
+        d["s"],
+        None if firstSeen is None else float(firstSeen),
+        None if lastSeen is None else float(lastSeen),
+        get("la"),
+        get("lp"),
+        int(get("n", 0)),
+        int(get("x", 0)),
     )
 
 
 def _locks(flat: list[bytes]) -> dict[str, float]:
+    if not flat:
+        return {}
     return {
         flat[i].decode("utf-8"): float(flat[i + 1]) for i in range(0, len(flat), 2)
     }
 
 
-class _Events:
+def _addEvent(event: Event, events: list[Event], argv: list[str]) -> int:
     """
-    Numbers the events of one record, so the script can say which it kept.
+    Number an event of a record, so the script can say which it kept; its
+    JSON and account go in C{argv} (the script's C{ARGV[7 + 2 i]} and
+    C{ARGV[8 + 2 i]}).
     """
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def add(self, event: Event | None) -> dict[str, Any] | None:
-        if event is None:
-            return None
-        self.events.append(event)
-        encoded: dict[str, Any] = {"j": _eventJSON(event), "i": len(self.events) - 1}
-        if event.account is not None:
-            encoded["a"] = event.account
-        return encoded
+    events.append(event)
+    argv.append(_eventJSON(event))
+    argv.append(event.account or "")
+    return len(events) - 1
 
 
-def _without(mapping: dict[str, Any]) -> dict[str, Any]:
+def _encodeRecord(record: OutcomeRecord) -> tuple[list[str], list[Event]]:
     """
-    Leave out L{None}s: the scripts read an absent field as nil.
+    The arguments of the C{recordOutcome} script: the record as JSON
+    (absent fields are L{None}s left out: the script reads them as nil),
+    then each event's JSON and account.
+
+    @return: The arguments and the events, numbered as in the JSON.
     """
-    return {k: v for k, v in mapping.items() if v is not None}
-
-
-def _encodeRecord(record: OutcomeRecord) -> tuple[str, list[Event]]:
-    events = _Events()
+    events: list[Event] = []
+    argv: list[str] = [""]
     encoded: dict[str, Any] = {}
     u = record.device
     if u is not None:
-        encoded["d"] = _without(
-            {
-                "a": u.account,
-                "g": u.digest,
-                "t": u.typeName,
-                "f": u.fingerprint,
-                "ad": u.address,
-                "p": u.protocol,
-                "ok": u.succeeded,
-                "c": u.create,
-                "pr": u.promote,
-                "pf": list(u.promoteFrom) or None,
-                "ev": events.add(u.event),
-            }
-        )
-    operations = []
-    for op in record.operations:
-        if isinstance(op, Bump):
-            operations.append(
-                _without(
-                    {"k": "b", "c": op.counter, "w": op.window, "l": op.limit,
-                     "lk": op.lock, "ls": op.lockSeconds, "ev": events.add(op.event)}
-                )
-            )
-        elif isinstance(op, Reset):
-            operations.append({"k": "r", "c": op.counter})
-        elif isinstance(op, AddMember):
-            operations.append(
-                _without(
-                    {"k": "m", "s": op.key, "m": op.member, "w": op.window, "l": op.limit,
-                     "lk": op.lock, "ls": op.lockSeconds, "ev": events.add(op.event)}
-                )
-            )
-        elif isinstance(op, Once):
-            operations.append({"k": "o", "mk": op.marker, "s": op.seconds, "ev": events.add(op.event)})
-        else:
-            raise TypeError(f"unknown operation {op!r}")
-    if operations:
+        d: dict[str, Any] = {}
+        if u.account is not None:
+            d["a"] = u.account
+        if u.digest is not None:
+            d["g"] = u.digest
+        if u.typeName is not None:
+            d["t"] = u.typeName
+        if u.fingerprint is not None:
+            d["f"] = u.fingerprint
+        if u.address is not None:
+            d["ad"] = u.address
+        if u.protocol is not None:
+            d["p"] = u.protocol
+        if u.succeeded is not None:
+            d["ok"] = u.succeeded
+        if u.create is not None:
+            d["c"] = u.create
+        if u.promote is not None:
+            d["pr"] = u.promote
+        if u.promoteFrom:
+            d["pf"] = list(u.promoteFrom)
+        if u.event is not None:
+            d["ev"] = _addEvent(u.event, events, argv)
+        encoded["d"] = d
+    if record.operations:
+        operations: list[dict[str, Any]] = []
+        for op in record.operations:
+            o: dict[str, Any]
+            if isinstance(op, Reset):
+                operations.append({"k": "r", "c": op.counter})
+                continue
+            if isinstance(op, Once):
+                o = {"k": "o", "mk": op.marker, "s": op.seconds}
+                if op.event is not None:
+                    o["ev"] = _addEvent(op.event, events, argv)
+                operations.append(o)
+                continue
+            if isinstance(op, Bump):
+                o = {"k": "b", "c": op.counter, "w": op.window, "l": op.limit}
+            elif isinstance(op, AddMember):
+                o = {"k": "m", "s": op.key, "m": op.member, "w": op.window, "l": op.limit}
+            else:
+                raise TypeError(f"unknown operation {op!r}")
+            if op.lock is not None:
+                o["lk"] = op.lock
+            o["ls"] = op.lockSeconds
+            if op.event is not None:
+                o["ev"] = _addEvent(op.event, events, argv)
+            operations.append(o)
         encoded["o"] = operations
     if record.events:
-        encoded["e"] = [events.add(e) for e in record.events]
-    return json.dumps(encoded, separators=(",", ":")), events.events
+        encoded["e"] = [_addEvent(e, events, argv) for e in record.events]
+    argv[0] = _encodeJSON(encoded)
+    return argv, events
+
+
+def _parseState(query: StateQuery, reply: bytes) -> DecisionState:
+    """
+    The C{loadState} script's answer: one JSON array (the device record
+    inside it as it is stored), decoded in one call.
+    """
+    raw, approved, locks, size, has, now = _decodeJSON(reply)
+    device = None
+    if raw is not None and query.account is not None and query.digest is not None:
+        device = _device(query.account, query.digest, raw)
+    return DecisionState(
+        device,
+        approved,
+        {locks[i]: float(locks[i + 1]) for i in range(0, len(locks), 2)} if locks else {},
+        size,
+        bool(has),
+    )
+
+
+def _parseOutcome(record: OutcomeRecord, events: list[Event], reply: bytes) -> OutcomeResult:
+    """
+    The C{recordOutcome} script's answer: one JSON array.
+    """
+    raw, now, locked, recorded = _decodeJSON(reply)
+    device = None
+    if raw is not None and record.device is not None:
+        device = _device(record.device.account, record.device.digest, raw)
+    if recorded:
+        time = float(now)
+        return OutcomeResult(
+            tuple([evolve(events[i], time=time) for i in recorded]), tuple(locked), device
+        )
+    return OutcomeResult((), tuple(locked), device)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 @implementer(IClientIDStore)
@@ -317,6 +400,16 @@ class RedisStore:
             str(ACCOUNT_EVENTS_KEPT),
             str(EVENT_RETENTION),
         ]
+        # Each script's command up to its own arguments, encoded once:
+        # EVALSHA, the digest, no keys, the common arguments (with the
+        # caller's time, only the prefix: the time is encoded per call).
+        self._localTime = not settings.serverTime
+        fixed = self._common[:1] if self._localTime else self._common
+        self._prefixes = {
+            name: CommandPrefix(["EVALSHA", script.sha, 0, *fixed])
+            for name, script in SCRIPTS.items()
+        }
+        self._constants = encodeArguments(self._common[2:])
         if blocking:
             self._connection: Any = None
             self._blocking = BlockingRedisConnection(settings.address, settings.timeout)
@@ -388,20 +481,53 @@ class RedisStore:
             common[1] = repr(float(self._clock.seconds()))
         return [*common, *arguments]
 
-    def _run(self, script: Script, *arguments: Any) -> defer.Deferred[Any]:
+    def _run(
+        self,
+        script: Script,
+        arguments: Sequence[Any],
+        parse: Callable[[Any], Any] | None = None,
+    ) -> defer.Deferred[Any]:
+        """
+        Run a script with the common arguments then C{arguments}; its
+        reply goes through C{parse}.  If Redis has forgotten the script
+        (C{NOSCRIPT}), it is sent again, whole, with the same arguments.
+        """
         if self._closed:
             return defer.fail(StoreError(f"Redis store {self.settings.address} is closed"))
-        argv = self._arguments(script, arguments)
         if self.blocking:
-            return self._runBlocking(script, argv)
-        d = self._connection.execute("EVALSHA", script.sha, 0, *argv)
-        d.addErrback(self._noScript, script, argv)
+            d = self._runBlocking(script, self._arguments(script, arguments))
+            return d if parse is None else d.addCallback(parse)
+        prefix = self._prefixes[script.name]
+        now = None
+        if self._localTime:
+            now = repr(float(self._clock.seconds()))
+            command = prefix.command(
+                arguments, encodeArguments((now,)) + self._constants, 4
+            )
+        else:
+            command = prefix.command(arguments)
+        d = self._connection.executeEncoded(command)
+        d.addCallbacks(
+            _same if parse is None else parse,
+            self._noScript,
+            errbackArgs=(script, arguments, now, parse),
+        )
         return d
 
-    def _noScript(self, failure: Failure, script: Script, argv: list[Any]) -> Any:
+    def _noScript(
+        self,
+        failure: Failure,
+        script: Script,
+        arguments: Sequence[Any],
+        now: str | None,
+        parse: Callable[[Any], Any] | None,
+    ) -> Any:
         if failure.check(ReplyError) and str(failure.value).startswith("NOSCRIPT"):
+            argv = [*self._common, *arguments]
+            if now is not None:
+                argv[1] = now
             d = self._connection.execute("EVAL", script.source, 0, *argv)
-            return d.addErrback(self._replyError)
+            return d.addCallbacks(_same if parse is None else parse, self._replyError)
         return self._replyError(failure)
 
     def _replyError(self, failure: Failure) -> Failure:
@@ -447,7 +573,7 @@ class RedisStore:
         key = candidate if candidate is not None else os.urandom(32)
 
         def run(_: Any = None) -> defer.Deferred[bytes]:
-            return self._run(SCRIPTS["identityKey"], binascii.hexlify(key))
+            return self._run(SCRIPTS["identityKey"], (binascii.hexlify(key),))
 
         def kept(value: bytes) -> bytes:
             self._key = binascii.unhexlify(value)
@@ -464,49 +590,26 @@ class RedisStore:
         return self._connection.whenConnected().addCallback(run).addErrback(retry).addCallback(kept)
 
     def loadState(self, query: StateQuery) -> defer.Deferred[DecisionState]:
-        d = self._run(
+        return self._run(
             SCRIPTS["loadState"],
-            query.account or "",
-            query.digest or "",
-            query.windowSet or "",
-            query.member or "",
-            *query.locks,
+            (
+                query.account or "",
+                query.digest or "",
+                query.windowSet or "",
+                query.member or "",
+                *query.locks,
+            ),
+            lambda reply: _parseState(query, reply),
         )
-
-        def parse(reply: list[Any]) -> DecisionState:
-            raw, approved, locks, size, has, now = reply
-            device = None
-            if query.account is not None and query.digest is not None:
-                device = _parseDevice(query.account, query.digest, raw)
-            return DecisionState(
-                device=device,
-                approvedDevices=approved,
-                locks=_locks(locks),
-                setSize=size,
-                setHasMember=bool(has),
-            )
-
-        return d.addCallback(parse)
 
     def recordOutcome(self, record: OutcomeRecord) -> defer.Deferred[OutcomeResult]:
         try:
-            encoded, events = _encodeRecord(record)
+            argv, events = _encodeRecord(record)
         except Exception:
             return defer.fail()
-
-        def parse(reply: list[Any]) -> OutcomeResult:
-            raw, now, locked, recorded = reply
-            time = float(now)
-            device = None
-            if record.device is not None:
-                device = _parseDevice(record.device.account, record.device.digest, raw)
-            return OutcomeResult(
-                events=tuple(evolve(events[i], time=time) for i in recorded),
-                locked=tuple(key.decode("utf-8") for key in locked),
-                device=device,
-            )
-
-        return self._run(SCRIPTS["recordOutcome"], encoded).addCallback(parse)
+        return self._run(
+            SCRIPTS["recordOutcome"], argv, lambda reply: _parseOutcome(record, events, reply)
+        )
 
     def listDevices(self, account: str) -> defer.Deferred[list[DeviceRecord]]:
         def parse(flat: list[bytes]) -> list[DeviceRecord]:
@@ -527,42 +630,46 @@ class RedisStore:
         state: str,
         event: Event | None,
     ) -> defer.Deferred[DeviceRecord]:
-        d = self._run(
+        return self._run(
             SCRIPTS["setDeviceState"],
-            account,
-            digest,
-            typeName,
-            fingerprint,
-            state,
-            _eventJSON(event) if event is not None else "",
-            (event.account or "") if event is not None else "",
-        )
-        # The script always answers with the record it has just written.
-        return d.addCallback(
-            lambda raw: cast(DeviceRecord, _parseDevice(account, digest, raw))
+            (
+                account,
+                digest,
+                typeName,
+                fingerprint,
+                state,
+                _eventJSON(event) if event is not None else "",
+                (event.account or "") if event is not None else "",
+            ),
+            # The script always answers with the record it has just written.
+            lambda raw: cast(DeviceRecord, _parseDevice(account, digest, raw)),
         )
 
     def setLock(self, key: str, seconds: float | None, event: Event | None) -> defer.Deferred[float]:
-        d = self._run(
+        return self._run(
             SCRIPTS["setLock"],
-            key,
-            "" if seconds is None else repr(float(seconds)),
-            _eventJSON(event) if event is not None else "",
-            (event.account or "") if event is not None else "",
+            (
+                key,
+                "" if seconds is None else repr(float(seconds)),
+                _eventJSON(event) if event is not None else "",
+                (event.account or "") if event is not None else "",
+            ),
+            float,
         )
-        return d.addCallback(float)
 
     def clearKeys(self, keys: Iterable[str], event: Event | None) -> defer.Deferred[None]:
-        d = self._run(
+        return self._run(
             SCRIPTS["clearKeys"],
-            _eventJSON(event) if event is not None else "",
-            (event.account or "") if event is not None else "",
-            *keys,
+            (
+                _eventJSON(event) if event is not None else "",
+                (event.account or "") if event is not None else "",
+                *keys,
+            ),
+            lambda _: None,
         )
-        return d.addCallback(lambda _: None)
 
     def activeLocks(self, keys: Iterable[str]) -> defer.Deferred[dict[str, float]]:
-        return self._run(SCRIPTS["activeLocks"], *keys).addCallback(_locks)
+        return self._run(SCRIPTS["activeLocks"], tuple(keys), _locks)
 
     def listEvents(self, account: str | None, limit: int) -> defer.Deferred[list[Event]]:
         if limit <= 0:

@@ -25,6 +25,13 @@ The key layout (C{P} is the prefix, C{clientid:} by default):
     - C{P events}, C{P events:ACCOUNT}: lists, newest first, of
       C{"TIME JSON"} entries.
 
+The scripts a decision runs (C{loadState}, C{recordOutcome}) answer with
+one JSON array, built around the stored device record (already JSON),
+so that the client decodes the whole answer in one C{json} call rather
+than parsing a RESP array and then the record; they read with as few
+C{redis.call}s as they can (the locks in one C{MGET}, a set's window,
+size and membership in one C{HMGET}).
+
 Counters, sets and locks carry a Redis TTL that ends with their window
 (C{PEXPIRE}), so Redis forgets them by itself: nothing sweeps.  Their end
 is also stored in the value and compared with the time passed in, which is
@@ -116,6 +123,13 @@ local function lock(key, seconds)
   return true
 end
 
+-- A JSON array of strings (lock keys, digests...): cjson escapes each.
+local function jsonStrings(list)
+  local parts = {}
+  for i, v in ipairs(list) do parts[i] = cjson.encode(v) end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
 local function setApproved(account, digest, state)
   if state == 'approved' then
     redis.call('SADD', P .. 'approved:' .. account, digest)
@@ -140,37 +154,58 @@ if account ~= '' then
   end
   approved = redis.call('SCARD', P .. 'approved:' .. account)
 end
+-- The locks in one MGET, not a GET each (as liveLock would); in parts
+-- of 1000, within what unpack may put on Lua's stack.
 local locks = {}
-for i = 10, #ARGV do
-  local ends = liveLock(ARGV[i])
-  if ends then
-    locks[#locks + 1] = ARGV[i]
-    locks[#locks + 1] = fmt(ends)
+if #ARGV >= 10 then
+  local names = {}
+  for i = 10, #ARGV do names[#names + 1] = P .. 'lock:' .. ARGV[i] end
+  local values = {}
+  for first = 1, #names, 1000 do
+    local part = redis.call('MGET', unpack(names, first, math.min(first + 999, #names)))
+    for j = 1, #part do values[first + j - 1] = part[j] end
+  end
+  for i = 10, #ARGV do
+    local v = values[i - 9]
+    if v then
+      local ends = num(v)
+      if ends and ends > now then
+        locks[#locks + 1] = ARGV[i]
+        locks[#locks + 1] = fmt(ends)
+      end
+    end
   end
 end
+-- Window end, size and membership in one HMGET.
 local size, has = 0, 0
 if setKey ~= '' then
-  local k = P .. 'set:' .. setKey
-  local v = redis.call('HMGET', k, 'e', 'n')
+  local v = redis.call('HMGET', P .. 'set:' .. setKey, 'e', 'n', 'm:' .. member)
   local ends = num(v[1] or '')
   if ends and ends > now then
     size = tonumber(v[2]) or 0
-    has = redis.call('HEXISTS', k, 'm:' .. member)
+    if v[3] then has = 1 end
   end
 end
-return {device, approved, locks, size, has, fmt(now)}
+-- One JSON array, decoded by the client in one call: the device record
+-- as stored (JSON already) or null, the approved-device count, the live
+-- locks (key, end, key, end...), the set's size, whether it holds the
+-- member (0 or 1), the time.
+return '[' .. (device or 'null') .. ',' .. approved .. ',' .. jsonStrings(locks) .. ','
+  .. size .. ',' .. has .. ',"' .. fmt(now) .. '"]'
 """
 
 _RECORD_OUTCOME = r"""
+-- ARGV[6]: the record (JSON); its events are numbers i, whose JSON and
+-- account are ARGV[7 + 2 i] and ARGV[8 + 2 i].
 local r = cjson.decode(ARGV[6])
 local recorded = {}
 local locked = {}
 local device = false
 
-local function event(ev)
-  if ev then
-    record(ev.j, ev.a)
-    recorded[#recorded + 1] = ev.i
+local function event(i)
+  if i then
+    record(ARGV[7 + 2 * i], ARGV[8 + 2 * i])
+    recorded[#recorded + 1] = i
   end
 end
 
@@ -229,14 +264,14 @@ for _, op in ipairs(r.o or {}) do
     redis.call('DEL', P .. 'n:' .. op.c)
   elseif op.k == 'm' then
     local k = P .. 'set:' .. op.s
-    local v = redis.call('HMGET', k, 'e', 'n')
+    local v = redis.call('HMGET', k, 'e', 'n', 'm:' .. op.m)
     local ends, size = num(v[1] or ''), tonumber(v[2] or '')
     local known = false
     if not ends or not size or ends <= now then
       redis.call('DEL', k)
       ends, size = now + op.w, 0
     else
-      known = redis.call('HEXISTS', k, 'm:' .. op.m) == 1
+      known = v[3] ~= false
     end
     if not known then
       if op.l <= 0 or size <= op.l then
@@ -261,7 +296,10 @@ for _, op in ipairs(r.o or {}) do
 end
 
 for _, ev in ipairs(r.e or {}) do event(ev) end
-return {device, fmt(now), locked, recorded}
+-- One JSON array: the device record (or null), the time, the locks newly
+-- set, the numbers of the events recorded.
+return '[' .. (device or 'null') .. ',"' .. fmt(now) .. '",' .. jsonStrings(locked) .. ',['
+  .. table.concat(recorded, ',') .. ']]'
 """
 
 _SET_DEVICE_STATE = r"""

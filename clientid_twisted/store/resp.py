@@ -22,7 +22,7 @@ import random
 import re
 import socket
 import ssl as stdlibssl
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from attrs import field, frozen
 
@@ -38,6 +38,8 @@ __all__ = [
     "RedisAddress",
     "ReplyError",
     "encodeCommand",
+    "encodeArguments",
+    "CommandPrefix",
     "parseReply",
     "RedisProtocol",
     "RedisConnection",
@@ -94,56 +96,124 @@ def _bytes(value: Any) -> bytes:
     return str(value).encode("ascii")
 
 
+def encodeArguments(arguments: Iterable[Any]) -> bytes:
+    """
+    Arguments as RESP bulk strings, one after the other, without the
+    array header: what follows L{CommandPrefix.encoded}.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for argument in arguments:
+        # Exact types first: the store's arguments are nearly all str.
+        kind = type(argument)
+        if kind is str:
+            data = argument.encode("utf-8")
+        elif kind is bytes:
+            data = argument
+        else:
+            data = _bytes(argument)
+        append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
 def encodeCommand(arguments: Sequence[Any]) -> bytes:
     """
     One command as a RESP array of bulk strings.
     """
-    parts = [b"*%d\r\n" % len(arguments)]
-    for argument in arguments:
-        data = _bytes(argument)
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    return b"*%d\r\n%s" % (len(arguments), encodeArguments(arguments))
+
+
+class CommandPrefix:
+    """
+    The first arguments of commands sent many times (C{EVALSHA}, the
+    script's digest and its constant arguments), encoded once.
+
+    @ivar count: How many arguments it holds.
+    @ivar encoded: Their bulk strings (L{encodeArguments}).
+    """
+
+    __slots__ = ("count", "encoded")
+
+    def __init__(self, arguments: Sequence[Any]) -> None:
+        self.count = len(arguments)
+        self.encoded = encodeArguments(arguments)
+
+    def command(self, arguments: Sequence[Any], encoded: bytes = b"", count: int = 0) -> bytes:
+        """
+        The whole command: the prefix's arguments, then C{count} arguments
+        already C{encoded}, then C{arguments}; the same bytes as
+        L{encodeCommand} of them all.
+        """
+        return b"*%d\r\n%s%s%s" % (
+            self.count + count + len(arguments),
+            self.encoded,
+            encoded,
+            encodeArguments(arguments),
+        )
 
 
 def parseReply(buffer: bytes, position: int = 0) -> tuple[Any, int]:
     """
     One reply from C{buffer} at C{position}: bulk strings as L{bytes},
-    status replies as L{str}, error replies as L{ReplyError} instances.
+    status replies as L{str}, error replies as L{ReplyError} instances,
+    arrays (nested too) as L{list}s, nil as L{None}.
+
+    Iterative, not recursive: no Python call per element of an array
+    (which costs more than the element), and no limit on the nesting.
 
     @return: The reply and where the next one starts.
     @raise _Incomplete: If the buffer holds only part of it.
     @raise ValueError: For bytes that are not RESP.
     """
-    end = buffer.find(b"\r\n", position)
-    if end < 0:
-        raise _Incomplete()
-    kind = buffer[position]
-    line = buffer[position + 1 : end]
-    if kind == 36:  # $
-        length = int(line)
-        if length < 0:
-            return None, end + 2
-        stop = end + 2 + length
-        if len(buffer) < stop + 2:
+    find = buffer.find
+    # The arrays being filled, innermost last, each with its size.
+    arrays: list[tuple[list[Any], int]] = []
+    value: Any
+    while True:
+        end = find(b"\r\n", position)
+        if end < 0:
             raise _Incomplete()
-        return buffer[end + 2 : stop], stop + 2
-    if kind == 42:  # *
-        count = int(line)
-        if count < 0:
-            return None, end + 2
-        items = []
-        position = end + 2
-        for n in range(count):
-            item, position = parseReply(buffer, position)
-            items.append(item)
-        return items, position
-    if kind == 58:  # :
-        return int(line), end + 2
-    if kind == 43:  # +
-        return line.decode("utf-8", "replace"), end + 2
-    if kind == 45:  # -
-        return ReplyError(line.decode("utf-8", "replace")), end + 2
-    raise ValueError(f"not a RESP reply: {buffer[position:position + 20]!r}")
+        kind = buffer[position]
+        if kind == 36:  # $
+            length = int(buffer[position + 1 : end])
+            if length < 0:
+                value = None
+                position = end + 2
+            else:
+                stop = end + 2 + length
+                if len(buffer) < stop + 2:
+                    raise _Incomplete()
+                value = buffer[end + 2 : stop]
+                position = stop + 2
+        elif kind == 42:  # *
+            count = int(buffer[position + 1 : end])
+            position = end + 2
+            if count > 0:
+                arrays.append(([], count))
+                continue
+            value = [] if count == 0 else None
+        elif kind == 58:  # :
+            value = int(buffer[position + 1 : end])
+            position = end + 2
+        elif kind == 43:  # +
+            value = buffer[position + 1 : end].decode("utf-8", "replace")
+            position = end + 2
+        elif kind == 45:  # -
+            value = ReplyError(buffer[position + 1 : end].decode("utf-8", "replace"))
+            position = end + 2
+        else:
+            raise ValueError(f"not a RESP reply: {buffer[position:position + 20]!r}")
+        # Put the value in its array; a full array is itself a value for
+        # the array around it.
+        while arrays:
+            items, count = arrays[-1]
+            items.append(value)
+            if len(items) < count:
+                break
+            arrays.pop()
+            value = items
+        else:
+            return value, position
 
 
 class RedisProtocol(Protocol):
@@ -183,11 +253,18 @@ class RedisProtocol(Protocol):
         Send a command; the L{Deferred <twisted.internet.defer.Deferred>} fires with its reply, or fails with
         L{ReplyError} or L{StoreError} (connection lost).
         """
+        return self.executeEncoded(encodeCommand(arguments))
+
+    def executeEncoded(self, command: bytes) -> defer.Deferred[Any]:
+        """
+        L{execute} for a command already encoded (L{encodeCommand},
+        L{CommandPrefix.command}).
+        """
         if self.lost:
             return defer.fail(StoreError("the Redis connection is closed"))
         d: defer.Deferred[Any] = defer.Deferred()
         self._pending.append((d, self._clock.seconds() if self._clock is not None else 0.0))
-        self.transport.write(encodeCommand(arguments))  # type: ignore[union-attr]
+        self.transport.write(command)  # type: ignore[union-attr]
         return d
 
     def dataReceived(self, data: bytes) -> None:
@@ -419,10 +496,16 @@ class RedisConnection:
         """
         Run one command, within the timeout.
         """
+        return self.executeEncoded(encodeCommand(arguments))
+
+    def executeEncoded(self, command: bytes) -> defer.Deferred[Any]:
+        """
+        L{execute} for a command already encoded.
+        """
         protocol = self._protocol
         if protocol is not None:
-            return protocol.execute(*arguments)
-        return self._protocolNow().addCallback(lambda p: p.execute(*arguments))
+            return protocol.executeEncoded(command)
+        return self._protocolNow().addCallback(lambda p: p.executeEncoded(command))
 
     def _watch(self) -> None:
         """
@@ -516,8 +599,14 @@ class BlockingRedisConnection:
         @raise ReplyError: For an error reply.
         @raise StoreError: If Redis cannot be reached.
         """
+        return self.executeEncoded(encodeCommand(arguments))
+
+    def executeEncoded(self, command: bytes) -> Any:
+        """
+        L{execute} for a command already encoded.
+        """
         try:
-            self._socket.sendall(encodeCommand(arguments))
+            self._socket.sendall(command)
             while True:
                 try:
                     reply, position = parseReply(self._buffer)
