@@ -208,6 +208,11 @@ class SessionGuardMixin:
             self._updateDeadlines()
 
     def lineReceived(self, line: bytes) -> Any:
+        if self.inTransfer():
+            # A message body's line: the transfer's deadline covers it,
+            # and the stage (so the idle timeout) does not change within
+            # one; the protocol resets the idle timer itself.
+            return super().lineReceived(line)  # type: ignore[misc]
         # A complete line ends its deadline; the next partial one starts
         # a new one when the read is done.
         self._cancelTimer("command")
