@@ -316,15 +316,18 @@ class ReactorThreadTests(SynchronousTestCase):
 
     def test_failedCommitFailsItsWrites(self) -> None:
         class FailingCommit:
+            # The write transaction's COMMIT fails (the later read's works).
             def __init__(self, connection: sqlite3.Connection) -> None:
                 self.connection = connection
+                self.failing = True
 
             @property
             def in_transaction(self) -> bool:
                 return self.connection.in_transaction
 
             def execute(self, sql: str, *args: Any) -> Any:
-                if sql == "COMMIT":
+                if sql == "COMMIT" and self.failing:
+                    self.failing = False
                     raise sqlite3.OperationalError("disk I/O error")
                 return self.connection.execute(sql, *args)
 
@@ -336,6 +339,40 @@ class ReactorThreadTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertIn("disk I/O error", str(self.failureResultOf(write, StoreError).value))
         self.assertEqual(self.successResultOf(self.store.listEvents(None, 10)), [])
+
+    def test_readFallsBackWhenTheWriterMayNotWait(self) -> None:
+        """
+        Reads use the writer's connection, whose busy timeout is 0; when it
+        finds the log locked (another process recovering it), the read-only
+        connection, which waits a little, answers instead.
+        """
+        self.store.recordOutcome(OutcomeRecord(events=(Event("kept"),)))
+        self.clock.advance(0)
+
+        class BusyReads:
+            def __init__(self, connection: sqlite3.Connection) -> None:
+                self.connection = connection
+                self.busy = 0
+
+            @property
+            def in_transaction(self) -> bool:
+                return self.connection.in_transaction
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                if sql.startswith("SELECT"):
+                    self.busy += 1
+                    raise sqlite3.OperationalError("database is locked")
+                return self.connection.execute(sql, *args)
+
+            def close(self) -> None:
+                self.connection.close()
+
+        writer = BusyReads(self.store._writer)  # type: ignore[arg-type]
+        self.store._writer = writer  # type: ignore[assignment]
+        events = self.successResultOf(self.store.listEvents(None, 10))
+        self.assertEqual([e.kind for e in events], ["kept"])
+        self.assertEqual(writer.busy, 1)
+        self.assertFalse(writer.connection.in_transaction)
 
     def test_sweptNowAndThen(self) -> None:
         self.store.recordOutcome(

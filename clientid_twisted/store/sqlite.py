@@ -12,7 +12,10 @@ Built for many decisions in flight without stalling the reactor:
       run in a thread of their own, every second: the only disk waits are
       there, off the reactor.
     - Reads (L{loadState}, listings) run on the reactor thread: a handful of
-      primary-key lookups on memory-mapped pages, no thread hop.
+      primary-key lookups on memory-mapped pages, no thread hop; on the
+      writer's connection, whose page cache its own commits keep (a
+      read-only second connection takes over only while another process
+      recovers the log, when the writer may not wait).
     - Writes are applied at once, on the reactor thread, inside one
       transaction per reactor turn that is committed at the end of the turn
       (C{callLater(0)}): one commit for every decision of the turn, and the
@@ -274,15 +277,29 @@ class SQLiteStore:
         try:
             if self._writer.in_transaction:
                 return defer.succeed(operation(self._writer, self._now(), *arguments))
-            connection = self._reader
-            connection.execute("BEGIN")
             try:
-                result = operation(connection, self._now(), *arguments)
-            finally:
-                connection.execute("COMMIT")
+                # On the writer's connection: its page cache survives its
+                # own commits, where another connection's is dropped at
+                # each one (a read after a login's write costs about half).
+                result = self._readOn(self._writer, operation, arguments)
+            except sqlite3.OperationalError as e:
+                if not _locked(e):
+                    raise
+                # Another process is recovering the log: the reader waits
+                # a little for it, which the writer must not (busy 0).
+                result = self._readOn(self._reader, operation, arguments)
         except Exception as e:
             return defer.fail(_storeError(self.path, e))
         return defer.succeed(result)
+
+    def _readOn(
+        self, connection: sqlite3.Connection, operation: Callable[..., Any], arguments: Any
+    ) -> Any:
+        connection.execute("BEGIN")
+        try:
+            return operation(connection, self._now(), *arguments)
+        finally:
+            connection.execute("COMMIT")
 
     def _afterWaitingWrites(self, scope: Iterable[str]) -> defer.Deferred[None] | None:
         """
