@@ -652,6 +652,23 @@ class StoreFailureTests(SynchronousTestCase):
 
         self.failureResultOf(d, TemporaryAuthenticationFailure)
 
+    def test_storeThatAnswersAtOnceNeedsNoTimer(self) -> None:
+        """
+        The store's timeout is a timer only for an answer still to come.
+        """
+        h = PolicyHarness(self, {"policy": {"store_timeout_seconds": 2}})
+        scheduled = []
+        original = h.clock.callLater
+
+        def callLater(delay: float, *args: Any, **kwargs: Any) -> Any:
+            scheduled.append(delay)
+            return original(delay, *args, **kwargs)
+
+        self.patch(h.clock, "callLater", callLater)
+        attempt = Attempt(ALICE, ClientIdentity("UUID", "a-token"), "192.0.2.1", "smtp", True)
+        self.successResultOf(h.policy.evaluate(attempt))
+        self.assertNotIn(2, scheduled)
+
     def test_writeFailureDoesNotFailLogin(self) -> None:
         h = PolicyHarness(self)
         self.patch(h.store, "recordOutcome", lambda record: defer.fail(StoreError("full")))

@@ -198,7 +198,10 @@ class DevicePolicy:
                 return refuse(f"no CLIENTID, and {config.devices} mode needs one")
 
         d = self.store.loadState(self._query(attempt, context))
-        d.addTimeout(config.storeTimeoutSeconds, self._clock)
+        if not d.called:
+            # (A store that answered at once, as SQLite's reads do, needs
+            # no timer scheduled and cancelled.)
+            d.addTimeout(config.storeTimeoutSeconds, self._clock)
         d.addCallbacks(
             self._decide,
             self._storeUnavailable,
