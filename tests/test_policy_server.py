@@ -64,6 +64,25 @@ def _quickLimits() -> dict[str, Any]:
     return {"limits": ServerLimits(authFailureDelay=0.0)}
 
 
+def imapsLogin(
+    port: int, context: Any, token: str | None, account: str, password: str, timeout: float = 20
+) -> tuple[str, bytes]:
+    """
+    With imaplib over implicit TLS: CLIENTID UUID C{token} (unless
+    L{None}), then LOGIN; the LOGIN reply's status and text.
+    """
+    connection = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=context, timeout=timeout)
+    try:
+        if token is not None:
+            assert connection._simple_command("CLIENTID", "UUID", token)[0] == "OK"
+        status, data = connection._simple_command("LOGIN", account, connection._quote(password))
+        if status == "OK":
+            connection.state = "AUTH"
+        return status, data[-1]
+    finally:
+        connection.logout()
+
+
 class PolicyServer:
     """
     The runnable server's parts, wired like assembly.py, with the CLIENTID
@@ -147,16 +166,7 @@ class PolicyServer:
         status, and its text).
         """
         password = PASSWORDS[account] if password is None else password
-        connection = imaplib.IMAP4_SSL("127.0.0.1", self.imapsPort, ssl_context=self.context, timeout=20)
-        try:
-            if token is not None:
-                assert connection._simple_command("CLIENTID", "UUID", token)[0] == "OK"
-            status, data = connection._simple_command("LOGIN", account, connection._quote(password))
-            if status == "OK":
-                connection.state = "AUTH"
-            return status, data[-1]
-        finally:
-            connection.logout()
+        return imapsLogin(self.imapsPort, self.context, token, account, password)
 
     def smtp(self, *args: Any, **kwargs: Any) -> defer.Deferred[tuple[int, bytes]]:
         return deferToThread(self.smtpLogin, *args, **kwargs)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import imaplib
 import io
 import json
 import smtplib
@@ -33,6 +32,7 @@ from clientid_twisted.admin import main as admin
 from tests.redisserver import RedisServer, uniquePrefix
 from tests.runningserver import PASSWORD, RunningServer
 from tests.test_imap_server import registerIMAPLibCommand
+from tests.test_policy_server import imapsLogin
 
 ALICE = "alice@example.test"
 LAPTOP = "5b0e0c1e-laptop-token-9f1d-7a44c0de"
@@ -88,17 +88,9 @@ class Frontend:
         """
         Implicit TLS, CLIENTID, LOGIN: the LOGIN reply's status and text.
         """
-        connection = imaplib.IMAP4_SSL(
-            "127.0.0.1", self.server.ports["imaps"], ssl_context=self.server.context, timeout=10
+        return imapsLogin(
+            self.server.ports["imaps"], self.server.context, token, ALICE, password, timeout=10
         )
-        try:
-            assert connection._simple_command("CLIENTID", "UUID", token)[0] == "OK"
-            status, data = connection._simple_command("LOGIN", ALICE, connection._quote(password))
-            if status == "OK":
-                connection.state = "AUTH"
-            return status, data[-1]
-        finally:
-            connection.logout()
 
 
 def _untilDecided(login: Callable[[], T], temporary: T, seconds: float = 15.0) -> T:

@@ -252,6 +252,13 @@ def _addEvent(event: Event, events: list[Event], argv: list[str]) -> int:
     return len(events) - 1
 
 
+def _without(*fields: tuple[str, Any]) -> dict[str, Any]:
+    """
+    The fields that are not L{None}: the scripts read an absent one as nil.
+    """
+    return {name: value for name, value in fields if value is not None}
+
+
 def _encodeRecord(record: OutcomeRecord) -> tuple[list[str], list[Event]]:
     """
     The arguments of the C{recordOutcome} script: the record as JSON
@@ -265,25 +272,11 @@ def _encodeRecord(record: OutcomeRecord) -> tuple[list[str], list[Event]]:
     encoded: dict[str, Any] = {}
     u = record.device
     if u is not None:
-        d: dict[str, Any] = {}
-        if u.account is not None:
-            d["a"] = u.account
-        if u.digest is not None:
-            d["g"] = u.digest
-        if u.typeName is not None:
-            d["t"] = u.typeName
-        if u.fingerprint is not None:
-            d["f"] = u.fingerprint
-        if u.address is not None:
-            d["ad"] = u.address
-        if u.protocol is not None:
-            d["p"] = u.protocol
-        if u.succeeded is not None:
-            d["ok"] = u.succeeded
-        if u.create is not None:
-            d["c"] = u.create
-        if u.promote is not None:
-            d["pr"] = u.promote
+        d: dict[str, Any] = _without(
+            ("a", u.account), ("g", u.digest), ("t", u.typeName), ("f", u.fingerprint),
+            ("ad", u.address), ("p", u.protocol), ("ok", u.succeeded), ("c", u.create),
+            ("pr", u.promote),
+        )
         if u.promoteFrom:
             d["pf"] = list(u.promoteFrom)
         if u.event is not None:
