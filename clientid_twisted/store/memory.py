@@ -172,43 +172,12 @@ class MemoryStore:
     def _updateDevice(
         self, update: DeviceUpdate, now: float, recorded: list[Event]
     ) -> DeviceRecord | None:
-        devices = self._devices.setdefault(update.account, {})
-        current = devices.get(update.digest)
-        if current is None:
-            if update.create is None:
-                if not devices:
-                    del self._devices[update.account]
-                return None
-            new = DeviceRecord(
-                account=update.account,
-                digest=update.digest,
-                typeName=update.typeName,
-                fingerprint=update.fingerprint,
-                state=update.create,
-                firstSeen=now,
-                lastSeen=now,
-                lastAddress=update.address,
-                lastProtocol=update.protocol,
-                logins=1 if update.succeeded else 0,
-                failures=0 if update.succeeded else 1,
-            )
-            changed = True
-        else:
-            state = current.state
-            changed = update.promote is not None and state in update.promoteFrom
-            if changed and update.promote is not None:
-                state = update.promote
-            new = evolve(
-                current,
-                state=state,
-                firstSeen=current.firstSeen if current.firstSeen is not None else now,
-                lastSeen=now,
-                lastAddress=update.address,
-                lastProtocol=update.protocol,
-                logins=current.logins + (1 if update.succeeded else 0),
-                failures=current.failures + (0 if update.succeeded else 1),
-            )
-        devices[update.digest] = new
+        devices = self._devices.get(update.account, {})
+        applied = update.apply(devices.get(update.digest), now)
+        if applied is None:
+            return None
+        new, changed = applied
+        self._devices.setdefault(update.account, devices)[update.digest] = new
         if changed and update.event is not None:
             self._record(update.event, now, recorded)
         return new

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Union
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 __all__ = [
     "APPROVED",
@@ -172,6 +172,48 @@ class DeviceUpdate:
     promote: str | None = None
     promoteFrom: tuple[str, ...] = ()
     event: Event | None = None
+
+    def apply(self, current: DeviceRecord | None, now: float) -> tuple[DeviceRecord, bool] | None:
+        """
+        The record after this attempt, for every store alike.
+
+        @param current: The stored record, or L{None}.
+        @return: The new record and whether it was created or promoted (so
+            C{event} is due); L{None} if there is no record and none is to
+            be created.
+        """
+        logins, failures = (1, 0) if self.succeeded else (0, 1)
+        if current is None:
+            if self.create is None:
+                return None
+            created = DeviceRecord(
+                account=self.account,
+                digest=self.digest,
+                typeName=self.typeName,
+                fingerprint=self.fingerprint,
+                state=self.create,
+                firstSeen=now,
+                lastSeen=now,
+                lastAddress=self.address,
+                lastProtocol=self.protocol,
+                logins=logins,
+                failures=failures,
+            )
+            return created, True
+        state, promoted = current.state, False
+        if self.promote is not None and current.state in self.promoteFrom:
+            state, promoted = self.promote, True
+        updated = evolve(
+            current,
+            state=state,
+            firstSeen=current.firstSeen if current.firstSeen is not None else now,
+            lastSeen=now,
+            lastAddress=self.address,
+            lastProtocol=self.protocol,
+            logins=current.logins + logins,
+            failures=current.failures + failures,
+        )
+        return updated, promoted
 
 
 @frozen

@@ -205,23 +205,11 @@ def _updateDevice(
             (update.account, update.digest),
         ).fetchone()
     )
-    logins, failures = (1, 0) if update.succeeded else (0, 1)
+    applied = update.apply(current, now)
+    if applied is None:
+        return None
+    new, changed = applied
     if current is None:
-        if update.create is None:
-            return None
-        new = DeviceRecord(
-            account=update.account,
-            digest=update.digest,
-            typeName=update.typeName,
-            fingerprint=update.fingerprint,
-            state=update.create,
-            firstSeen=now,
-            lastSeen=now,
-            lastAddress=update.address,
-            lastProtocol=update.protocol,
-            logins=logins,
-            failures=failures,
-        )
         connection.execute(
             f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -238,22 +226,7 @@ def _updateDevice(
                 new.failures,
             ),
         )
-        changed = True
     else:
-        state = current.state
-        changed = update.promote is not None and state in update.promoteFrom
-        if changed and update.promote is not None:
-            state = update.promote
-        new = evolve(
-            current,
-            state=state,
-            firstSeen=current.firstSeen if current.firstSeen is not None else now,
-            lastSeen=now,
-            lastAddress=update.address,
-            lastProtocol=update.protocol,
-            logins=current.logins + logins,
-            failures=current.failures + failures,
-        )
         connection.execute(
             "UPDATE devices SET state = ?, first_seen = ?, last_seen = ?, last_address = ?, "
             "last_protocol = ?, logins = ?, failures = ? WHERE account = ? AND digest = ?",
