@@ -469,7 +469,6 @@ class SQLiteStore:
         self._sweepCall = None
         if self._closed:
             return
-        now = self._now()
 
         def sweep(connection: sqlite3.Connection, now: float) -> int:
             return sqlops.sweep(connection, now, now - self._eventRetention, _SWEEP_CHUNK)
