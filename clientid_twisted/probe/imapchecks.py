@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterator
+from typing import Callable, ContextManager
 
 from clientid_twisted.probe.checks import (
     Check,
@@ -26,12 +26,17 @@ from clientid_twisted.probe.checks import (
     Source,
     LIMITS,
     MALFORMED,
-    expand,
     failed,
     passed,
     replaceIgnoringCase,
 )
-from clientid_twisted.probe.connection import ProbeError, ReplyTimeout, Unreachable
+from clientid_twisted.probe.conversations import (
+    clientID,
+    requireReachable,
+    sendMalformed,
+    singleCommand,
+)
+from clientid_twisted.probe.connection import ReplyTimeout, Unreachable
 from clientid_twisted.probe.imap import (
     IMAPResponse,
     IMAPSession,
@@ -86,16 +91,11 @@ def openSession(probe: Probe, tls: bool = True, capability: bool = True) -> IMAP
     return s
 
 
-@contextlib.contextmanager
-def session(probe: Probe, tls: bool = True, capability: bool = True) -> Iterator[IMAPSession]:
+def session(probe: Probe, tls: bool = True, capability: bool = True) -> ContextManager[IMAPSession]:
     """
     L{openSession}, closed (LOGOUT) at the end of the block.
     """
-    s = openSession(probe, tls, capability)
-    try:
-        yield s
-    finally:
-        s.close()
+    return contextlib.closing(openSession(probe, tls, capability))
 
 
 def preflight(probe: Probe) -> None:
@@ -104,17 +104,7 @@ def preflight(probe: Probe) -> None:
 
     @raise Unreachable: When it cannot (the run ends with exit status 2).
     """
-    try:
-        with session(probe, capability=False):
-            pass
-    except Unreachable:
-        raise
-    except ProbeError as e:
-        raise Unreachable(str(e)) from None
-
-
-def clientID(probe: Probe, type: bytes = b"UUID", token: bytes | None = None) -> bytes:
-    return b"CLIENTID " + type + b" " + (probe.tokenBytes if token is None else token)
+    requireReachable(lambda: openSession(probe, capability=False))
 
 
 def _unknown(probe: Probe) -> bytes:
@@ -155,19 +145,6 @@ def _afterTLS(probe: Probe, seen: Observations) -> None:
         seen["clientid"] = s.command(clientID(probe))
         seen["capability2"] = s.capability()
         seen["repeat"] = s.command(clientID(probe))
-
-
-def _single(line: bytes) -> Callable[[Probe, Observations], None]:
-    """
-    A conversation of one CLIENTID (a template for L{expand}) after TLS
-    and CAPABILITY.
-    """
-
-    def conversation(probe: Probe, seen: Observations) -> None:
-        with session(probe) as s:
-            seen["clientid"] = s.command(expand(probe, line))
-
-    return conversation
 
 
 def _failedLogin(probe: Probe, seen: Observations) -> None:
@@ -370,13 +347,13 @@ def checkValid(probe: Probe) -> Outcome:
 
 def checkLimits(probe: Probe) -> Outcome:
     _advertised(probe)
-    response = probe.observe("limits", _single(LIMITS)).need("clientid")
+    response = probe.observe("limits", singleCommand(session, LIMITS)).need("clientid")
     return _expect(response, b"OK", "a 16-character type and a 128-character token are valid")
 
 
 def checkCaseInsensitive(probe: Probe) -> Outcome:
     _advertised(probe)
-    response = probe.observe("lowercase", _single(b"clientid uuid $TOKEN")).need("clientid")
+    response = probe.observe("lowercase", singleCommand(session, b"clientid uuid $TOKEN")).need("clientid")
     return _expect(response, b"OK", "command and type are case-insensitive")
 
 
@@ -391,7 +368,7 @@ def _specialCheck(name: str, line: bytes, what: str) -> Callable[[Probe], Outcom
     def run(probe: Probe) -> Outcome:
         _advertised(probe)
         try:
-            response = probe.observe(name, _single(line)).need("clientid")
+            response = probe.observe(name, singleCommand(session, line)).need("clientid")
         except ReplyTimeout:
             return failed(
                 b"",
@@ -481,35 +458,13 @@ def checkInjection(probe: Probe) -> Outcome:
 # -- malformed ------------------------------------------------------------------
 
 def _malformed(probe: Probe, seen: Observations) -> None:
-    """
-    Each malformed variant on one connection while the server keeps
-    answering BAD; after anything else the next gets a fresh connection.  A
-    variant whose reused connection ended is sent again on a fresh one.
-    """
-    s: IMAPSession | None = None
-    try:
-        for name, _, line, _ in MALFORMED:
-            for _attempt in range(2):
-                fresh = s is None
-                if s is None:
-                    s = openSession(probe)
-                response: IMAPResponse | None = None
-                try:
-                    response = s.command(expand(probe, line))
-                except ProbeError as e:
-                    seen[name] = e
-                else:
-                    seen[name] = response
-                if response is None or response.status != b"BAD":
-                    s.close()
-                    s = None
-                # A server that ended a reused session (an error budget:
-                # BYE and close) gets the variant again on a fresh one.
-                if fresh or response is not None:
-                    break
-    finally:
-        if s is not None:
-            s.close()
+    sendMalformed(
+        probe,
+        seen,
+        openSession,
+        refused=lambda response: response.status == b"BAD",
+        sessionEnded=lambda response: False,
+    )
 
 
 def _malformedCheck(name: str, description: str) -> Callable[[Probe], Outcome]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterator
+from typing import Callable, ContextManager
 
 from clientid_twisted.probe.checks import (
     Check,
@@ -25,12 +25,17 @@ from clientid_twisted.probe.checks import (
     Source,
     LIMITS,
     MALFORMED,
-    expand,
     failed,
     passed,
     replaceIgnoringCase,
 )
-from clientid_twisted.probe.connection import ProbeError, Unreachable
+from clientid_twisted.probe.conversations import (
+    clientID,
+    requireReachable,
+    sendMalformed,
+    singleCommand,
+)
+from clientid_twisted.probe.connection import Unreachable
 from clientid_twisted.probe.smtp import SMTPReply, SMTPSession
 
 __all__ = ["CHECKS", "MALFORMED", "preflight", "openSession", "session"]
@@ -69,16 +74,11 @@ def openSession(probe: Probe, tls: bool = True, ehlo: bool = True) -> SMTPSessio
     return s
 
 
-@contextlib.contextmanager
-def session(probe: Probe, tls: bool = True, ehlo: bool = True) -> Iterator[SMTPSession]:
+def session(probe: Probe, tls: bool = True, ehlo: bool = True) -> ContextManager[SMTPSession]:
     """
     L{openSession}, closed (QUIT) at the end of the block.
     """
-    s = openSession(probe, tls, ehlo)
-    try:
-        yield s
-    finally:
-        s.close()
+    return contextlib.closing(openSession(probe, tls, ehlo))
 
 
 def preflight(probe: Probe) -> None:
@@ -87,17 +87,7 @@ def preflight(probe: Probe) -> None:
 
     @raise Unreachable: When it cannot (the run ends with exit status 2).
     """
-    try:
-        with session(probe, ehlo=False):
-            pass
-    except Unreachable:
-        raise
-    except ProbeError as e:
-        raise Unreachable(str(e)) from None
-
-
-def clientID(probe: Probe, type: bytes = b"UUID", token: bytes | None = None) -> bytes:
-    return b"CLIENTID " + type + b" " + (probe.tokenBytes if token is None else token)
+    requireReachable(lambda: openSession(probe, ehlo=False))
 
 
 def _plaintext(probe: Probe, seen: Observations) -> None:
@@ -138,19 +128,6 @@ def _afterHELO(probe: Probe, seen: Observations) -> None:
     with session(probe) as s:
         seen["helo"] = s.command(b"HELO clientid-probe.invalid")
         seen["clientid"] = s.command(clientID(probe))
-
-
-def _single(line: bytes) -> Callable[[Probe, Observations], None]:
-    """
-    A conversation of one CLIENTID (a template for L{expand}) after TLS
-    and EHLO.
-    """
-
-    def conversation(probe: Probe, seen: Observations) -> None:
-        with session(probe) as s:
-            seen["clientid"] = s.command(expand(probe, line))
-
-    return conversation
 
 
 # -- grading ------------------------------------------------------------------
@@ -280,13 +257,13 @@ def checkValid(probe: Probe) -> Outcome:
 
 def checkLimits(probe: Probe) -> Outcome:
     _advertised(probe)
-    reply = probe.observe("limits", _single(LIMITS)).need("clientid")
+    reply = probe.observe("limits", singleCommand(session, LIMITS)).need("clientid")
     return _expect(reply, (250,), "a 16-character type and a 128-character token are valid")
 
 
 def checkCaseInsensitive(probe: Probe) -> Outcome:
     _advertised(probe)
-    reply = probe.observe("lowercase", _single(b"clientid uuid $TOKEN")).need("clientid")
+    reply = probe.observe("lowercase", singleCommand(session, b"clientid uuid $TOKEN")).need("clientid")
     return _expect(reply, (250,), "command and type are case-insensitive")
 
 
@@ -340,37 +317,13 @@ def checkAfterHELO(probe: Probe) -> Outcome:
 # -- malformed ------------------------------------------------------------------
 
 def _malformed(probe: Probe, seen: Observations) -> None:
-    """
-    Each malformed variant on one connection while the server keeps
-    answering 501 (a refused command changes no state); after anything else
-    the next variant gets a fresh connection.  A variant whose reused
-    connection ended is sent again on a fresh one.
-    """
-    s: SMTPSession | None = None
-    try:
-        for name, _, line, _ in MALFORMED:
-            for _attempt in range(2):
-                fresh = s is None
-                if s is None:
-                    s = openSession(probe)
-                reply: SMTPReply | None = None
-                try:
-                    reply = s.command(expand(probe, line))
-                except ProbeError as e:
-                    seen[name] = e
-                else:
-                    seen[name] = reply
-                if reply is None or reply.code != 501:
-                    s.close()
-                    s = None
-                # A server that ended a reused session (an error budget:
-                # 421, or a closed connection) gets the variant again on a
-                # fresh one.
-                if fresh or (reply is not None and reply.code != 421):
-                    break
-    finally:
-        if s is not None:
-            s.close()
+    sendMalformed(
+        probe,
+        seen,
+        openSession,
+        refused=lambda reply: reply.code == 501,
+        sessionEnded=lambda reply: reply.code == 421,
+    )
 
 
 def _malformedCheck(name: str, description: str) -> Callable[[Probe], Outcome]:
