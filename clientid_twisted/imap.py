@@ -34,6 +34,7 @@ from clientid_twisted.authlog import logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.sessionstate import ClientIDSessionMixin
 from clientid_twisted.identity import (
     ClientIdentity,
     MalformedClientID,
@@ -81,7 +82,7 @@ def _username(name: object) -> str:
     return repr(name) if name is not None else "-"
 
 
-class ClientIDIMAP4ServerMixin:
+class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
     """
     Adds CLIENTID to an L{imap4.IMAP4Server} subclass.
 
@@ -123,7 +124,6 @@ class ClientIDIMAP4ServerMixin:
     clientIDEnabled = True
     clientIdentity: ClientIdentity | None = None
     clientIDAdvertised = False
-    identityHasher: IdentityHasher | None = None
     saslInitialResponse = True
     idlePollInterval: float | None = 10.0
 
@@ -162,12 +162,6 @@ class ClientIDIMAP4ServerMixin:
 
     # -- state ------------------------------------------------------------
 
-    def isEncrypted(self) -> bool:
-        """
-        Whether this connection runs over TLS (STARTTLS done, or implicit).
-        """
-        return ISSLTransport.providedBy(self.transport)
-
     def clientIDAvailable(self) -> bool:
         """
         Whether CLIENTID is listed in CAPABILITY now: switched on, encrypted,
@@ -178,15 +172,6 @@ class ClientIDIMAP4ServerMixin:
             and self.isEncrypted()
             and self.state == "unauth"
         )
-
-    def _fingerprint(self, identity: ClientIdentity) -> str:
-        if self.identityHasher is None:
-            self.identityHasher = IdentityHasher.ephemeral()
-        return self.identityHasher.fingerprint(identity)
-
-    def _peerHost(self) -> str:
-        peer = self.transport.getPeer()
-        return str(getattr(peer, "host", peer))
 
     def _passwordLoginDisabled(self) -> bool:
         """

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from clientid_twisted.authlog import logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.sessionstate import ClientIDSessionMixin
 from clientid_twisted.identity import (
     ClientIdentity,
     MalformedClientID,
@@ -59,7 +60,7 @@ def _username(credentials: object) -> str:
     return repr(name) if name is not None else "-"
 
 
-class ClientIDESMTPMixin:
+class ClientIDESMTPMixin(ClientIDSessionMixin):
     """
     Adds CLIENTID to an L{twisted.mail.smtp.ESMTP} subclass.
 
@@ -83,7 +84,6 @@ class ClientIDESMTPMixin:
     protocolName = "smtp"
     clientIDEnabled = True
     clientIdentity: ClientIdentity | None = None
-    identityHasher: IdentityHasher | None = None
 
     _log = Logger()
     _authSeen = False
@@ -111,27 +111,12 @@ class ClientIDESMTPMixin:
 
     # -- state ------------------------------------------------------------
 
-    def isEncrypted(self) -> bool:
-        """
-        Whether this connection runs over TLS (STARTTLS done, or implicit).
-        """
-        return ISSLTransport.providedBy(self.transport)
-
     def clientIDAvailable(self) -> bool:
         """
         Whether CLIENTID is listed in EHLO and may be used: switched on and
         encrypted.
         """
         return bool(self.clientIDEnabled) and self.isEncrypted()
-
-    def _fingerprint(self, identity: ClientIdentity) -> str:
-        if self.identityHasher is None:
-            self.identityHasher = IdentityHasher.ephemeral()
-        return self.identityHasher.fingerprint(identity)
-
-    def _peerHost(self) -> str:
-        peer = self.transport.getPeer()
-        return str(getattr(peer, "host", peer))
 
     # -- line handling ----------------------------------------------------
 
