@@ -32,7 +32,8 @@ from clientid_twisted.testing import (
     connectedTransport,
     throwawayCertificate,
 )
-from tests.test_imap_server import MemoryRealm, RecordingChecker, TrackingFactory
+from tests.loginfakes import RecordingChecker
+from tests.test_imap_server import MemoryRealm, TrackingFactory
 
 TOKEN = "23bf83be-aad7-46aa-9e0f-39191ccf402f"
 IDENTITY = ClientIdentity("UUID", TOKEN)

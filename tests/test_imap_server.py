@@ -16,12 +16,7 @@ from typing import Any
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twisted.cred.checkers import (
-    ICredentialsChecker,
-    InMemoryUsernamePasswordDatabaseDontUse,
-)
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, reactor, threads
 from twisted.internet.error import ConnectionDone
@@ -32,7 +27,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.imap import (
@@ -47,6 +41,7 @@ from clientid_twisted.testing import (
     connectedTransport,
     throwawayCertificate,
 )
+from tests.loginfakes import RecordingChecker, plain
 
 TOKEN = b"23bf83be-aad7-46aa-9e0f-39191ccf402f"
 IDENTITY = ClientIdentity("UUID", TOKEN.decode("ascii"))
@@ -129,44 +124,6 @@ class MemoryRealm:
 
     def logout(self) -> None:
         self.logouts += 1
-
-
-@implementer(ICredentialsChecker)
-class RecordingChecker:
-    """
-    Checks alice/secret, records the credentials it saw, and can be told to
-    refuse for a policy reason, fail in other ways, or answer later.
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-        self.inner = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-        self.mode = "normal"
-        self.pending: list[defer.Deferred[Any]] = []
-
-    def requestAvatarId(self, credentials: Any) -> Any:
-        self.seen.append(credentials)
-        if self.mode == "policy":
-            return defer.fail(UnauthorizedLogin("device not approved"))
-        if self.mode == "tempfail":
-            return defer.fail(
-                TemporaryAuthenticationFailure("store down: secret detail")
-            )
-        if self.mode == "crash":
-            return defer.fail(ZeroDivisionError("secret internals"))
-        if self.mode == "later":
-            d: defer.Deferred[Any] = defer.Deferred()
-            self.pending.append(d)
-            return d.addCallback(
-                lambda ignored: self.inner.requestAvatarId(credentials)
-            )
-        return self.inner.requestAvatarId(credentials)
-
-
-def plain(user: bytes, password: bytes) -> bytes:
-    return base64.b64encode(b"\0" + user + b"\0" + password)
 
 
 class _Base(SynchronousTestCase):

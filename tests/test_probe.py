@@ -38,6 +38,7 @@ from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.submission import SubmissionESMTP, SubmissionFactory
 from clientid_twisted.smtp import ClientIDESMTPFactory
 from clientid_twisted.testing import ConnectionTracker, throwawayCertificate
+from tests.loginfakes import RefusingDelivery
 
 USER = "alice@example.test"
 PASSWORD = "correct horse"
@@ -64,18 +65,6 @@ IMAP_PLAINTEXT_ONLY = {
 # -- servers ------------------------------------------------------------------
 
 
-@implementer(smtp.IMessageDelivery)
-class _Delivery:
-    def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> bytes:
-        return b"Received: by the probe tests"
-
-    def validateFrom(self, helo: Any, origin: Any) -> Any:
-        return origin
-
-    def validateTo(self, user: Any) -> Any:
-        raise smtp.SMTPBadRcpt(user)
-
-
 @implementer(IRealm)
 class _Realm:
     """
@@ -86,7 +75,7 @@ class _Realm:
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
         if imap4.IAccount in interfaces:
             return imap4.IAccount, imap4.MemoryAccount(avatarId), lambda: None
-        return smtp.IMessageDelivery, _Delivery(), lambda: None
+        return smtp.IMessageDelivery, RefusingDelivery(), lambda: None
 
 
 def _portal() -> Portal:

@@ -11,71 +11,27 @@ from typing import Any
 
 from zope.interface import implementer
 
-from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.mail import smtp
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
-from clientid_twisted.smtp import ClientIDESMTP, ClientIDESMTPFactory
+from clientid_twisted.smtp import ClientIDESMTPFactory
 from clientid_twisted.testing import LineExchange, connectedTransport
+from tests.loginfakes import RecordingChecker, RefusingDelivery, plain
 
 TOKEN = b"23bf83be-aad7-46aa-9e0f-39191ccf402f"
 CLIENTID = b"CLIENTID UUID " + TOKEN
 
 
-@implementer(smtp.IMessageDelivery)
-class _Delivery:
-    def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> bytes:
-        return b"Received: test"
-
-    def validateFrom(self, helo: Any, origin: Any) -> Any:
-        return origin
-
-    def validateTo(self, user: Any) -> Any:
-        raise smtp.SMTPBadRcpt(user)
-
-
 @implementer(IRealm)
 class _Realm:
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
-        return smtp.IMessageDelivery, _Delivery(), lambda: None
-
-
-@implementer(ICredentialsChecker)
-class RecordingChecker:
-    """
-    Checks alice/secret, records the credentials it saw, and can be told to
-    refuse for a policy reason or fail in other ways.
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-        self.inner = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-        self.mode = "normal"
-
-    def requestAvatarId(self, credentials: Any) -> Any:
-        self.seen.append(credentials)
-        if self.mode == "policy":
-            return defer.fail(UnauthorizedLogin("device not approved"))
-        if self.mode == "tempfail":
-            return defer.fail(TemporaryAuthenticationFailure("store down: secret detail"))
-        if self.mode == "crash":
-            return defer.fail(ZeroDivisionError("secret internals"))
-        return self.inner.requestAvatarId(credentials)
-
-
-def plain(user: bytes, password: bytes) -> bytes:
-    return base64.b64encode(b"\0" + user + b"\0" + password)
+        return smtp.IMessageDelivery, RefusingDelivery(), lambda: None
 
 
 class _Base(SynchronousTestCase):
