@@ -209,39 +209,26 @@ def _updateDevice(
     if applied is None:
         return None
     new, changed = applied
-    if current is None:
-        connection.execute(
-            f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                new.account,
-                new.digest,
-                new.typeName,
-                new.fingerprint,
-                new.state,
-                new.firstSeen,
-                new.lastSeen,
-                new.lastAddress,
-                new.lastProtocol,
-                new.logins,
-                new.failures,
-            ),
-        )
-    else:
-        connection.execute(
-            "UPDATE devices SET state = ?, first_seen = ?, last_seen = ?, last_address = ?, "
-            "last_protocol = ?, logins = ?, failures = ? WHERE account = ? AND digest = ?",
-            (
-                new.state,
-                new.firstSeen,
-                new.lastSeen,
-                new.lastAddress,
-                new.lastProtocol,
-                new.logins,
-                new.failures,
-                new.account,
-                new.digest,
-            ),
-        )
+    connection.execute(
+        f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (account, digest) DO UPDATE SET state = excluded.state, "
+        "first_seen = excluded.first_seen, last_seen = excluded.last_seen, "
+        "last_address = excluded.last_address, last_protocol = excluded.last_protocol, "
+        "logins = excluded.logins, failures = excluded.failures",
+        (
+            new.account,
+            new.digest,
+            new.typeName,
+            new.fingerprint,
+            new.state,
+            new.firstSeen,
+            new.lastSeen,
+            new.lastAddress,
+            new.lastProtocol,
+            new.logins,
+            new.failures,
+        ),
+    )
     if changed and update.event is not None:
         _record(connection, now, update.event, recorded)
     return new
