@@ -1,0 +1,56 @@
+"""
+Real services the tests start: find their programs, or skip with the
+command that installs them.
+
+Outside CI a missing program skips the test with the install command in the
+reason; with the C{CI} environment variable set it is a failure, since
+C{.ci/run} installs every one of them (Debian packages and PyPI's
+C{selenium}) and CI must not pass without running those tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest
+
+__all__ = ["freePort", "requireProgram"]
+
+_SEARCH_PATH = os.pathsep.join(
+    [os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/lib/postfix/sbin", "/usr/lib/dovecot"]
+)
+
+
+def requireProgram(name: str, package: str, purpose: str) -> str:
+    """
+    The path of the program C{name}.
+
+    @param package: The Debian package that installs it.
+    @param purpose: What the tests that need it test, for the message.
+    @raise SkipTest: If there is none and C{CI} is not set.
+    @raise AssertionError: If there is none and C{CI} is set.
+    """
+    found = shutil.which(name, path=_SEARCH_PATH)
+    if found is not None:
+        return str(Path(found))
+    if os.environ.get("CI"):
+        raise AssertionError(
+            f"{name} is not installed, and CI is set: the {purpose} tests must run "
+            f"in CI (apt-get install -y {package})"
+        )
+    raise SkipTest(
+        f"{name} is not installed (apt-get install {package}); "
+        f"the {purpose} tests are skipped outside CI"
+    )
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing listens on right now.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
