@@ -18,6 +18,7 @@ from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
 from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.gateway.config import GatewayConfig, parseGatewayConfig
 from clientid_twisted.policy.setup import Authentication, buildAuthentication
 from clientid_twisted.server.config import getTable, loadConfig
 from clientid_twisted.server.connections import ConnectionLimiter
@@ -57,6 +58,7 @@ class MailServer:
     authentication: Authentication
     limits: ServerLimits = ServerLimits()
     limiter: ConnectionLimiter | None = None
+    gateway: GatewayConfig = GatewayConfig()
 
 
 def assembleServer(
@@ -67,6 +69,8 @@ def assembleServer(
     hostname: str | None = None,
     storeURL: str | None = None,
     metrics: Any = None,
+    imapBackend: str | None = None,
+    smtpBackend: str | None = None,
 ) -> MailServer:
     """
     Build the shared parts of the server, creating the data directory and
@@ -74,6 +78,9 @@ def assembleServer(
 
     @param metrics: A L{clientid_twisted.server.metrics.ServerMetrics} to
         count the store's locks and errors in, or L{None}.
+    @param imapBackend: C{--imap-backend}: the IMAP backend's endpoint
+        string, overriding C{[gateway] imap_backend}.
+    @param smtpBackend: C{--smtp-backend}, likewise.
     @raise ValueError: With a message for the operator when a file is
         missing or unreadable.
     """
@@ -83,6 +90,7 @@ def assembleServer(
     serverConfig = getTable(config, "server", configFile)
     limits = ServerLimits.fromConfig(serverConfig, configFile)
     hostname = hostname or serverConfig.get("hostname") or "localhost"
+    gateway = parseGatewayConfig(config, configFile).withOptions(imapBackend, smtpBackend)
 
     if certificatePath and keyPath:
         certificate = loadCertificate(Path(certificatePath), Path(keyPath))
@@ -132,6 +140,7 @@ def assembleServer(
         authentication=authentication,
         limits=limits,
         limiter=limiter,
+        gateway=gateway,
     )
 
 

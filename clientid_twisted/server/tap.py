@@ -66,6 +66,8 @@ class Options(usage.Options):
         for name in DEFAULT_LISTENERS:
             self[name] = []
         self["metrics"] = None
+        self["imap-backend"] = None
+        self["smtp-backend"] = None
 
     def _addListener(self, name: str, description: str) -> None:
         try:
@@ -98,6 +100,23 @@ class Options(usage.Options):
         except (ValueError, TypeError, KeyError) as e:
             raise usage.UsageError(f"--metrics: invalid endpoint {description!r}: {e}")
 
+    def _setBackend(self, name: str, description: str) -> None:
+        from clientid_twisted.gateway.config import parseBackendAddress
+
+        try:
+            parseBackendAddress(description)
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: invalid endpoint: {e}")
+        self[name] = description
+
+    def opt_imap_backend(self, description: str) -> None:
+        """Gateway mode: check IMAP logins against, and relay sessions to, this IMAP server, a client endpoint such as tcp:host=127.0.0.1:port=143 or tls:mail.example.net:993 [default: [gateway] imap_backend, else the built-in server] (docs/gateway.md)."""
+        self._setBackend("imap-backend", description)
+
+    def opt_smtp_backend(self, description: str) -> None:
+        """Gateway mode: check SMTP logins against, and relay submissions to, this submission server, e.g. tcp:host=127.0.0.1:port=587 [default: [gateway] smtp_backend, else the built-in server] (docs/gateway.md)."""
+        self._setBackend("smtp-backend", description)
+
     def postOptions(self) -> None:
         if bool(self["certificate"]) != bool(self["private-key"]):
             raise usage.UsageError("--certificate and --private-key go together")
@@ -126,6 +145,8 @@ def makeService(options: Options) -> service.MultiService:
             hostname=options["hostname"],
             storeURL=options["store"],
             metrics=metrics,
+            imapBackend=options["imap-backend"],
+            smtpBackend=options["smtp-backend"],
         )
     except (ValueError, OSError) as e:
         # An operator's mistake (a bad config, an unreadable file): say so

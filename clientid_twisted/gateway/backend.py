@@ -1,0 +1,187 @@
+# -*- test-case-name: tests.test_gateway_backend -*-
+"""
+Reaching a backend: connect with its endpoint, within the configured time,
+over TLS (implicit, or STARTTLS driven by the protocol) with the configured
+certificate checks, and log an outage once.
+
+Everything that goes wrong on the way (refused, unreachable, no answer in
+time, a TLS or certificate failure, a connection lost during the login)
+becomes L{BackendUnavailable}: a temporary failure for the client
+(C{NO [UNAVAILABLE]} / C{454 4.7.0}), never a refusal.
+
+Use::
+
+    backend = Backend(config.imapBackend, config, reactor, "IMAP")
+    d = backend.connect(factory)          # Deferred[protocol]
+    ...  # the protocol's own exchange; after its STARTTLS reply:
+    backend.startTLS(protocol.transport)
+    d = backend.guard(loginDeferred)      # the same timeout and outage log
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, endpoints, ssl
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted.gateway.config import BackendAddress, GatewayConfig
+
+__all__ = ["Backend", "BackendUnavailable", "clientTLSOptions"]
+
+_T = TypeVar("_T")
+
+
+class BackendUnavailable(TemporaryAuthenticationFailure):
+    """
+    The backend cannot be reached or did not answer in time: the login is a
+    temporary failure, not a refusal.
+    """
+
+
+def clientTLSOptions(host: str, config: GatewayConfig) -> Any:
+    """
+    The TLS client options for a backend called C{host}: its certificate
+    must chain to C{backend_ca} (or the system's trust store) and name
+    C{host}, unless C{backend_verify = false}.
+
+    @raise ValueError: If C{backend_ca} cannot be read or holds no PEM
+        certificate.
+    """
+    if not config.verify:
+        return ssl.CertificateOptions(
+            verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2
+        )
+    trustRoot: Any = None
+    if config.caPath is not None:
+        try:
+            pem = Path(config.caPath).read_bytes()
+            trustRoot = ssl.Certificate.loadPEM(pem)
+        except OSError as e:
+            raise ValueError(
+                f"[gateway] backend_ca: cannot read {config.caPath}: {e.strerror}"
+            ) from None
+        except Exception:
+            raise ValueError(
+                f"[gateway] backend_ca: {config.caPath} holds no PEM certificate"
+            ) from None
+    return ssl.optionsForClientTLS(host, trustRoot=trustRoot)
+
+
+class Backend:
+    """
+    One backend (IMAP or SMTP) and how to reach it.
+
+    @ivar address: Where it listens.
+    @ivar config: The C{[gateway]} settings (TLS, timeout).
+    @ivar name: C{"IMAP"} or C{"SMTP"}, for the log.
+    @ivar failing: Whether the backend is in an outage (the last attempt
+        to reach it failed).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        address: BackendAddress,
+        config: GatewayConfig,
+        reactor: Any = None,
+        name: str = "IMAP",
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.address = address
+        self.config = config
+        self.name = name
+        self.failing = False
+        self._reactor = reactor
+        # Read the CA now: a bad backend_ca is an operator error at start-up,
+        # not a temporary failure at each login.
+        self._tlsOptions = clientTLSOptions(address.host, config)
+
+    @property
+    def starttls(self) -> bool:
+        """
+        Whether the protocol must upgrade the connection with STARTTLS
+        before sending credentials.
+        """
+        return self.config.starttls and not self.address.implicitTLS
+
+    def endpoint(self) -> Any:
+        """
+        The client endpoint that reaches the backend (TLS-wrapped for
+        C{tls:}).
+        """
+        tcp = endpoints.clientFromString(self._reactor, self.address.tcpDescription)
+        if self.address.implicitTLS:
+            return endpoints.wrapClientTLS(self._tlsOptions, tcp)
+        return tcp
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
+        """
+        Connect, within C{backend_timeout_seconds}.
+
+        @return: A Deferred firing with the connected protocol, or failing
+            with L{BackendUnavailable}.
+        """
+        return self.guard(self.endpoint().connect(factory))
+
+    def startTLS(self, transport: Any) -> None:
+        """
+        Upgrade a plaintext backend connection once the backend has agreed
+        to STARTTLS, with the configured certificate checks.  A failed
+        handshake or a certificate the checks refuse closes the connection,
+        which fails the exchange under way.
+        """
+        transport.startTLS(self._tlsOptions)
+
+    def guard(self, d: defer.Deferred[_T]) -> defer.Deferred[_T]:
+        """
+        Bound one step of the exchange with the backend by
+        C{backend_timeout_seconds} and turn its failures into
+        L{BackendUnavailable} (a refusal, L{UnauthorizedLogin}, passes
+        through).  The first failure of an outage is logged; the next
+        success logs the recovery.
+        """
+        d.addTimeout(self.config.timeoutSeconds, self._reactor)
+        d.addCallbacks(self._reached, self._unreachable)
+        return d
+
+    def _reached(self, result: _T) -> _T:
+        if self.failing:
+            self.failing = False
+            self.log.info(
+                "{name} backend {endpoint} is reachable again",
+                name=self.name,
+                endpoint=self.address.description,
+                backendEvent="up",
+            )
+        return result
+
+    def _unreachable(self, reason: Failure) -> Failure:
+        if reason.check(UnauthorizedLogin, BackendUnavailable):
+            if reason.check(UnauthorizedLogin):
+                # The backend answered: it is up.
+                self._reached(None)
+            return reason
+        why = reason.getErrorMessage() or reason.type.__name__  # type: ignore[union-attr]
+        if reason.check(defer.TimeoutError, defer.CancelledError):
+            why = f"no answer within {self.config.timeoutSeconds:g} s"
+        if not self.failing:
+            self.failing = True
+            self.log.error(
+                "{name} backend {endpoint} unavailable ({why}): logins get a "
+                "temporary failure until it answers again",
+                name=self.name,
+                endpoint=self.address.description,
+                why=why,
+                backendEvent="down",
+            )
+        return Failure(BackendUnavailable(f"{self.name} backend unavailable: {why}"))
