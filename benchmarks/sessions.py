@@ -3,17 +3,24 @@ What CLIENTID costs a server per session.
 
     python -m benchmarks.sessions --protocol smtp|imap [--rounds 6]
         [--sessions 200] [--concurrency 8] [--checker fast|scrypt] [--breakdown]
-        [--smoke]
+        [--log file|none] [--certificate rsa2048|ec256] [--smoke]
 
 Starts two server processes on loopback, ours (the runnable server's
-protocols) and bare C{twisted.mail}, with the same certificate, checker,
-mailbox and C{TCP_NODELAY}; then this process, the load generator, drives
+protocols) and bare C{twisted.mail}, with the same certificate, password
+checker (C{--checker}: wrapped once in the device policy for ours, alone
+for bare), mailbox, log observer and C{TCP_NODELAY}; then this process, the load generator, drives
 full sessions against them in alternating rounds so that drift (CPU
 frequency, other load) hits both alike.  Ours runs the default C{learn}
 policy on the SQLite store; a warm-up logs every device in once first, so
 the rounds measure known devices (a device's first login also writes its
 owner a notice, removed again so both INBOXes hold the same one message).
 C{--breakdown} adds a third stack, ours without the policy.
+
+By default the servers run as an operator's would: each logs to a file
+with the observer C{twistd --logfile} installs (Twisted's text format, a
+L{twisted.python.logfile.LogFile}; C{--log none}: events stay in memory,
+as before), and serves an RSA-2048 certificate (C{--certificate ec256}: the
+development certificate's P-256 key, cheaper per handshake).
 
 SMTP session: connect, EHLO, STARTTLS, EHLO, CLIENTID (when listed), AUTH
 PLAIN, MAIL, RCPT, DATA of 2 KiB, QUIT.  IMAP session: connect, STARTTLS,
@@ -60,15 +67,27 @@ class ServerProcess:
     One stack in a child process; reads its CPU time from /proc.
     """
 
-    def __init__(self, stack: str, protocol: str, checker: str, work: Path) -> None:
+    def __init__(
+        self, stack: str, protocol: str, checker: str, work: Path,
+        logToFile: bool = False, certificate: str = "ec256",
+    ) -> None:
+        """
+        @param logToFile: Log to C{WORK/STACK.log} as C{twistd --logfile}
+            does; otherwise events only fill the in-memory buffer.
+        @param certificate: C{ec256} or C{rsa2048}.
+        """
+        work = work.resolve()  # the child runs from the source tree
         self.stack = stack
         self.dataDir = work / stack
         portFile = work / f"{stack}.port"
+        self.logFile = work / f"{stack}.log" if logToFile else None
+        logging = ["--log-file", str(self.logFile)] if self.logFile is not None else []
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "benchmarks._stacks",
                 "--stack", stack, "--protocol", protocol, "--checker", checker,
                 "--data-dir", str(self.dataDir), "--port-file", str(portFile),
+                "--certificate", certificate, *logging,
             ],
             cwd=Path(__file__).resolve().parent.parent,
         )
@@ -197,6 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--checker", choices=["fast", "scrypt"], default="fast")
     parser.add_argument("--smoke", action="store_true", help="2 rounds of 10 sessions")
+    parser.add_argument("--log", choices=["file", "none"], default="file",
+                        help="file: each server logs as twistd --logfile does (default)")
+    parser.add_argument("--certificate", choices=["rsa2048", "ec256"], default="rsa2048")
     parser.add_argument(
         "--breakdown", action="store_true",
         help="also run ours without the device policy (keys protocol_per_s, cpu_ms_protocol)",
@@ -213,7 +235,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for stack in stacks:
             if args.protocol == "imap":
                 seedMailboxes(work / stack)
-            servers[stack] = ServerProcess(stack, args.protocol, args.checker, work)
+            servers[stack] = ServerProcess(
+                stack, args.protocol, args.checker, work,
+                logToFile=args.log == "file", certificate=args.certificate,
+            )
         # Warm up both (imports, first TLS handshakes, mailbox state) with
         # one session per device, so the rounds measure the steady state of
         # known devices, not each device's first login.
@@ -245,12 +270,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{args.protocol.upper()} sessions, checker={args.checker}, "
+    print(f"{args.protocol.upper()} sessions, checker={args.checker}, log={args.log}, "
+          f"certificate={args.certificate}, "
           f"{args.rounds} rounds x {args.sessions} sessions, concurrency {args.concurrency}")
     print(f"{'round':>5} {'stack':>8} {'sessions/s':>11} {'server CPU ms/session':>22}")
     for rnd, stack, rate, cpuMs in rows:
         print(f"{rnd:>5} {stack:>8} {rate:>11.1f} {cpuMs:>22.2f}")
-    result: dict[str, Any] = {"protocol": args.protocol, "checker": args.checker}
+    result: dict[str, Any] = {
+        "protocol": args.protocol, "checker": args.checker, "log": args.log,
+        "certificate": args.certificate,
+    }
     for stack in stacks:
         t = totals[stack]
         result[f"{stack}_per_s"] = round(t["sessions"] / t["wall"], 1)

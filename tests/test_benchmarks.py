@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import TestCase
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_KEYS = {"honest_success_rate", "compromised_accounts", "attacker_logins", "alerts_raised"}
@@ -105,3 +108,86 @@ class BenchmarkSmokeTests(TestCase):
                 <= set(result),
                 result,
             )
+
+
+class SessionStackTests(SynchronousTestCase):
+    """
+    What the session benchmark's stacks check logins with, how they log and
+    which certificate they serve (issue 17's benchmark fixes).
+    """
+
+    def server(self) -> Any:
+        from clientid_twisted.server.assembly import assembleServer
+
+        return assembleServer(Path(self.mktemp()), hostname="bench.test", storeURL="memory:")
+
+    def test_barePasswordCheckerOnly(self) -> None:
+        """
+        With C{--checker scrypt}, "bare" and "protocol" check the password
+        with the plain scrypt checker, without the device policy (the
+        assembled server's portal holds the policy's checker, which they
+        must not take).
+        """
+        from benchmarks._stacks import portalChecker
+        from clientid_twisted.policy.checker import ClientIDChecker
+        from clientid_twisted.server.users import ScryptChecker
+
+        server = self.server()
+        for stack in ("bare", "protocol"):
+            checker = portalChecker(stack, server, "scrypt")
+            self.assertIsInstance(checker, ScryptChecker)
+            self.assertNotIsInstance(checker, ClientIDChecker)
+
+    def test_oursPolicyOnce(self) -> None:
+        """
+        "ours" wraps the same password checker in the device policy once:
+        the policy's checker holds the password checker itself, not another
+        policy checker.
+        """
+        from benchmarks._stacks import FastChecker, portalChecker
+        from clientid_twisted.policy.checker import ClientIDChecker
+        from clientid_twisted.server.users import ScryptChecker
+
+        server = self.server()
+        for name, kind in (("scrypt", ScryptChecker), ("fast", FastChecker)):
+            checker = portalChecker("ours", server, name)
+            self.assertIsInstance(checker, ClientIDChecker)
+            self.assertIsInstance(checker.innerChecker, kind)
+            self.assertIs(checker.policy, server.authentication.policy)
+
+    def test_logsToFileWithRSA(self) -> None:
+        """
+        With a log file and C{--certificate rsa2048}, a stack's server
+        process writes its events where C{twistd --logfile} would, in
+        Twisted's text format (the login's line among them), and serves an
+        RSA-2048 certificate.
+        """
+        import socket
+
+        from benchmarks.sessions import ServerProcess, imapSession, seedMailboxes
+
+        work = Path(self.mktemp())
+        work.mkdir()
+        seedMailboxes(work / "ours")
+        server = ServerProcess("ours", "imap", "fast", work, logToFile=True, certificate="rsa2048")
+        try:
+            imapSession(server, 0)
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+                # IMAP with STARTTLS: read the greeting, then upgrade.
+                raw.recv(1024)
+                raw.sendall(b"a STARTTLS\r\n")
+                raw.recv(1024)
+                with server.context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    der = tls.getpeercert(binary_form=True)
+        finally:
+            server.stop()
+        assert der is not None
+        key = x509.load_der_x509_certificate(der).public_key()
+        self.assertIsInstance(key, rsa.RSAPublicKey)
+        assert isinstance(key, rsa.RSAPublicKey)
+        self.assertEqual(key.key_size, 2048)
+        assert server.logFile is not None
+        log = server.logFile.read_text()
+        # textFileLogObserver's format: "TIMESTAMP [SYSTEM] message".
+        self.assertRegex(log, r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[")
+        self.assertIn("user0@bench.test", log)

@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 from attrs import frozen
 from cryptography import x509
@@ -28,16 +29,19 @@ __all__ = [
 
 
 def selfSignedCertificate(
-    hostname: str = "localhost", days: int = 825
+    hostname: str = "localhost", days: int = 825, key: Any = None
 ) -> tuple[bytes, bytes]:
     """
     Make a self-signed certificate for C{hostname} (and 127.0.0.1, ::1).
 
+    @param key: The private key to sign with (a C{cryptography} private
+        key); by default a new P-256 key.
     @return: (certificate PEM, private key PEM).
     """
     import ipaddress
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.timezone.utc)
     names: list[x509.GeneralName] = [x509.DNSName(hostname)]
