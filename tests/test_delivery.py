@@ -161,9 +161,39 @@ class ReceivedHeaderTests(DeliveryTestMixin, SynchronousTestCase):
         self.assertEqual(
             header,
             b"Received: from client.example ([192.0.2.7])\n"
+            b"\t(Authenticated sender: bob@example.org)\n"
             b"\tby mx.example.net with ESMTPSA\n"
             b"\tfor <alice@example.org>; " + date,
         )
+
+    def test_noLoginNoAuthenticatedSender(self) -> None:
+        """
+        The authenticated identity is named only when there is one (a
+        policy notice, say, has none).
+        """
+        delivery = SubmissionDelivery(self.dataDir, self.users, "mx.example.net", clock=self.clock)
+        header = delivery.receivedHeader(
+            (b"client.example", b"192.0.2.7"),
+            smtp.Address(b"bob@example.org"),
+            [recipient(b"alice@example.org")],
+        )
+        self.assertNotIn(b"Authenticated", header)
+
+    def test_transactionWithSeveralRecipients(self) -> None:
+        """
+        Twisted asks for the header one recipient at a time; when the
+        transaction has several, none is named (they share one copy).
+        """
+        self.users.addUser("carol@example.org", "pw")
+        self.delivery.validateFrom((b"c", b"192.0.2.7"), smtp.Address(b"bob@example.org"))
+        for address in (b"alice@example.org", b"carol@example.org"):
+            self.delivery.validateTo(recipient(address))
+        header = self.delivery.receivedHeader(
+            (b"client.example", b"192.0.2.7"),
+            smtp.Address(b"bob@example.org"),
+            [recipient(b"alice@example.org")],
+        )
+        self.assertNotIn(b"for <", header)
 
     def test_ipv6(self) -> None:
         header = self.delivery.receivedHeader(
@@ -196,8 +226,8 @@ class ReceivedHeaderTests(DeliveryTestMixin, SynchronousTestCase):
             smtp.Address(b"bob@example.org"),
             [recipient(b"alice@example.org")],
         )
-        self.assertEqual(header.count(b"\n"), 2)
-        self.assertEqual(header.count(b"\n\t"), 2)
+        self.assertEqual(header.count(b"\n"), 3)
+        self.assertEqual(header.count(b"\n\t"), 3)
         self.assertIn(b"from [192.0.2.7] ([192.0.2.7] helo=x?X-Forged:?yes??)", header)
 
 
@@ -303,22 +333,22 @@ class MessageTests(DeliveryTestMixin, SynchronousTestCase):
         from clientid_twisted.server import delivery as deliveryModule
 
         calls: list[str] = []
-        realFsync, realRename = os.fsync, os.rename
+        realFsync, realLink = os.fsync, os.link
 
         def fsync(fd: int) -> None:
             calls.append("fsync")
             realFsync(fd)
 
-        def rename(source: Any, destination: Any) -> None:
-            calls.append("rename")
-            realRename(source, destination)
+        def link(source: Any, destination: Any) -> None:
+            calls.append("link")
+            realLink(source, destination)
 
         self.patch(deliveryModule.os, "fsync", fsync)
-        self.patch(deliveryModule.os, "rename", rename)
+        self.patch(deliveryModule.os, "link", link)
         message = self.startMessage()
         message.lineReceived(b"x")
         self.successResultOf(message.eomReceived())
-        self.assertEqual(calls[:2], ["fsync", "rename"])
+        self.assertEqual(calls[:2], ["fsync", "link"])
 
     def test_uniqueNames(self) -> None:
         """
@@ -369,9 +399,10 @@ class ProtocolTests(DeliveryTestMixin, SynchronousTestCase):
         self.assertNotIn(b"\n", content.replace(b"\r\n", b""), "only CRLF line ends")
         lines = content.split(b"\r\n")
         self.assertEqual(lines[0], b"Received: from client.example ([192.0.2.7])")
-        self.assertEqual(lines[1], b"\tby mx.example.net with ESMTPSA")
-        self.assertTrue(lines[2].startswith(b"\tfor <Alice@example.org>; "), lines[2])
-        self.assertEqual(lines[3:], [b"Subject: hi", b"", b".dot", b"body", b""])
+        self.assertEqual(lines[1], b"\t(Authenticated sender: bob@example.org)")
+        self.assertEqual(lines[2], b"\tby mx.example.net with ESMTPSA")
+        self.assertTrue(lines[3].startswith(b"\tfor <Alice@example.org>; "), lines[3])
+        self.assertEqual(lines[4:], [b"Subject: hi", b"", b".dot", b"body", b""])
 
     def test_relayRefused(self) -> None:
         reply = self.client.exchange(b"RCPT TO:<someone@elsewhere.example>")

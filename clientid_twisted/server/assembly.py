@@ -9,6 +9,7 @@ server without a command line.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from clientid_twisted.gateway.config import GatewayConfig, parseGatewayConfig
 from clientid_twisted.policy.setup import Authentication, buildAuthentication
 from clientid_twisted.server.config import getTable, loadConfig
 from clientid_twisted.server.connections import ConnectionLimiter
-from clientid_twisted.server.delivery import MailRealm
+from clientid_twisted.server.delivery import MailRealm, removeStaleTemporaryFiles
 from clientid_twisted.server.imapserver import MailIMAP4Factory
 from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.secret import loadOrCreateKey
@@ -102,6 +103,10 @@ def assembleServer(
         fingerprint=certificate.fingerprint,
     )
     tlsOptions = certificate.options()
+
+    stale = removeStaleTemporaryFiles(dataDir, time.time())
+    if stale:
+        _log.info("removed {count} stale file(s) from maildir tmp/ directories", count=stale)
 
     hasher = IdentityHasher(loadOrCreateKey(dataDir / "clientid.key"))
     users = UserDatabase(dataDir / "users.json")

@@ -7,13 +7,16 @@ C{DATA_DIR/mail/<address>/}.  Anything else is refused at RCPT (no relay).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from zope.interface import Interface, implementer
 
@@ -22,6 +25,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4, smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
+from twisted.python.failure import Failure
 
 from clientid_twisted.server.files import fsyncDirectory
 from clientid_twisted.server.users import (
@@ -37,6 +41,8 @@ __all__ = [
     "MaildirMessageWriter",
     "maildirPath",
     "ensureMaildir",
+    "storageError",
+    "removeStaleTemporaryFiles",
 ]
 
 
@@ -75,60 +81,223 @@ class _UniqueNames:
         )
 
 
+_STORAGE_FULL = frozenset([errno.ENOSPC, errno.EDQUOT])
+
+
+def storageError(error: OSError) -> smtp.SMTPServerError:
+    """
+    The temporary reply for a failed write: C{452 4.3.1} when the disk or
+    quota is full, C{451 4.3.0} for anything else.  Never 5xx: the client
+    keeps the message and tries again (RFC 5321 section 4.2.5).
+    """
+    if error.errno in _STORAGE_FULL:
+        return smtp.SMTPServerError(452, b"4.3.1 Insufficient system storage")
+    return smtp.SMTPServerError(451, b"4.3.0 Local error in processing, try again later")
+
+
+def _openTemporary(path: Path) -> BinaryIO:
+    """
+    Create C{path} (mode 0600, never an existing file) for writing.  The
+    seam tests use to make a write fail as a full disk does.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+class _SpooledMessage:
+    """
+    One message for all of its recipients: written once to a temporary
+    file in the first recipient's C{tmp/}, synced, then linked into every
+    recipient's C{new/} (copied where a link is impossible), and removed.
+
+    One file, not one per recipient: a message to a hundred accounts holds
+    one descriptor and is written once.
+    """
+
+    def __init__(self, temporaryPath: Path) -> None:
+        self.temporaryPath = temporaryPath
+        self._file: BinaryIO | None = _openTemporary(temporaryPath)
+        self._members = 0
+        self._done = 0
+        self._error: OSError | None = None
+        self.failed = False
+
+    def join(self) -> int:
+        """
+        Count one more recipient; the first one writes the data.
+
+        @return: The recipient's number, from 0.
+        """
+        self._members += 1
+        return self._members - 1
+
+    def write(self, data: bytes) -> None:
+        """
+        @raise smtp.SMTPServerError: 451/452 when the write fails; the
+            partial file is gone by then.
+        """
+        if self._file is None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self._error = e
+            self.abort()
+            raise storageError(e) from None
+
+    def finish(self) -> None:
+        """
+        Make the data durable; the first recipient's end of data does it.
+
+        @raise OSError: The write failed (for every recipient); the partial
+            file is gone.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        except OSError as e:
+            self._error = e
+            self.abort()
+            raise
+
+    @property
+    def joinable(self) -> bool:
+        """
+        Whether another recipient may still share this message: its data
+        is not finished, nor abandoned.
+        """
+        return self._file is not None and not self.failed
+
+    def publish(self, final: Path) -> None:
+        """
+        Put the finished message at C{final} (a recipient's C{new/}).
+        """
+        try:
+            os.link(self.temporaryPath, final)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            _copyDurably(self.temporaryPath, final)
+        fsyncDirectory(final.parent)
+
+    def release(self) -> None:
+        """
+        One recipient is done with the file (delivered or failed); the last
+        one removes it.
+        """
+        self._done += 1
+        if self._done >= self._members:
+            self._unlink()
+
+    def abort(self) -> None:
+        """
+        Give up on the message: close and remove the partial file.
+        """
+        self.failed = True
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        self._unlink()
+
+    def _unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temporaryPath)
+
+
+def _copyDurably(source: Path, destination: Path) -> None:
+    """
+    Copy C{source} to C{destination} (which must not exist) through a
+    temporary name beside it, synced before it appears.
+    """
+    temporary = destination.parent.parent / "tmp" / (destination.name + ".copy")
+    try:
+        with open(source, "rb") as inFile, _openTemporary(temporary) as outFile:
+            shutil.copyfileobj(inFile, outFile)
+            outFile.flush()
+            os.fsync(outFile.fileno())
+        os.link(temporary, destination)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
 @implementer(IMessageSMTP)
 class MaildirMessageWriter:
     """
-    One message being received into a maildir: written to C{tmp/}, synced,
-    then renamed into C{new/} at the end of DATA, so a reader never sees a
-    partial message.  A lost connection removes the partial file.
+    One recipient's copy of a message being received into a maildir: the
+    data goes once into a L{_SpooledMessage} shared by all recipients of
+    the transaction, and appears in C{new/} at the end of DATA, complete
+    and synced, so a reader never sees a partial message.  A lost
+    connection removes the partial file.
 
     @ivar temporaryPath: Where the message is being written.
     @ivar finalPath: Where it appears once complete.
     """
 
-    def __init__(self, maildir: Path, name: str) -> None:
-        self.temporaryPath = maildir / "tmp" / name
+    def __init__(
+        self, maildir: Path, name: str, spool: _SpooledMessage | None = None
+    ) -> None:
+        if spool is None:
+            spool = _SpooledMessage(maildir / "tmp" / name)
+        self._spool = spool
+        self._writer = spool.join() == 0
+        self._released = False
+        self.temporaryPath = spool.temporaryPath
         self.finalPath = maildir / "new" / name
-        fd = os.open(self.temporaryPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "wb")
 
     def lineReceived(self, line: bytes) -> None:
         """
-        Store a line with CRLF line ends.
+        Store a line with CRLF line ends (the first recipient's copy
+        writes; the others see the same lines).
 
         The IMAP side serves message files byte for byte (C{BODY[]}), and
         IMAP, like RFC 5322, wants CRLF; so a bare LF inside a line (our
         folded C{Received:} header, or a sloppy client) becomes CRLF too.
+
+        @raise smtp.SMTPServerError: 452 when the disk is full, 451 for
+            another failed write.
         """
-        pieces = line.split(b"\n")
-        self._file.write(b"\r\n".join(p.rstrip(b"\r") for p in pieces) + b"\r\n")
+        if self._writer:
+            pieces = line.split(b"\n")
+            self._spool.write(b"\r\n".join(p.rstrip(b"\r") for p in pieces) + b"\r\n")
 
     def eomReceived(self) -> defer.Deferred[Path]:
         """
         Make the message durable and visible.
 
-        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with its path in C{new/}.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with
+            its path in C{new/}, or failing with the L{OSError}.
         """
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.rename(self.temporaryPath, self.finalPath)
+            self._spool.finish()
+            self._spool.publish(self.finalPath)
         except OSError:
-            self.connectionLost()
-            return defer.fail()
-        fsyncDirectory(self.finalPath.parent)
+            # A failed link into this maildir spoils no other recipient's
+            # copy; a failed write (in finish) has spoilt them all.
+            failure = Failure()
+            self._release()
+            return defer.fail(failure)
+        self._release()
         return defer.succeed(self.finalPath)
 
     def connectionLost(self) -> None:
         """
         Forget the partial message.
         """
-        self._file.close()
-        try:
-            os.unlink(self.temporaryPath)
-        except FileNotFoundError:
-            pass
+        self._spool.abort()
+        self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._spool.release()
 
 
 def ensureMaildir(maildir: Path) -> None:
@@ -193,6 +362,8 @@ class SubmissionDelivery:
         self._clock = clock
         self._names = _UniqueNames(clock)
         self._with = withProtocol.encode("ascii")
+        self._transaction: list[str] = []
+        self._spool: _SpooledMessage | None = None
         try:
             self._hostname = hostname.encode("idna")
         except UnicodeError:
@@ -202,8 +373,10 @@ class SubmissionDelivery:
         self, helo: tuple[bytes, bytes], origin: smtp.Address, recipients: list[Any]
     ) -> bytes:
         """
-        The RFC 5321 section 4.4 trace header, folded over three lines.
-        Only a single recipient is named (C{for}), so Bcc stays hidden.
+        The RFC 5321 section 4.4 trace header, folded over several lines,
+        with the authenticated sender.  A recipient is named (C{for}) only
+        when the message has one: all recipients share one stored copy,
+        and naming one in it would show a Bcc to the others.
         """
         name, ip = helo
         literal = _addressLiteral(ip or b"unknown")
@@ -217,8 +390,16 @@ class SubmissionDelivery:
             )
         by = b"by %s with %s" % (self._hostname, self._with)
         date = smtp.rfc822date(time.localtime(self._clock.seconds()))
-        lines = [b"Received: from " + source, by]
-        if len(recipients) == 1:
+        lines = [b"Received: from " + source]
+        if self.avatarId:
+            # Who submitted it (Postfix's smtpd_sasl_authenticated_header):
+            # the users are this server's own, so it names no stranger.
+            lines.append(
+                b"(Authenticated sender: %s)"
+                % (_COMMENT_UNSAFE.sub(b"?", self.avatarId.encode("ascii", "replace")),)
+            )
+        lines.append(by)
+        if len(recipients) == 1 and len(self._transaction) <= 1:
             lines.append(b"for <%s>; %s" % (bytes(_destination(recipients[0])), date))
         else:
             lines[-1] += b"; " + date
@@ -228,8 +409,11 @@ class SubmissionDelivery:
         self, helo: tuple[bytes, bytes], origin: smtp.Address
     ) -> smtp.Address:
         """
-        Accept any sender: the session is authenticated.
+        Accept any sender: the session is authenticated.  A new
+        transaction starts here.
         """
+        self._transaction = []
+        self._spool = None
         return origin
 
     def validateTo(self, user: smtp.User) -> Callable[[], MaildirMessageWriter]:
@@ -251,12 +435,32 @@ class SubmissionDelivery:
         if not known:
             raise smtp.SMTPBadRcpt(user)
         maildir = maildirPath(self.dataDir, address)
+        self._transaction.append(address)
 
         def startMessage() -> MaildirMessageWriter:
-            ensureMaildir(maildir)
-            return MaildirMessageWriter(maildir, self._names.generate())
+            try:
+                ensureMaildir(maildir)
+                return self._startCopy(maildir)
+            except OSError as e:
+                self.log.error(
+                    "cannot store a message for {recipient}: {errorType}: {error}",
+                    recipient=address,
+                    errorType=type(e).__name__,
+                    error=e.strerror or str(e),
+                )
+                raise storageError(e) from None
 
         return startMessage
+
+    def _startCopy(self, maildir: Path) -> MaildirMessageWriter:
+        """
+        A recipient's copy: the first of a transaction opens the one
+        temporary file, the others share it.
+        """
+        name = self._names.generate()
+        if self._spool is None or not self._spool.joinable:
+            self._spool = _SpooledMessage(maildir / "tmp" / name)
+        return MaildirMessageWriter(maildir, name, self._spool)
 
 
 def _destination(user: Any) -> smtp.Address:
@@ -328,3 +532,55 @@ class MailRealm:
         if isinstance(avatarId, bytes):
             avatarId = avatarId.decode("ascii")
         return MaildirAccount(maildirPath(self.dataDir, avatarId)), lambda: None
+
+
+STALE_TEMPORARY_SECONDS = 36 * 3600
+"""Files in a maildir's C{tmp/} untouched this long are left over from a
+crash (the Maildir rule: 36 hours, more than any delivery takes)."""
+
+
+def _maildirs(dataDir: Path) -> Iterator[Path]:
+    """
+    Every account maildir under C{dataDir/mail} and its Maildir++ folders.
+    """
+    mail = Path(dataDir) / "mail"
+    try:
+        accounts = list(mail.iterdir())
+    except OSError:
+        return
+    for account in accounts:
+        if not account.is_dir():
+            continue
+        yield account
+        with contextlib.suppress(OSError):
+            for folder in account.iterdir():
+                if folder.name.startswith(".") and (folder / "tmp").is_dir():
+                    yield folder
+
+
+def removeStaleTemporaryFiles(
+    dataDir: Path, now: float, maxAge: float = STALE_TEMPORARY_SECONDS
+) -> int:
+    """
+    Remove files left in the maildirs' C{tmp/} by a crash or a power cut
+    (a partial message nobody will finish); run at start.
+
+    @return: How many were removed.
+    """
+    removed = 0
+    for maildir in _maildirs(dataDir):
+        tmp = maildir / "tmp"
+        try:
+            entries = list(os.scandir(tmp))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and (
+                    now - entry.stat(follow_symlinks=False).st_mtime > maxAge
+                ):
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+    return removed

@@ -53,6 +53,8 @@ class ServerLimits:
     @ivar maxTLSHandshakesPerAddress: TLS handshakes in progress from one
         address.
     @ivar maxMessageBytes: Largest SMTP message (listed as C{SIZE}).
+    @ivar maxRecipients: Recipients of one SMTP message; more get C{452
+        4.5.3} (RFC 5321 section 4.5.3.1.10 asks for at least 100).
     @ivar maxLiteralBytes: Largest IMAP literal (listed as C{APPENDLIMIT}).
     @ivar imapMaxLineBytes: Longest IMAP command line, without literals.
     @ivar maxErrorsPerSession: Errors (unknown commands, syntax errors,
@@ -74,6 +76,7 @@ class ServerLimits:
     maxTLSHandshakes: int = 500
     maxTLSHandshakesPerAddress: int = 20
     maxMessageBytes: int = 36700160
+    maxRecipients: int = 100
     maxLiteralBytes: int = 36700160
     imapMaxLineBytes: int = 65536
     maxErrorsPerSession: int = 20
@@ -144,6 +147,7 @@ _KEYS: dict[str, tuple[str, type, Callable[[Any], bool], str]] = {
     "max_message_bytes": (
         "maxMessageBytes", int, lambda v: v >= 1024, "an integer of at least 1024"
     ),
+    "max_recipients": ("maxRecipients", *_COUNT),
     "max_literal_bytes": (
         "maxLiteralBytes", int, lambda v: v >= 1024, "an integer of at least 1024"
     ),

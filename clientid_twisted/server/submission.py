@@ -15,16 +15,20 @@ from typing import Any, Callable
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from clientid_twisted.server.connections import LimitedFactoryMixin
+from clientid_twisted.server.delivery import storageError
 from clientid_twisted.server.guard import SessionGuardMixin
 from clientid_twisted.server.lines import BoundedLineOnlyReceiver
 from clientid_twisted.server.net import setNoDelay
 from clientid_twisted.smtp import ClientIDESMTP, ClientIDESMTPFactory
 
 __all__ = ["SubmissionESMTP", "SubmissionFactory"]
+
+_log = Logger()
 
 COMMAND_LINE_MAX = 510
 """Longest command line without CRLF (RFC 5321 section 4.5.3.1.4: 512
@@ -117,6 +121,14 @@ class SubmissionESMTP(SessionGuardMixin, ClientIDESMTP, BoundedLineOnlyReceiver)
             return
         super().do_MAIL(rest)
 
+    def do_RCPT(self, rest: bytes) -> None:
+        if self._from and len(self._to) >= self.limits.maxRecipients:
+            # RFC 5321 section 4.5.3.1.10: the client sends the others in
+            # another transaction.
+            self.sendCode(452, b"4.5.3 Too many recipients")
+            return
+        super().do_RCPT(rest)
+
     def do_NOOP(self, rest: bytes) -> None:
         self.sendCode(250, b"OK")
 
@@ -206,13 +218,47 @@ class SubmissionESMTP(SessionGuardMixin, ClientIDESMTP, BoundedLineOnlyReceiver)
 
     def _trackMessages(self, makeMessage: Callable[[], Any]) -> Callable[[], Any]:
         # Remember the messages of this DATA, so an oversized one can be
-        # dropped at once instead of written to the end.
+        # dropped at once instead of written to the end.  A message that
+        # cannot be started is a local, temporary failure: Twisted would
+        # answer any exception but its own with a permanent 550.
         def make() -> Any:
-            message = makeMessage()
+            try:
+                message = makeMessage()
+            except smtp.SMTPServerError:
+                raise
+            except Exception as e:
+                _log.error(
+                    "cannot start a message: {errorType}", errorType=type(e).__name__
+                )
+                raise smtp.SMTPServerError(451, b"4.3.0 Local error in processing, try again later")
             self._openMessages.append(message)
             return message
 
         return make
+
+    def _messageHandled(self, resultList: list[tuple[bool, Any]]) -> None:
+        """
+        The reply at the end of DATA: a failed store is temporary (452 when
+        the disk is full, 451 otherwise) and logged as one line, never the
+        permanent 550 and traceback of Twisted's.
+        """
+        failures = [result for success, result in resultList if not success]
+        if not failures:
+            self.sendCode(250, b"Delivery in progress")
+            return
+        for failure in failures:
+            _log.error(
+                "message not stored: {errorType}: {error}",
+                errorType=failure.type.__name__,
+                error=str(failure.value),
+            )
+        # The most telling reply: a full disk if any copy met one.
+        replies = [
+            storageError(f.value if isinstance(f.value, OSError) else OSError())
+            for f in failures
+        ]
+        reply = min(replies, key=lambda r: -r.code)
+        self.sendCode(reply.code, reply.resp)
 
     def _awaitLogin(self, d: Any) -> None:
         self.holdInput()
