@@ -51,6 +51,7 @@ __all__ = [
     "loginWithClientID",
     "AUTHENTICATION_FAILED",
     "TEMPORARY_FAILURE",
+    "namesClientID",
 ]
 
 _PRINTABLE = re.compile(rb"[\x21-\x7e]+")
@@ -71,6 +72,16 @@ def _validTag(tag: bytes) -> bool:
     return _PRINTABLE.fullmatch(tag) is not None and not (
         _NOT_TAG_CHARACTERS.intersection(tag)
     )
+
+
+def namesClientID(line: bytes) -> bool:
+    """
+    Whether a command line's command name (its second word) is CLIENTID.
+    Such a line is parsed from its raw bytes: nothing in its token (a
+    C{{5}}, C{{3+}}, a quote) is IMAP syntax.
+    """
+    words = line.split(None, 2)
+    return len(words) >= 2 and words[1].upper() == b"CLIENTID"
 
 
 def _username(name: object) -> str:
@@ -266,7 +277,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
                 if self._pollBeforeCommand(line):
                     return None
             self._skipPoll = False
-            if len(words) >= 2 and words[1].upper() == b"CLIENTID":
+            if namesClientID(line):
                 if self._clientIDCommand(words[0], line):
                     return None
                 # Not available: the very path an unknown command takes.

@@ -495,6 +495,30 @@ class IMAPLimitTests(_Sessions, SynchronousTestCase):
             )
         self.assertEqual(self.maildir("new") + self.maildir("cur"), [])
 
+    def test_literalShapedClientIDTokens(self) -> None:
+        """
+        A valid CLIENTID token that ends like a literal announcement is a
+        token: OK, never a literal's BAD, NO [TOOBIG] or BYE, and the next
+        command is answered, sent alone or pipelined with it.
+        """
+        tokens = [b"{3+}", b"x{36700161}", b"{99999999+}", b"{2049}", b"x{5}", b"{0+}"]
+        for token in tokens:
+            for pipelined in (False, True):
+                client = self.imap()
+                client.exchange(b"c CAPABILITY")
+                line = b"t1 CLIENTID UUID " + token
+                if pipelined:
+                    reply = client.send(line + b"\r\nt2 NOOP\r\n")
+                else:
+                    reply = client.exchange(line) + client.exchange(b"t2 NOOP")
+                self.assertEqual(
+                    reply,
+                    b"t1 OK CLIENTID completed\r\nt2 OK NOOP No operation performed\r\n",
+                    (token, pipelined),
+                )
+                self.assertEqual(client.protocol.clientIdentity.token, token.decode("ascii"))
+                self.assertFalse(self.closed(client))
+
     def test_nonSynchronizingChain(self) -> None:
         client = self.imap()
         reply = client.send(b"a LOGIN {3+}\r\nbob {2+}\r\npw\r\nb NOOP\r\n")

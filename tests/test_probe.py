@@ -33,7 +33,7 @@ from clientid_twisted.probe import imapchecks, smtpchecks
 from clientid_twisted.probe.checks import Source, replaceIgnoringCase
 from clientid_twisted.probe.cli import parseAddress, UsageError
 from clientid_twisted.probe.report import escape, truncate
-from clientid_twisted.server.imapserver import MailIMAP4Factory
+from clientid_twisted.server.imapserver import _LITERAL_AT_END, MailIMAP4Factory, MailIMAP4Server
 from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.submission import SubmissionESMTP, SubmissionFactory
 from clientid_twisted.smtp import ClientIDESMTPFactory
@@ -155,6 +155,16 @@ class AcceptsMalformedIMAP4Server(ClientIDIMAP4Server):
             return ClientIDIMAP4Server._parseClientIDLine(line)
         except ValueError:
             return ClientIdentity("MALFORMED", "accepted-anyway")
+
+
+class ReadsTokenAsLiteralIMAP4Server(MailIMAP4Server):
+    """
+    The runnable server as it was: literal announcements are checked on
+    every line, CLIENTID lines too, before the CLIENTID parser sees them.
+    """
+
+    def literalAnnounced(self, line: bytes) -> Any:
+        return _LITERAL_AT_END.search(line)
 
 
 # -- running the probe -----------------------------------------------------------
@@ -468,6 +478,23 @@ class WrongServerTests(_ProbeTestCase):
         self.assertEqual(status, 1)
         malformed = {f"imap-malformed-{name}" for name, _, _, _ in imapchecks.MALFORMED}
         self.assertResults(checks, IMAP_IDS, malformed, {"imap-tls-greeting"})
+
+    @defer.inlineCallbacks
+    def test_imapReadsTokenAsLiteral(self) -> Any:
+        """
+        A server that checks literal announcements before it parses
+        CLIENTID fails the literal-shaped token checks (BAD, NO [TOOBIG],
+        BYE); ours passes them (L{OurServerTests.test_errorBudget}).
+        """
+        factory = MailIMAP4Factory(_portal(), context=self.certificate.options())
+        factory.protocol = ReadsTokenAsLiteralIMAP4Server
+        port = self.listen(factory)
+        status, checks = yield self.probeJSON("imap", port)
+        self.assertEqual(status, 1)
+        shapes = {f"imap-{name}" for name, _, _ in imapchecks.LITERAL_SHAPES}
+        self.assertResults(checks, IMAP_IDS, shapes, {"imap-tls-greeting"})
+        self.assertIn("BAD Non-synchronizing", checks["imap-literal-plus-token"]["reply"])
+        self.assertIn("NO [TOOBIG]", checks["imap-literal-toobig-token"]["reply"])
 
     @defer.inlineCallbacks
     def test_warningsOnlyExitZero(self) -> Any:

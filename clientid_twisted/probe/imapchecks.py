@@ -22,12 +22,14 @@ from clientid_twisted.probe.checks import (
     NotApplicable,
     Observations,
     Outcome,
+    PASS,
     Probe,
     Source,
     LIMITS,
     MALFORMED,
     failed,
     passed,
+    expand,
     replaceIgnoringCase,
 )
 from clientid_twisted.probe.conversations import (
@@ -36,7 +38,7 @@ from clientid_twisted.probe.conversations import (
     sendMalformed,
     singleCommand,
 )
-from clientid_twisted.probe.connection import ReplyTimeout, Unreachable
+from clientid_twisted.probe.connection import ProbeError, ReplyTimeout, Unreachable
 from clientid_twisted.probe.imap import (
     IMAPResponse,
     IMAPSession,
@@ -54,6 +56,16 @@ SPECIAL_TOKEN = b'$TOKEN"q(p)\\b%*'
 
 LITERAL_TOKEN = b"$TOKEN{5}"
 """A valid token that ends like a literal announcement."""
+
+LITERAL_SHAPES: list[tuple[str, bytes, str]] = [
+    ("literal-plus-token", b"{3+}", "a non-synchronizing literal ({3+})"),
+    ("literal-toobig-token", b"x{36700161}", "a literal over a 35 MiB limit (x{36700161})"),
+    ("literal-plus-huge-token", b"{99999999+}", "a huge non-synchronizing literal ({99999999+})"),
+]
+"""Valid tokens shaped like literal announcements a server with a literal
+size limit or without LITERAL+ refuses: identifier, token, description.
+A server that checks literals before parsing CLIENTID answers them BAD, NO
+[TOOBIG] or BYE, and may swallow the next command."""
 
 
 # -- conversations ---------------------------------------------------------
@@ -364,18 +376,55 @@ def checkRepeat(probe: Probe) -> Outcome:
     return _expect(seen.need("repeat"), b"BAD", "one CLIENTID per connection")
 
 
-def _specialCheck(name: str, line: bytes, what: str) -> Callable[[Probe], Outcome]:
+def _thenNoop(line: bytes) -> Callable[[Probe, Observations], None]:
+    """
+    A CLIENTID line, then NOOP on the same connection: its reply is
+    C{seen["next"]} (or the error that kept it from coming).
+    """
+
+    def conversation(probe: Probe, seen: Observations) -> None:
+        with session(probe) as s:
+            seen["clientid"] = s.command(expand(probe, line))
+            try:
+                seen["next"] = s.command(b"NOOP")
+            except ProbeError as e:
+                seen["next"] = e
+
+    return conversation
+
+
+def _tokenCheck(name: str, token: bytes, what: str) -> Callable[[Probe], Outcome]:
+    """
+    A CLIENTID with C{token} gets OK, and the NOOP after it is answered.
+    """
+
     def run(probe: Probe) -> Outcome:
         _advertised(probe)
         try:
-            response = probe.observe(name, singleCommand(session, line)).need("clientid")
+            seen = probe.observe(name, _thenNoop(b"CLIENTID UUID " + token))
+            response: IMAPResponse = seen.need("clientid")
         except ReplyTimeout:
             return failed(
                 b"",
                 f"no reply within {probe.target.timeout:g} s: the server seems to "
                 "wait for a literal",
             )
-        return _expect(response, b"OK", what)
+        except ProbeError as e:
+            return failed(b"", f"the server read the token as a literal: {e}")
+        outcome = _expect(response, b"OK", what)
+        if outcome.result != PASS:
+            return outcome
+        try:
+            following: IMAPResponse = seen.need("next")
+        except ProbeError as e:
+            return failed(response.raw, f"the NOOP after it got no answer: {e}")
+        if following.status != b"OK":
+            return failed(
+                response.raw + following.raw,
+                "the NOOP after it was not answered OK: the server read it as "
+                "part of a literal",
+            )
+        return passed(response.raw + following.raw)
 
     return run
 
@@ -568,15 +617,25 @@ CHECKS: list[Check] = [
         'Token with " ( ) \\ % * gets OK, verbatim',
         Source.MUST,
         f"{DRAFT} §2.2, §3 (VCHAR)",
-        _specialCheck("special", b"CLIENTID UUID " + SPECIAL_TOKEN, "any VCHAR token"),
+        _tokenCheck("special", SPECIAL_TOKEN, "any VCHAR token"),
     ),
     Check(
         "imap-literal-token",
         "Token ending in {5} gets OK, no '+' wait",
         Source.MUST,
         f"{DRAFT} §2.2, §3 (VCHAR)",
-        _specialCheck("literal", b"CLIENTID UUID " + LITERAL_TOKEN, "any VCHAR token"),
+        _tokenCheck("literal", LITERAL_TOKEN, "any VCHAR token"),
     ),
+    *[
+        Check(
+            f"imap-{name}",
+            f"Token {token.decode('ascii')} gets OK, next command answered",
+            Source.MUST,
+            f"{DRAFT} §2.1, §2.2, §3 (VCHAR; never NO)",
+            _tokenCheck(name, b"$TOKEN" + token, f"any VCHAR token, also {description}"),
+        )
+        for name, token, description in LITERAL_SHAPES
+    ],
     *[
         Check(
             f"imap-malformed-{name}",

@@ -12,7 +12,8 @@ Twisted's IMAP4Server does not support LITERAL+ (RFC 7888): C{{n+}} is a
 "bad literal size" to it, and the literal's bytes would then be read as
 commands.  We do not list LITERAL+; a non-synchronising literal gets BAD
 and its bytes are skipped unread, or, over C{maxLiteralBytes}, the
-connection ends with BYE.
+connection ends with BYE.  A CLIENTID line never announces a literal: its
+token may end in C{{n}} or C{{n+}} and is still just a token.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
-from clientid_twisted.imap import ClientIDIMAP4Factory, ClientIDIMAP4Server
+from clientid_twisted.imap import ClientIDIMAP4Factory, ClientIDIMAP4Server, namesClientID
 from clientid_twisted.server.connections import LimitedFactoryMixin
 from clientid_twisted.server.guard import SessionGuardMixin
 from clientid_twisted.server.net import setNoDelay
@@ -195,7 +196,7 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
             return None
         if self._discardingPlaintext or self.parseState not in ("command", "pending"):
             return super().lineReceived(line)
-        match = _LITERAL_AT_END.search(line)
+        match = self.literalAnnounced(line)
         if match is None:
             return super().lineReceived(line)
         size = _literalSize(match.group(1))
@@ -212,6 +213,18 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
             self.countError()
             return None
         return super().lineReceived(line)
+
+    def literalAnnounced(self, line: bytes) -> re.Match[bytes] | None:
+        """
+        The literal announcement (C{{n}} or C{{n+}}) that ends a command
+        line, if any.  A CLIENTID line announces none, whatever its token
+        ends with: the contract parses it from the raw line, so a valid
+        token like C{{3+}} or C{x{36700161}} gets OK, not a literal's BAD,
+        NO [TOOBIG] or BYE.
+        """
+        if self.parseState == "command" and namesClientID(line):
+            return None
+        return _LITERAL_AT_END.search(line)
 
     def _tagOf(self, line: bytes) -> bytes | None:
         if self.parseState == "pending":
