@@ -17,6 +17,7 @@ from clientid_twisted.interfaces import IClientIDPolicy
 from clientid_twisted.policy import keys
 from clientid_twisted.policy.decision import Attempt, Verdict
 from clientid_twisted.policy.engine import DevicePolicy
+from clientid_twisted.policy.health import RECOVERY_SECONDS
 from clientid_twisted.store.errors import StoreError
 from clientid_twisted.store.records import APPROVED, PENDING, REVOKED
 from tests.policyharness import ALICE, BOB, START, PolicyHarness
@@ -624,10 +625,34 @@ class StoreFailureTests(SynchronousTestCase):
         self.assertNotIn("disk on fire", repr([e for e in h.logged if e.get("storeEvent") == "up"]))
         self.patch(h.store, "loadState", h.store.__class__.loadState.__get__(h.store))
         self.assertEqual(h.login(), "ok")
+        self.assertEqual(self.storeLog(h), ["down"])
+        h.clock.advance(RECOVERY_SECONDS)
+        self.assertEqual(h.login(), "ok")
         self.assertEqual(self.storeLog(h), ["down", "up"])
         self.breakStore(h)
         h.login()
         self.assertEqual(self.storeLog(h), ["down", "up", "down"])
+
+    def test_flappingStoreLoggedOnce(self) -> None:
+        """
+        A store failing and working by turns (a full disk: reads work,
+        writes fail) is one outage: one "unavailable" line and, once it
+        has worked for RECOVERY_SECONDS, one "recovered", not a pair per
+        login.
+        """
+        h = PolicyHarness(self)
+        working = h.store.__class__.loadState.__get__(h.store)
+        for n in range(10):
+            self.breakStore(h)
+            h.login()
+            h.clock.advance(0.25)
+            self.patch(h.store, "loadState", working)
+            h.login()
+            h.clock.advance(0.25)
+        self.assertEqual(self.storeLog(h), ["down"])
+        h.clock.advance(RECOVERY_SECONDS)
+        h.login()
+        self.assertEqual(self.storeLog(h), ["down", "up"])
 
     def test_failOpen(self) -> None:
         h = PolicyHarness(self, {**allowlist(), "policy": {"devices": "allowlist", "store_failure": "open"}})

@@ -2,6 +2,11 @@
 """
 Watching the store from the policy's side: log an outage once when it
 starts and once when it ends, however many logins it touches.
+
+A store that half works (a full disk: reads succeed, writes fail) fails
+and succeeds by turns; so an outage ends only once the store has worked
+for L{RECOVERY_SECONDS} without a failure, and a flapping store logs one
+pair, not one per login.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["StoreHealth"]
+__all__ = ["StoreHealth", "RECOVERY_SECONDS"]
+
+RECOVERY_SECONDS = 60.0
+"""How long the store must work without a failure before an outage is
+over (and logged as such)."""
 
 
 class StoreHealth:
@@ -31,9 +40,11 @@ class StoreHealth:
         self.failing = False
         self.failures = 0
         self._since = 0.0
+        self._lastFailure = 0.0
 
     def failed(self, reason: Failure) -> None:
         self.failures += 1
+        self._lastFailure = self._clock.seconds()
         if self.failing:
             return
         self.failing = True
@@ -51,6 +62,9 @@ class StoreHealth:
 
     def succeeded(self) -> None:
         if not self.failing:
+            return
+        if self._clock.seconds() - self._lastFailure < RECOVERY_SECONDS:
+            # Working again, maybe only for reads: not over yet.
             return
         self.log.info(
             "CLIENTID store recovered after {seconds:.1f} s ({failures} failed operations)",
