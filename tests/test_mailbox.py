@@ -1075,6 +1075,36 @@ class SearchTests(AccountMixin, SynchronousTestCase):
 
 
 class RecoveryTests(AccountMixin, SynchronousTestCase):
+    def test_stateWrittenDurably(self) -> None:
+        """
+        The uidlist is written like a message: a temporary file, synced,
+        renamed over the old one, then the directory synced; a power cut
+        leaves the old state or the new, so UIDVALIDITY never resets.
+        """
+        deliver(self.root)
+        calls: list[tuple[str, str]] = []
+        realFsync, realReplace = os.fsync, os.replace
+
+        def fsync(fd: int) -> None:
+            calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            realFsync(fd)
+
+        def replace(source: Any, destination: Any) -> None:
+            calls.append(("replace", os.path.realpath(destination)))
+            realReplace(source, destination)
+
+        self.patch(os, "fsync", fsync)
+        self.patch(os, "replace", replace)
+        self.inbox()
+        root = os.path.realpath(self.root)
+        state = os.path.join(root, UIDLIST)
+        writes = [c for c in calls if c[1] == state or c[0] == "fsync"]
+        index = writes.index(("replace", state))
+        temporary = writes[index - 1]
+        self.assertEqual(temporary[0], "fsync")
+        self.assertTrue(temporary[1].startswith(root + "/."), temporary)
+        self.assertEqual(writes[index + 1], ("fsync", root))
+
     def test_corruptStateRebuilt(self) -> None:
         """
         An unreadable uidlist is set aside and rebuilt under a new

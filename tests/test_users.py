@@ -442,10 +442,10 @@ class CorruptFileTests(SynchronousTestCase):
         """
         before = self.users.path.read_bytes()
 
-        def failingDump(*a: object, **kw: object) -> None:
+        def failingSync(fd: int) -> None:
             raise OSError("disk full")
 
-        self.patch(usersModule.json, "dump", failingDump)
+        self.patch(usersModule.os, "fsync", failingSync)
         self.assertRaises(OSError, self.users.addUser, "bob@example.org", "pw")
         self.assertEqual(self.users.path.read_bytes(), before)
         self.assertEqual(

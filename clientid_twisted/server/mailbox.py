@@ -13,7 +13,8 @@ C{new/}; we never touch C{tmp/} files we did not make.
 Per folder we keep C{clientid-uidlist} (JSON: UIDVALIDITY, UIDNEXT, the
 UID of each message, keyed by its file name before C{:2,}, and custom
 keywords, which Maildir file names cannot hold), replaced atomically and
-rebuilt with a new UIDVALIDITY if it is unreadable.  System flags live in
+durably (temporary file, fsync, rename, fsync of the directory: a power
+cut must not force a UIDVALIDITY reset) and rebuilt with a new UIDVALIDITY if it is unreadable.  System flags live in
 the file names (C{D F R S T}); C{\\Recent} belongs to the first
 read-write session that moves a message from C{new/} to C{cur/}.  The
 account root also holds C{subscriptions} (one name a line) and
@@ -72,7 +73,7 @@ from twisted.mail.interfaces import (
     ISearchableIMAPMailbox,
 )
 
-from clientid_twisted.server.files import fsyncDirectory
+from clientid_twisted.server.files import fsyncDirectory, replaceDurably
 
 try:
     import fcntl
@@ -269,24 +270,6 @@ def _nameFromDirectory(directory: str) -> list[str] | None:
 
 
 # -- small file helpers ---------------------------------------------------------
-
-
-def _atomicWrite(path: Path, data: bytes) -> None:
-    """
-    Replace C{path} by C{data}: readers see the old file or the new one.
-    """
-    temporary = path.with_name(
-        "%s.%d.%s.tmp" % (path.name, os.getpid(), secrets.token_hex(4))
-    )
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 @contextlib.contextmanager
@@ -604,7 +587,7 @@ class _Folder:
 
     def writeState(self, state: _FolderState) -> None:
         try:
-            _atomicWrite(self.statePath, state.toBytes())
+            replaceDurably(self.statePath, state.toBytes())
         except OSError as e:
             _log.error(
                 "Cannot write mailbox state {path}: {error}",
@@ -1838,7 +1821,7 @@ class MaildirAccount:
                 last = 0
             value = min(max(int(time.time()), last + 1), 2**32 - 1)
             try:
-                _atomicWrite(counter, b"%d\n" % (value,))
+                replaceDurably(counter, b"%d\n" % (value,))
             except OSError as e:
                 _log.error(
                     "Cannot write {path}: {error}",
@@ -1864,7 +1847,7 @@ class MaildirAccount:
         return [line for line in text.splitlines() if line]
 
     def _writeSubscriptions(self, names: list[str]) -> None:
-        _atomicWrite(
+        replaceDurably(
             self.root / SUBSCRIPTIONS, "".join(n + "\n" for n in names).encode("utf-8")
         )
 

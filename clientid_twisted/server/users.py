@@ -20,7 +20,6 @@ import hmac
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clientid_twisted.errors import TemporaryAuthenticationFailure
-from clientid_twisted.server.files import fsyncDirectory
+from clientid_twisted.server.files import replaceDurably
 
 try:
     import fcntl
@@ -325,24 +324,8 @@ class UserDatabase:
             os.close(fd)  # also releases the lock
 
     def _write(self, users: dict[str, str]) -> None:
-        fd, temporary = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        try:
-            # mkstemp made it 0600 whatever the umask.
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(users, f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
-        fsyncDirectory(self.path.parent)
+        text = json.dumps(users, indent=2, sort_keys=True) + "\n"
+        replaceDurably(self.path, text.encode("utf-8"))
         # Our own write is not news to us.
         self._stamp = None
         self._load()
