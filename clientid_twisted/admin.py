@@ -4,7 +4,7 @@ C{clientid-admin}: manage the runnable server's data directory::
 
     clientid-admin [--data-dir DIR] user add ADDRESS --password-stdin
     clientid-admin [--data-dir DIR] user passwd ADDRESS --password-stdin
-    clientid-admin [--data-dir DIR] user remove ADDRESS
+    clientid-admin [--data-dir DIR] user remove ADDRESS [--keep-mail]
     clientid-admin [--data-dir DIR] user list
 
     clientid-admin [--data-dir DIR | --store URL] devices list ADDRESS [--json]
@@ -32,6 +32,7 @@ import contextlib
 import getpass
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -151,10 +152,36 @@ def _userPasswd(context: _Context) -> None:
     context.say(f"changed the password of {address.lower()}")
 
 
+REMOVED_MAIL_DIR = "mail-removed"
+"""Where C{user remove --keep-mail} moves a removed account's maildir."""
+
+
 def _userRemove(context: _Context) -> None:
+    """
+    Remove the account, its mailbox (or, with C{--keep-mail}, move it aside
+    under C{DATA_DIR/mail-removed/}) and what the store keeps for it, so
+    that a new account of the same name sees none of it.
+    """
+    from clientid_twisted.server.delivery import maildirPath
+
     address = context.arguments.address
-    context.users().removeUser(address)
-    context.say(f"removed user {address.lower()} (the mail stays on disk)")
+    users = context.users()
+    users.removeUser(address)
+    account = normalizeAddress(address)
+    maildir = maildirPath(context.dataDir, account)
+    if not maildir.exists():
+        mail = "it had no mailbox"
+    elif context.arguments.keep_mail:
+        aside = context.dataDir / REMOVED_MAIL_DIR
+        aside.mkdir(mode=0o700, exist_ok=True)
+        target = aside / f"{account}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        maildir.rename(target)
+        mail = f"its mail moved to {target}"
+    else:
+        shutil.rmtree(maildir)
+        mail = "its mail deleted"
+    _manager(context).forgetAccount(account)
+    context.say(f"removed user {account}: {mail}, its devices and counters forgotten")
 
 
 def _userList(context: _Context) -> None:
@@ -182,8 +209,16 @@ def _addUserCommands(commands: Any) -> None:
     withPassword(passwd)
     passwd.set_defaults(run=_userPasswd)
 
-    remove = actions.add_parser("remove", help="remove an account")
+    remove = actions.add_parser(
+        "remove", help="remove an account, its mail and its devices"
+    )
     remove.add_argument("address", metavar="ADDRESS")
+    remove.add_argument(
+        "--keep-mail",
+        action="store_true",
+        help="move the mailbox to DATA_DIR/mail-removed/ instead of deleting it",
+    )
+    _storeOptions(remove)
     remove.set_defaults(run=_userRemove)
 
     listing = actions.add_parser("list", help="list the accounts")

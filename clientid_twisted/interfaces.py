@@ -145,6 +145,17 @@ class IClientIDStore(Interface):
             L{clientid_twisted.store.records.DeviceRecord}.
         """
 
+    def forgetDevices(account, event):
+        """
+        Remove every device record of C{account}, approved, pending or
+        revoked (the account is gone; a new account of the same name
+        starts with none).
+
+        @param event: An L{clientid_twisted.store.records.Event} to record
+            with the change, or L{None}.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with L{None}.
+        """
+
     def setLock(key, seconds, event):
         """
         Lock C{key} for C{seconds} from now (L{None}: until cleared),

@@ -492,6 +492,22 @@ class StoreTestsMixin:
         self.assertEqual([e.kind for e in events], ["unlocked"])  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
+    def test_forgetDevices(self) -> Any:
+        """
+        Every device of one account goes, whatever its state; other
+        accounts keep theirs.
+        """
+        for digest, state in (("d1", APPROVED), ("d2", PENDING), ("d3", REVOKED)):
+            yield self.store.setDeviceState("a@x", digest, "UUID", digest, state, None)
+        yield self.store.setDeviceState("b@x", "d1", "UUID", "d1", APPROVED, None)
+        yield self.store.forgetDevices("a@x", Event("user-removed", account="a@x"))
+        self.assertEqual((yield self.store.listDevices("a@x")), [])  # type: ignore[attr-defined]
+        others = yield self.store.listDevices("b@x")
+        self.assertEqual([d.digest for d in others], ["d1"])  # type: ignore[attr-defined]
+        events = yield self.store.listEvents("a@x", 10)
+        self.assertEqual([e.kind for e in events], ["user-removed"])  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
     def test_readYourWrites(self) -> Any:
         """
         A read sees a write made before it, even if the write's Deferred has

@@ -122,6 +122,7 @@ class UserCommandTests(AdminTestMixin, SynchronousTestCase):
         status, out, err = self.admin("user", "remove", "Alice@example.org")
         self.assertEqual((status, err), (0, ""))
         self.assertIn("removed user alice@example.org", out)
+        self.assertIn("it had no mailbox", out)
         self.assertEqual(self.users.listUsers(), ["bob@example.org"])
 
     def test_removeUnknown(self) -> None:

@@ -263,6 +263,60 @@ class DevicesApproveRevokeTests(AdminDevicesTestCase):
         self.assertEqual(harness.login(account=ALICE, token=TOKEN), "refused")
 
 
+class UserRemoveTests(AdminDevicesTestCase):
+    """
+    C{user remove}: a new account of the same name starts clean.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.maildir = self.dataDir / "mail" / ALICE
+        (self.maildir / "new").mkdir(parents=True)
+        (self.maildir / "new" / "1.M1P1.host").write_bytes(b"Subject: old mail\r\n\r\n")
+        self.seen(TOKEN, APPROVED)
+        self.seen("22222222-2222-4222-8222-222222222222", PENDING)
+        store = self.store()
+        for key in keys.accountKeys(ALICE):
+            resultOf(store.setLock(key, None, None))
+        store.close()
+
+    def readd(self) -> None:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        status = main(
+            ["--data-dir", str(self.dataDir), "user", "add", ALICE, "--password-stdin"],
+            stdin=io.StringIO("new\n"), stdout=stdout, stderr=stderr,
+        )
+        self.assertEqual(status, 0, stderr.getvalue())
+
+    def assertStoreClean(self) -> None:
+        store = self.store()
+        self.assertEqual(resultOf(store.listDevices(ALICE)), [])
+        self.assertEqual(resultOf(store.activeLocks(keys.accountKeys(ALICE))), {})
+        store.close()
+
+    def test_removeEverything(self) -> None:
+        status, out, err = self.admin("user", "remove", ALICE)
+        self.assertEqual(status, 0, err)
+        self.assertIn("its mail deleted", out)
+        self.assertFalse(self.maildir.exists())
+        self.assertStoreClean()
+        self.readd()
+        self.assertEqual(self.listed(), [])
+        self.assertFalse((self.maildir / "new").exists())
+
+    def test_keepMail(self) -> None:
+        status, out, err = self.admin("user", "remove", ALICE, "--keep-mail")
+        self.assertEqual(status, 0, err)
+        self.assertFalse(self.maildir.exists())
+        [aside] = (self.dataDir / "mail-removed").iterdir()
+        self.assertTrue(aside.name.startswith(ALICE + "."))
+        self.assertIn(str(aside), out)
+        self.assertEqual(
+            (aside / "new" / "1.M1P1.host").read_bytes(), b"Subject: old mail\r\n\r\n"
+        )
+        self.assertStoreClean()
+
+
 class TokensTests(AdminDevicesTestCase):
     def manager(self) -> DeviceManager:
         return DeviceManager(self.store(), self.hasher)

@@ -172,3 +172,50 @@ class AttemptFromCredentialsTests(SynchronousTestCase):
 
     def test_withoutIdentity(self) -> None:
         self.assertIsNone(attemptFromCredentials(identified(token=None)).identity)
+
+
+class SameWorkTests(SynchronousTestCase):
+    """
+    With a clock, a right password from a refused device and a wrong
+    password do the same work before the answer: one policy evaluation,
+    one password check (the KDF); what the outcome records (a device
+    record, a notice) comes a turn later, after the answer.
+    """
+
+    def attempt(self, harness: Any, password: str) -> tuple[list[Any], list[str]]:
+        calls: list[str] = []
+        policy = harness.policy
+
+        class Counting:
+            def evaluate(self, attempt: Any) -> Any:
+                calls.append("evaluate")
+                return policy.evaluate(attempt)
+
+            def outcome(self, decision: Any, accepted: bool) -> Any:
+                calls.append("outcome")
+                return policy.outcome(decision, accepted)
+
+        checker = ClientIDChecker(harness.inner, Counting(), harness.clock)
+        before = harness.inner.calls
+        results: list[Any] = []
+        checker.requestAvatarId(harness.credentials(token="refused", password=password)).addBoth(
+            results.append
+        )
+        calls.append(f"password checks: {harness.inner.calls - before}")
+        answered = list(calls)
+        harness.clock.advance(0)
+        return results, answered + ["answered"] + calls[len(answered):]
+
+    def test_sameWorkBeforeTheAnswer(self) -> None:
+        from tests.policyharness import PolicyHarness
+
+        harness = PolicyHarness(self, {"policy": {"devices": "allowlist"}})
+        rightResults, right = self.attempt(harness, "right")
+        wrongResults, wrong = self.attempt(harness, "wrong")
+        for results in (rightResults, wrongResults):
+            [failure] = results
+            self.assertTrue(failure.check(UnauthorizedLogin))
+        expected = ["evaluate", "password checks: 1", "answered", "outcome"]
+        self.assertEqual(right, expected)
+        self.assertEqual(wrong, expected)
+        self.assertIn("device-refused", harness.observer.kinds())

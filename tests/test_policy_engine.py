@@ -583,6 +583,20 @@ class UnknownDeviceLimitTests(SynchronousTestCase):
         self.assertEqual(h.login(account=BOB, token="fresh"), "ok")
         self.assertIn("account-closed", h.observer.kinds())
 
+    def test_closedToLoginsWithoutCLIENTID(self) -> None:
+        """
+        Closed to unknown devices means closed to logins without a device
+        too (learn mode, the default); other accounts are not affected,
+        and the closure ends as for devices.
+        """
+        h = self.harness
+        self.assertEqual(h.login(token=None), "ok")
+        self.spray(3)
+        self.assertEqual(h.login(token=None), "refused")
+        self.assertEqual(h.login(account=BOB, token=None), "ok")
+        h.clock.advance(900)
+        self.assertEqual(h.login(token=None), "ok")
+
     def test_closureEnds(self) -> None:
         h = self.harness
         self.spray(3)

@@ -81,10 +81,21 @@ class ClientIDChecker:
 
     log = Logger()
 
-    def __init__(self, innerChecker: ICredentialsChecker, policy: IClientIDPolicy) -> None:
+    def __init__(
+        self, innerChecker: ICredentialsChecker, policy: IClientIDPolicy, clock: Any = None
+    ) -> None:
+        """
+        @param clock: If given, the outcome goes to the policy one turn of
+            C{clock} after the answer, so the answer never waits on what
+            the outcome records (a right password from a refused device
+            writes a device record and sends a notice; a wrong one does
+            not): both answers then cost the same, a password check.
+            L{None}: before the answer, at once (unit tests).
+        """
         self.innerChecker = innerChecker
         self.policy = policy
         self.credentialInterfaces = tuple(innerChecker.credentialInterfaces)
+        self._clock = clock
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         """
@@ -110,6 +121,16 @@ class ClientIDChecker:
         if decision.verdict is Verdict.TEMPFAIL:
             raise TemporaryAuthenticationFailure(decision.reason)
         passwordAccepted = avatarId is not _REFUSED
+        if self._clock is None:
+            self._outcome(decision, passwordAccepted)
+        else:
+            self._clock.callLater(0, self._outcome, decision, passwordAccepted)
+        if passwordAccepted and decision.verdict is Verdict.ACCEPT:
+            return avatarId
+        raise UnauthorizedLogin()
+
+
+    def _outcome(self, decision: Decision, passwordAccepted: bool) -> None:
         try:
             recorded = self.policy.outcome(decision, passwordAccepted)
         except Exception:
@@ -119,9 +140,6 @@ class ClientIDChecker:
                 recorded.addErrback(
                     lambda f: self.log.failure("the CLIENTID policy failed to record", f)
                 )
-        if passwordAccepted and decision.verdict is Verdict.ACCEPT:
-            return avatarId
-        raise UnauthorizedLogin()
 
 
 def _firstError(reason: Failure) -> Failure:

@@ -122,4 +122,4 @@ class ClientIDCheckerFactory:
         key = store.identityKey(None)
         key.addCallback(lambda key: setattr(policy, "hasher", IdentityHasher(key)))
         reactor.addSystemEventTrigger("before", "shutdown", store.close)
-        return ClientIDChecker(inner, policy)
+        return ClientIDChecker(inner, policy, reactor)

@@ -24,8 +24,9 @@ first that refuses wins:
        (C{unknown_device_failures}; not in C{off} mode, where every device
        is unknown), under attack, in C{allowlist} mode, or in C{tofu} mode
        once the account has C{tofu_max_devices}.
-    6. Without an identity: refused if the address is locked
-       (C{address_failures}) or under attack.
+    6. Without an identity: refused if the account is closed to unknown
+       devices (as in 5: no device is no known device), the address is
+       locked (C{address_failures}), or under attack.
     7. Otherwise the password decides.
 
 Store failures give C{TEMPFAIL} (or, with C{store_failure = "open"}, let the
@@ -229,6 +230,9 @@ class DevicePolicy:
                 member=account,
                 scope=tuple(scope),
             )
+        if account is not None:
+            # A login without a device is no known device either.
+            locks.append(keys.accountClosed(account))
         if address is not None:
             locks.append(keys.addressLocked(address))
             scope.append(keys.addressScope(address))
@@ -271,6 +275,10 @@ class DevicePolicy:
                 if config.devices == TOFU and state.approvedDevices >= config.tofuMaxDevices:
                     return decision(Verdict.REJECT, "device not approved (tofu limit reached)")
             return decision(Verdict.ACCEPT, "")
+        if account is not None and config.devices != OFF and keys.accountClosed(account) in locks:
+            # Closed to unknown devices means to logins with no device too:
+            # otherwise leaving out CLIENTID walks around the closure.
+            return decision(Verdict.REJECT, "account closed to unknown devices")
         if attempt.address is not None and keys.addressLocked(attempt.address) in locks:
             return decision(Verdict.REJECT, "address locked")
         if underAttack:

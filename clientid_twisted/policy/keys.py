@@ -95,3 +95,11 @@ def tokenKeys(digest: str) -> tuple[str, ...]:
         deviceFailures(digest),
         tokenAccounts(digest),
     )
+
+
+def accountKeys(account: str) -> tuple[str, ...]:
+    """
+    The account's own locks and counts, which C{user remove} clears so a
+    new account of the same name starts clean.
+    """
+    return (accountClosed(account), unknownFailures(account))

@@ -173,6 +173,15 @@ class DeviceManager:
         until: float = resultOf(self.store.setLock(keys.tokenRevoked(digest), seconds, event))
         return until
 
+    def forgetAccount(self, account: str) -> None:
+        """
+        Remove everything the store keeps for an account that is gone: its
+        devices (approved, pending and revoked) and its counts and locks.
+        """
+        event = Event("user-removed", account, detail=f"by {self.actor}")
+        resultOf(self.store.forgetDevices(account, event))
+        resultOf(self.store.clearKeys(keys.accountKeys(account), None))
+
     def unlockToken(self, identity: ClientIdentity) -> None:
         """
         Lift a token's revocation and lock, and forget the failures and

@@ -276,7 +276,7 @@ def buildAuthentication(
             )
         _log.info("CLIENTID policy: {policy!r} from {factory}", policy=policy, factory=settings.custom)
     return Authentication(
-        checker=ClientIDChecker(innerChecker, policy),
+        checker=ClientIDChecker(innerChecker, policy, clock),
         store=store,
         policy=policy,
         hasher=builtIn.hasher,

@@ -206,6 +206,9 @@ class CountingStore:
             event,
         )
 
+    def forgetDevices(self, account: str, event: Any) -> Any:
+        return self._call("forgetDevices", self.store.forgetDevices, account, event)
+
     def setLock(self, key: str, seconds: float | None, event: Any) -> Any:
         def counted(result: Any) -> Any:
             self.metrics.lockSet(key)

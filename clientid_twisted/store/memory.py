@@ -242,6 +242,16 @@ class MemoryStore:
             self._record(event, now, [])
         return defer.succeed(new)
 
+    def forgetDevices(self, account: str, event: Event | None) -> defer.Deferred[None]:
+        try:
+            now = self._now()
+        except StoreError:
+            return defer.fail()
+        self._devices.pop(account, None)
+        if event is not None:
+            self._record(event, now, [])
+        return defer.succeed(None)
+
     def setLock(
         self, key: str, seconds: float | None, event: Event | None
     ) -> defer.Deferred[float]:

@@ -650,6 +650,17 @@ class RedisStore:
             float,
         )
 
+    def forgetDevices(self, account: str, event: Event | None) -> defer.Deferred[None]:
+        return self._run(
+            SCRIPTS["forgetDevices"],
+            (
+                _eventJSON(event) if event is not None else "",
+                (event.account or "") if event is not None else "",
+                account,
+            ),
+            lambda _: None,
+        )
+
     def clearKeys(self, keys: Iterable[str], event: Event | None) -> defer.Deferred[None]:
         return self._run(
             SCRIPTS["clearKeys"],

@@ -336,6 +336,12 @@ if ARGV[6] ~= '' then record(ARGV[6], ARGV[7]) end
 return 1
 """
 
+_FORGET_DEVICES = r"""
+redis.call('DEL', P .. 'devices:' .. ARGV[8])
+if ARGV[6] ~= '' then record(ARGV[6], ARGV[7]) end
+return 1
+"""
+
 _ACTIVE_LOCKS = r"""
 local locks = {}
 for i = 6, #ARGV do
@@ -363,6 +369,7 @@ SCRIPTS = {
         _script("setDeviceState", _SET_DEVICE_STATE),
         _script("setLock", _SET_LOCK),
         _script("clearKeys", _CLEAR_KEYS),
+        _script("forgetDevices", _FORGET_DEVICES),
         _script("activeLocks", _ACTIVE_LOCKS),
     )
 }

@@ -552,6 +552,9 @@ class SQLiteStore:
             sqlops.setDeviceState, (), account, digest, typeName, fingerprint, state, event
         )
 
+    def forgetDevices(self, account: str, event: Event | None) -> defer.Deferred[None]:
+        return self._write(sqlops.forgetDevices, (), account, event)
+
     def setLock(self, key: str, seconds: float | None, event: Event | None) -> defer.Deferred[float]:
         return self._write(sqlops.setLock, (), key, seconds, event)
 

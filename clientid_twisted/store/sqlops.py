@@ -327,6 +327,14 @@ def setDeviceState(
     return DeviceRecord(*row)
 
 
+def forgetDevices(
+    connection: sqlite3.Connection, now: float, account: str, event: Event | None
+) -> None:
+    connection.execute("DELETE FROM devices WHERE account = ?", (account,))
+    if event is not None:
+        _record(connection, now, event, None)
+
+
 def setLock(
     connection: sqlite3.Connection,
     now: float,
