@@ -16,6 +16,7 @@ import base64
 import os
 import random
 import select
+import shutil
 import ssl
 import tempfile
 import time
@@ -122,6 +123,7 @@ class FuzzTests(SynchronousTestCase):
         if why is not None:
             raise SkipTest(why)
         self.work = Path(tempfile.mkdtemp(prefix="clientid-fuzz-"))
+        self.addCleanup(shutil.rmtree, self.work, ignore_errors=True)
         self.server = RunningServer(
             self.work,
             "[server]\n"
