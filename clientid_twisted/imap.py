@@ -23,6 +23,7 @@ import re
 from typing import Any, Callable
 
 from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import ServerFactory, connectionDone
@@ -34,6 +35,7 @@ from clientid_twisted.authlog import logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.sasl import foreignAuthorization
 from clientid_twisted.sessionstate import ClientIDSessionMixin
 from clientid_twisted.identity import (
     ClientIdentity,
@@ -51,6 +53,7 @@ __all__ = [
     "loginWithClientID",
     "AUTHENTICATION_FAILED",
     "TEMPORARY_FAILURE",
+    "PRIVACY_REQUIRED",
     "namesClientID",
 ]
 
@@ -67,11 +70,65 @@ AUTHENTICATION_FAILED = b"[AUTHENTICATIONFAILED] Authentication failed"
 TEMPORARY_FAILURE = b"[UNAVAILABLE] Temporary authentication failure"
 """What a LOGIN or AUTHENTICATE that could not be decided gets."""
 
+PRIVACY_REQUIRED = b"[PRIVACYREQUIRED] Use STARTTLS before sending a password"
+"""What LOGIN and AUTHENTICATE PLAIN/LOGIN get in plaintext while STARTTLS
+is on offer (RFC 9051 section 7.1)."""
+
 
 def _validTag(tag: bytes) -> bool:
     return _PRINTABLE.fullmatch(tag) is not None and not (
         _NOT_TAG_CHARACTERS.intersection(tag)
     )
+
+
+_SYNTAX = b"Illegal syntax: "
+_STATIC_SYNTAX_DETAILS = frozenset(
+    [
+        # Twisted's parsers' fixed texts, and ours.
+        b"Missing argument",
+        b"Unmatched quotes",
+        b"Malformed literal",
+        b"Malformed ATOM",
+        b"Missing parenthesis",
+        b"Mismatched parenthesis",
+        b"Missing literal",
+        b"Malformed flag",
+        b"Malformed date-time",
+        b"Missing charset identifier",
+        b"Malformed Response - not base64",
+        b"Invalid Argument",
+        b"malformed arguments",
+        b"8-bit bytes outside a string",
+        b"bytes that do not decode",
+        b"unexpected initial response",
+    ]
+)
+_DETAIL_PREFIXES = {
+    b"Too many arguments": b"Too many arguments",
+    b"Bad literal size": b"Bad literal size",
+    b"Bad message number": b"Bad message number",
+}
+_REDACTED_PREFIXES = (b"Illegal mailbox name: ", b"Server error: ")
+
+
+def withoutClientData(message: bytes) -> bytes:
+    """
+    A BAD or NO text without what Twisted copies into it from the client's
+    line or an exception (C{Too many arguments for command: b'secret'}
+    repeats a password): the fixed part of the message only.
+    """
+    if message.startswith(_SYNTAX):
+        detail = message[len(_SYNTAX):]
+        if detail in _STATIC_SYNTAX_DETAILS:
+            return message
+        for prefix, fixed in _DETAIL_PREFIXES.items():
+            if detail.startswith(prefix):
+                return _SYNTAX + fixed
+        return _SYNTAX + b"invalid arguments"
+    for prefix in _REDACTED_PREFIXES:
+        if message.startswith(prefix):
+            return prefix[:-2]
+    return message
 
 
 def namesClientID(line: bytes) -> bool:
@@ -163,9 +220,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
     _pendingLiteral: Any
     _onLogout: Any
     POSTAUTH_TIMEOUT: int
-    sendBadResponse: Callable[..., None]
     sendPositiveResponse: Callable[..., None]
-    sendNegativeResponse: Callable[..., None]
     sendLine: Callable[[bytes], Any]
     setTimeout: Callable[[Any], Any]
     _unblock: Callable[[], None]
@@ -197,17 +252,22 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
     def capabilities(self) -> dict[bytes, Any]:
         """
         Twisted's capabilities, plus C{CLIENTID} while available and
-        C{SASL-IR}; password mechanisms are not offered while
-        C{LOGINDISABLED} is.
+        C{SASL-IR} while some C{AUTH=} is listed; password mechanisms are
+        not offered while C{LOGINDISABLED} is.
         """
         cap = super().capabilities()  # type: ignore[misc]
         if b"LOGINDISABLED" in cap:
-            cap[b"AUTH"] = [
+            mechanisms = [
                 mechanism
                 for mechanism in cap.get(b"AUTH", [])
                 if mechanism.upper() not in _PASSWORD_MECHANISMS
             ]
-        if self.saslInitialResponse:
+            if mechanisms:
+                cap[b"AUTH"] = mechanisms
+            else:
+                cap.pop(b"AUTH", None)
+        if self.saslInitialResponse and cap.get(b"AUTH"):
+            # SASL-IR means nothing without a mechanism to use it with.
             cap[b"SASL-IR"] = None
         if self.clientIDAvailable():
             cap[b"CLIENTID"] = None
@@ -235,6 +295,21 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
     auth_CAPABILITY = unauth_CAPABILITY
     select_CAPABILITY = unauth_CAPABILITY
     logout_CAPABILITY = unauth_CAPABILITY
+
+    # -- replies -----------------------------------------------------------
+
+    def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
+        """
+        Twisted's BAD, without client data or exception text in it
+        (L{withoutClientData}).
+        """
+        super().sendBadResponse(tag, withoutClientData(message))  # type: ignore[misc]
+
+    def sendNegativeResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
+        """
+        Twisted's NO, without client data or exception text in it.
+        """
+        super().sendNegativeResponse(tag, withoutClientData(message))  # type: ignore[misc]
 
     # -- line handling ----------------------------------------------------
 
@@ -506,7 +581,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         replies that never tell one refusal from another.
         """
         if self._passwordLoginDisabled():
-            self.sendBadResponse(tag, b"LOGIN is disabled before STARTTLS")
+            self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
             return
         fields = self._authLogFields(user, self.clientIdentity, "LOGIN")
         d = defer.maybeDeferred(self.authenticateLogin, user, passwd)
@@ -549,9 +624,10 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         """
         mechanism = mechanism.upper()
         factory = self.challengers.get(mechanism)
-        if factory is None or (
-            mechanism in _PASSWORD_MECHANISMS and self._passwordLoginDisabled()
-        ):
+        if mechanism in _PASSWORD_MECHANISMS and self._passwordLoginDisabled():
+            self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
+            return
+        if factory is None:
             self.sendNegativeResponse(tag, b"AUTHENTICATE method unsupported")
             return
         if initialResponse is not None and not self.saslInitialResponse:
@@ -634,13 +710,22 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
                 decoded = b""
             else:
                 decoded = base64.b64decode(response.strip(), validate=True)
-            challenger.setResponse(decoded)
-        except (binascii.Error, ValueError, imap4.IllegalClientResponse):
+        except (binascii.Error, ValueError):
             self.sendBadResponse(tag, b"Invalid AUTHENTICATE response")
             return
-        if challenger.moreChallenges():
-            self._sendChallenge(tag, mechanism, challenger)
-            return
+        refusal: str | None = None
+        try:
+            challenger.setResponse(decoded)
+        except imap4.IllegalClientResponse:
+            # Valid base64 the mechanism cannot use (PLAIN's "=", the empty
+            # response): a failed exchange, refused like a wrong password.
+            refusal = "unusable SASL response"
+        else:
+            if challenger.moreChallenges():
+                self._sendChallenge(tag, mechanism, challenger)
+                return
+            if foreignAuthorization(mechanism, decoded):
+                refusal = "PLAIN authorization identity differs from the login"
         credentials = self._identify(challenger)
         fields = self._authLogFields(
             getattr(challenger, "username", None),
@@ -648,9 +733,12 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
             "AUTHENTICATE",
             mechanism=mechanism.decode("ascii", "replace"),
         )
-        d = defer.maybeDeferred(
-            self.portal.login, credentials, None, imap4.IAccount
-        )
+        if refusal is not None:
+            d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin(refusal))
+        else:
+            d = defer.maybeDeferred(
+                self.portal.login, credentials, None, imap4.IAccount
+            )
         self._awaitLogin(d, tag, fields, b"Authentication successful")
 
     def _authCrashed(self, reason: Failure, tag: bytes) -> None:

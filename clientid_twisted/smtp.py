@@ -21,6 +21,8 @@ import re
 from typing import Any
 
 
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -30,6 +32,7 @@ from twisted.python.failure import Failure
 from clientid_twisted.authlog import logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.sasl import foreignAuthorization
 from clientid_twisted.sessionstate import ClientIDSessionMixin
 from clientid_twisted.identity import (
     ClientIdentity,
@@ -47,7 +50,12 @@ __all__ = [
 ]
 
 _COMMAND_PREFIX = re.compile(rb"CLIENTID ", re.IGNORECASE)
+_CLIENTID_VERB = re.compile(rb"\s*CLIENTID(?![A-Za-z0-9-])", re.IGNORECASE)
 _UNCLEAN = re.compile(rb"[^\x01-\x7f]")
+
+UNRECOGNIZED = b"5.5.2 Syntax error, command unrecognized"
+"""The text of the 500 an unknown command gets (and CLIENTID where it is
+not available, byte for byte)."""
 
 
 def _username(credentials: object) -> str:
@@ -90,6 +98,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
     _ehloSinceTLS = False
     _discardingPlaintext = False
     _rawCommandLine = b""
+    _authMechanism = b""
     _heldLines: list[bytes] | None = None
 
     # Attributes of ESMTP we use, for the type checker.
@@ -107,7 +116,6 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
     _to: list[Any]
     _onLogout: Any
     sendCode: Any
-    do_UNKNOWN: Any
 
     # -- state ------------------------------------------------------------
 
@@ -148,15 +156,22 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         lookup raise (which drops the connection).
         """
         self._rawCommandLine = line
-        words = line.strip().split(None, 1)
-        if words and words[0].upper() == b"CLIENTID":
-            # Goes to ext_CLIENTID even with unclean arguments: where the
-            # extension is usable those are a malformed CLIENTID (501).
-            super().state_COMMAND(line)  # type: ignore[misc]
+        verb = _CLIENTID_VERB.match(line)
+        if verb is not None:
+            # CLIENTID, whatever follows the name (a NUL, non-ASCII): where
+            # the extension is usable that is a malformed CLIENTID (501).
+            self.ext_CLIENTID(line[verb.end():].strip())
         elif _UNCLEAN.search(line):
             self.sendCode(500, b"Syntax error: command contains NUL or non-ASCII bytes")
         else:
             super().state_COMMAND(line)  # type: ignore[misc]
+
+    def do_UNKNOWN(self, rest: bytes) -> None:
+        """
+        An unknown command: C{500 5.5.2} with RFC 5321's wording (Twisted's
+        "Command not implemented" belongs to 502).
+        """
+        self.sendCode(500, UNRECOGNIZED)
 
     # -- EHLO / HELO / STARTTLS ---------------------------------------------
 
@@ -285,6 +300,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
             self.sendCode(504, b"Unrecognized authentication type")
             return
         self.mode = smtp.AUTH
+        self._authMechanism = parts[0].upper()
         self.challenger = factory()
         response: bytes | None = None
         if len(parts) > 1:
@@ -309,13 +325,22 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
             return
         try:
             decoded = base64.b64decode(response, validate=True)
-            self.challenger.setResponse(decoded)
-        except (binascii.Error, ValueError, IllegalClientResponse):
+        except (binascii.Error, ValueError):
             self._endAuth(501, b"Syntax error in authentication response")
             return
-        if self.challenger.moreChallenges():
-            self.sendCode(334, base64.b64encode(self.challenger.getChallenge()))
-            return
+        refusal: str | None = None
+        try:
+            self.challenger.setResponse(decoded)
+        except IllegalClientResponse:
+            # Valid base64 the mechanism cannot use (PLAIN's "=", the empty
+            # response): a failed exchange, refused like a wrong password.
+            refusal = "unusable SASL response"
+        else:
+            if self.challenger.moreChallenges():
+                self.sendCode(334, base64.b64encode(self.challenger.getChallenge()))
+                return
+            if foreignAuthorization(self._authMechanism, decoded):
+                refusal = "PLAIN authorization identity differs from the login"
         self.mode = smtp.COMMAND
         credentials = identifyCredentials(
             self.challenger,
@@ -325,9 +350,12 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
             self.isEncrypted(),
         )
         self.challenger = None
-        d = self.portal.login(
-            credentials, None, smtp.IMessageDeliveryFactory, smtp.IMessageDelivery
-        )
+        if refusal is not None:
+            d = defer.fail(UnauthorizedLogin(refusal))
+        else:
+            d = self.portal.login(
+                credentials, None, smtp.IMessageDeliveryFactory, smtp.IMessageDelivery
+            )
         d.addCallback(self._cbClientIDLogin, credentials)
         d.addErrback(self._ebClientIDLogin, credentials)
         self._awaitLogin(d)

@@ -333,13 +333,13 @@ class SMTPSizeTests(_Sessions, SynchronousTestCase):
 class ErrorBudgetTests(_Sessions, SynchronousTestCase):
     def test_smtp(self) -> None:
         client = self.smtp()
-        self.assertEqual(client.exchange(b"FROB"), b"500 Command not implemented\r\n")
+        self.assertEqual(client.exchange(b"FROB"), b"500 5.5.2 Syntax error, command unrecognized\r\n")
         self.assertEqual(client.exchange(b"MAIL FROM:<x@y>"), b"530 5.7.0 Authentication required\r\n")
         self.assertEqual(client.exchange(b"AUTH PLAIN x"), b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
         self.assertFalse(self.closed(client))
         self.assertEqual(
             client.exchange(b"FROB"),
-            b"500 Command not implemented\r\n421 4.7.0 mail.example.test Too many errors, closing connection\r\n",
+            b"500 5.5.2 Syntax error, command unrecognized\r\n421 4.7.0 mail.example.test Too many errors, closing connection\r\n",
         )
         self.assertTrue(self.closed(client))
 
@@ -433,7 +433,7 @@ class LoginHoldTests(SynchronousTestCase):
         pending.errback(UnauthorizedLogin())
         self.assertEqual(
             client.transport.value(),
-            b"535 5.7.8 Authentication credentials invalid\r\n500 Command not implemented\r\n",
+            b"535 5.7.8 Authentication credentials invalid\r\n500 5.5.2 Syntax error, command unrecognized\r\n",
         )
 
 

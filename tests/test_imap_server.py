@@ -756,8 +756,33 @@ class LoginTests(_Base):
         self.assertEqual(self.checker.seen, [])
         self.assertEqual(self.protocol.parseState, "command")
 
+    def test_noArgumentEchoed(self) -> None:
+        """
+        No reply repeats a LOGIN or AUTHENTICATE argument (Twisted's parser
+        said C{Too many arguments for command: b'secret'}), nor any Python
+        repr: BAD says what was wrong in fixed words.
+        """
+        replies = [
+            self.exchange(b"2 LOGIN alice@example.test my secret"),
+            self.exchange(b'3 LOGIN "alice@example.test" "my" secret2'),
+            self.exchange(b'4 LOGIN "alice@example.test secret3'),
+            self.exchange(b"5 LOGIN alice@example.test {x-secret4}"),
+            self.exchange(b"6 AUTHENTICATE PLAIN secret5 secret6"),
+        ]
+        self.assertEqual(replies[0], b"2 BAD Illegal syntax: Too many arguments\r\n")
+        self.assertEqual(replies[1], b"3 BAD Illegal syntax: Too many arguments\r\n")
+        for reply in replies:
+            self.assertTrue(reply.startswith((b"2 BAD ", b"3 BAD ", b"4 BAD ", b"5 BAD ", b"6 BAD ")), reply)
+            self.assertNotIn(b"secret", reply)
+            self.assertNotIn(b"b'", reply)
+        self.assertEqual(self.checker.seen, [])
+
     def test_authenticateBadResponses(self) -> None:
-        for response in [b"not base64!", base64.b64encode(b"no nuls"), b"\xff"]:
+        """
+        A response that is not base64 is a syntax error (BAD); the checker
+        hears of none of them.
+        """
+        for response in [b"not base64!", b"\xff"]:
             self.exchange(b"p AUTHENTICATE PLAIN")
             self.assertEqual(
                 self.exchange(response), b"p BAD Invalid AUTHENTICATE response\r\n"
@@ -768,10 +793,51 @@ class LoginTests(_Base):
         )
         self.assertEqual(self.checker.seen, [])
 
+    def test_authenticateUnusableResponse(self) -> None:
+        """
+        Base64 that is no PLAIN message is a failed exchange: the ordinary
+        refusal, not BAD; the checker hears of none.
+        """
+        self.exchange(b"p AUTHENTICATE PLAIN")
+        self.assertEqual(
+            self.exchange(base64.b64encode(b"no nuls")),
+            b"p NO [AUTHENTICATIONFAILED] Authentication failed\r\n",
+        )
+        self.assertEqual(self.checker.seen, [])
+
     def test_authenticateEmptyInitialResponse(self) -> None:
+        """
+        C{=} is a valid SASL-IR empty initial response (RFC 4959): for PLAIN
+        a failed exchange, so the ordinary refusal, never BAD.
+        """
         self.assertEqual(
             self.exchange(b"p AUTHENTICATE PLAIN ="),
-            b"p BAD Invalid AUTHENTICATE response\r\n",
+            b"p NO [AUTHENTICATIONFAILED] Authentication failed\r\n",
+        )
+        self.assertEqual(self.checker.seen, [])
+        self.assertEqual(
+            self.authenticatePlain(b"q"), b"q OK Authentication successful\r\n"
+        )
+
+    def test_authorizationIdentityRefused(self) -> None:
+        """
+        AUTHENTICATE PLAIN with an authorization identity other than the
+        authentication identity (RFC 4616) gets the ordinary refusal, even
+        with the right password, and the portal is never asked; the same
+        identity in another case, or an empty one, is fine.
+        """
+        for initial in (True, False):
+            message = base64.b64encode(b"bob\0alice\0secret")
+            if initial:
+                reply = self.exchange(b"p AUTHENTICATE PLAIN " + message)
+            else:
+                self.exchange(b"p AUTHENTICATE PLAIN")
+                reply = self.exchange(message)
+            self.assertEqual(reply, b"p NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
+        self.assertEqual(self.checker.seen, [])
+        self.assertEqual(
+            self.exchange(b"q AUTHENTICATE PLAIN " + base64.b64encode(b"ALICE\0alice\0secret")),
+            b"q OK Authentication successful\r\n",
         )
 
     def test_withoutSASLIR(self) -> None:
@@ -918,13 +984,25 @@ class LoginTests(_Base):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_loginDisabledBeforeSTARTTLS(self) -> None:
+        """
+        In plaintext, while STARTTLS is on offer, LOGIN and AUTHENTICATE
+        PLAIN/LOGIN get C{NO [PRIVACYREQUIRED]} (RFC 9051), the checker
+        hears of none, and neither AUTH= nor SASL-IR is listed.
+        """
         self.connect(secure=False)
-        self.assertEqual(self.login(), b"l BAD LOGIN is disabled before STARTTLS\r\n")
+        refusal = b"NO [PRIVACYREQUIRED] Use STARTTLS before sending a password\r\n"
+        self.assertEqual(self.login(), b"l " + refusal)
         self.assertEqual(
             self.exchange(b"p AUTHENTICATE PLAIN " + plain(b"alice", b"secret")),
-            b"p NO AUTHENTICATE method unsupported\r\n",
+            b"p " + refusal,
         )
+        self.assertEqual(self.exchange(b"q AUTHENTICATE PLAIN"), b"q " + refusal)
+        self.assertEqual(self.exchange(b"r AUTHENTICATE LOGIN"), b"r " + refusal)
         self.assertEqual(self.checker.seen, [])
+        capabilities = self.capabilities()
+        self.assertIn(b"LOGINDISABLED", capabilities)
+        self.assertNotIn(b"SASL-IR", capabilities)
+        self.assertNotIn(b"AUTH=", capabilities)
 
     def test_plaintextWithoutTLSOnOffer(self) -> None:
         """

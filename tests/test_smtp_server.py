@@ -382,15 +382,58 @@ class RobustnessTests(_Base):
         self.assertFalse(self.transport.disconnecting)
 
     def test_badBase64AndMalformedPLAIN(self) -> None:
+        """
+        A response that is not base64 is a syntax error (501); base64 that
+        is no PLAIN message (C{=} is the empty response, RFC 4954) is a
+        failed exchange (535); the checker hears of none of them.
+        """
         self.ready()
         self.assertEqual(self.code(b"AUTH PLAIN %%%"), 501)
-        self.assertEqual(self.code(b"AUTH PLAIN " + base64.b64encode(b"no-nuls")), 501)
-        self.assertEqual(self.code(b"AUTH PLAIN ="), 501)
+        self.assertEqual(self.code(b"AUTH PLAIN " + base64.b64encode(b"no-nuls")), 535)
+        self.assertEqual(self.code(b"AUTH PLAIN ="), 535)
         self.assertEqual(self.code(b"AUTH PLAIN"), 334)
         self.assertEqual(self.code(b"*"), 501)
         self.assertEqual(self.code(b"NOOPX"), 500)
         self.assertEqual(self.checker.seen, [])
 
+    def test_authorizationIdentityRefused(self) -> None:
+        """
+        AUTH PLAIN with an authorization identity other than the
+        authentication identity (RFC 4616) gets the ordinary refusal, even
+        with the right password, and the portal is never asked; the same
+        identity in another case, or an empty one, is fine.
+        """
+        self.ready()
+        self.assertEqual(
+            self.send(b"AUTH PLAIN " + base64.b64encode(b"bob\0alice\0secret")),
+            b"535 5.7.8 Authentication credentials invalid\r\n",
+        )
+        self.assertEqual(self.code(b"AUTH PLAIN"), 334)
+        self.assertEqual(
+            self.send(base64.b64encode(b"bob\0alice\0secret")),
+            b"535 5.7.8 Authentication credentials invalid\r\n",
+        )
+        self.assertEqual(self.checker.seen, [])
+        self.assertEqual(self.code(b"AUTH PLAIN " + base64.b64encode(b"Alice\0alice\0secret")), 235)
+
+    def test_unknownCommandWording(self) -> None:
+        """
+        An unknown command gets RFC 5321's 500 wording ("Command not
+        implemented" is 502's); a CLIENTID line with a NUL or non-ASCII byte
+        right after the name is a malformed CLIENTID (501) over TLS after
+        EHLO, and an unknown command (the same 500, byte for byte) in
+        plaintext.
+        """
+        unknown = b"500 5.5.2 Syntax error, command unrecognized\r\n"
+        self.ready()
+        self.assertEqual(self.send(b"FROB"), unknown)
+        for line in (b"CLIENTID\0UUID tok", b"CLIENTID\xc3\xa9 UUID tok", b"CLIENTID UUID t\0k"):
+            self.assertEqual(self.send(line)[:4], b"501 ", line)
+        self.connect(secure=False)
+        self.send(b"EHLO client.example")
+        self.assertEqual(self.send(b"FROB"), unknown)
+        self.assertEqual(self.send(b"CLIENTID UUID " + TOKEN), unknown)
+        self.assertEqual(self.send(b"CLIENTID\0UUID tok"), unknown)
 
 class CredentialsTests(_Base):
     """
