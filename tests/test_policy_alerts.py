@@ -170,6 +170,64 @@ class MailboxAlertObserverTests(SynchronousTestCase):
         self.assertEqual(calls, [(observer.deliver, (ALERT,))])
         self.assertEqual(self.inbox(), [])
 
+    def test_oneNoticePerIntervalWithCount(self) -> None:
+        """
+        Forty alerts of a kind in an hour make one notice; the first after
+        the interval says how many there were in between.
+        """
+        from attrs import evolve
+
+        for n in range(40):
+            self.observer.alertRaised(evolve(ALERT, kind="device-refused", fingerprint=f"{n:016x}"))
+            self.clock.advance(60)
+        self.assertEqual(len(self.inbox()), 1)
+        self.assertNotIn(b"times since the last notice", self.inbox()[0])
+        self.observer.alertRaised(ALERT)  # another kind: its own ration
+        self.assertEqual(len(self.inbox()), 2)
+        self.clock.advance(3600)
+        self.observer.alertRaised(evolve(ALERT, kind="device-refused", fingerprint="f" * 16))
+        notices = [m for m in self.inbox() if b"refused device" in m]
+        self.assertEqual(len(notices), 2)
+        latest = max(notices, key=lambda m: b"This happened" in m)
+        self.assertIn(b"This happened 40 times since the last notice of this kind", latest)
+        self.assertIn(b"f" * 16, latest)
+
+    def test_failuresWithoutPasswordNotMailed(self) -> None:
+        """
+        Failed logins anyone can cause (wrong passwords) are logged and
+        sent to the webhook, not mailed, unless notice_failures asks.
+        """
+        from attrs import evolve
+
+        for kind in ("device-locked", "account-closed"):
+            self.observer.alertRaised(evolve(ALERT, kind=kind))
+        self.assertEqual(self.inbox(), [])
+        observer = MailboxAlertObserver(
+            self.dataDir, self.users, "mail.example.test", clock=self.clock,
+            runInThread=synchronously, failureNotices=True,
+        )
+        observer.alertRaised(evolve(ALERT, kind="device-locked"))
+        self.assertEqual(len(self.inbox()), 1)
+
+    def test_configured(self) -> None:
+        """
+        The server's observer takes [alerts] notice_interval_seconds and
+        notice_failures.
+        """
+        from clientid_twisted.policy.setup import buildAuthentication
+        from clientid_twisted.server.users import ScryptChecker
+
+        authentication = buildAuthentication(
+            {"alerts": {"notice_interval_seconds": 60, "notice_failures": True}},
+            self.dataDir, "memory:", self.users, ScryptChecker(self.users), None,
+            "mail.example.test", clock=self.clock,
+        )
+        [observer] = [
+            o for o in authentication.policy.alertObservers
+            if isinstance(o, MailboxAlertObserver)
+        ]
+        self.assertEqual((observer.interval, observer.failureNotices), (60.0, True))
+
     def test_failureLogged(self) -> None:
         observer = MailboxAlertObserver(
             self.dataDir, self.users, "mail.example.test", clock=self.clock,

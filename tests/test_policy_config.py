@@ -70,6 +70,8 @@ class ValuesTests(SynchronousTestCase):
                     "webhook_timeout_seconds": 3,
                     "new_device": False,
                     "repeat_seconds": 60,
+                    "notice_interval_seconds": 600,
+                    "notice_failures": True,
                 },
                 "store": {"url": "sqlite:///var/lib/x.sqlite3", "key_env": "CLIENTID_KEY"},
             }
@@ -86,7 +88,7 @@ class ValuesTests(SynchronousTestCase):
         self.assertEqual(config.handlingFor("MAC"), {"ignore"})
         self.assertEqual(
             config.alerts,
-            AlertSettings(False, "https://hooks.example.test/clientid", 2, 3.0, False, 60.0),
+            AlertSettings(False, "https://hooks.example.test/clientid", 2, 3.0, False, 60.0, 600.0, True),
         )
         self.assertEqual(
             config.store, StoreSettings("sqlite:///var/lib/x.sqlite3", None, "CLIENTID_KEY")

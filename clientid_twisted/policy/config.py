@@ -85,6 +85,8 @@ class AlertSettings:
     webhookTimeoutSeconds: float = 10.0
     newDevice: bool = True
     repeatSeconds: float = 86400.0
+    noticeIntervalSeconds: float = 3600.0
+    noticeFailures: bool = False
 
 
 @frozen
@@ -254,6 +256,8 @@ def parsePolicyConfig(config: Mapping[str, Any], source: object = None) -> Polic
         webhookTimeoutSeconds=alertsTable.seconds("webhook_timeout_seconds", 10.0),
         newDevice=alertsTable.boolean("new_device", True),
         repeatSeconds=alertsTable.seconds("repeat_seconds", 86400.0),
+        noticeIntervalSeconds=alertsTable.seconds("notice_interval_seconds", 3600.0),
+        noticeFailures=alertsTable.boolean("notice_failures", False),
     )
     alertsTable.finish()
 

@@ -2,6 +2,14 @@
 """
 Alerts as mail in the account's own INBOX: the owner reads them in the
 client they use anyway, without another service knowing about the device.
+
+Anyone who knows an address can make alerts for it (wrong passwords from
+fresh tokens), so notices are rationed: at most one of a kind per account
+per C{[alerts] notice_interval_seconds}, the next one saying how many came
+in between; and alerts about failed logins without the right password
+(C{device-locked}, C{account-closed}) are not mailed unless
+C{[alerts] notice_failures} asks for them: the log and the webhook have
+them all.
 """
 
 from __future__ import annotations
@@ -22,7 +30,15 @@ from clientid_twisted.policy.alerts import Alert
 from clientid_twisted.server.delivery import SubmissionDelivery
 from clientid_twisted.server.users import UserDatabase
 
-__all__ = ["MailboxAlertObserver", "noticeLines"]
+__all__ = ["MailboxAlertObserver", "noticeLines", "WITHOUT_PASSWORD_KINDS"]
+
+WITHOUT_PASSWORD_KINDS = frozenset({"device-locked", "account-closed"})
+"""Account alerts about failed logins that anyone can cause, with no
+password: mailed only with C{[alerts] notice_failures = true}."""
+
+_MAX_WINDOWS = 10000
+"""Open rationing windows kept before expired ones are dropped (alerts can
+name accounts that do not exist)."""
 
 _SUBJECTS = {
     "device-new": "New device logged in to your mail account",
@@ -34,9 +50,14 @@ _SUBJECTS = {
 }
 
 
-def noticeLines(alert: Alert, hostname: str, messageID: str) -> list[bytes]:
+def noticeLines(
+    alert: Alert, hostname: str, messageID: str, repeated: int = 0
+) -> list[bytes]:
     """
     The notice for C{alert} as RFC 5322 lines (ASCII, no line ends).
+
+    @param repeated: How many alerts of the same kind were not mailed since
+        the last notice (rationing); said in the notice.
     """
     ascii = _asciiHost(hostname)
     when = email.utils.formatdate(alert.time, usegmt=True)
@@ -56,6 +77,12 @@ def noticeLines(alert: Alert, hostname: str, messageID: str) -> list[bytes]:
         f"On {when}, {alert.summary}.",
         "",
     ]
+    if repeated:
+        lines += [
+            f"This happened {repeated + 1} times since the last notice of this kind;",
+            "the details below are of the latest.",
+            "",
+        ]
     if alert.typeName or alert.fingerprint:
         lines.append(f"  Device:      {alert.typeName or '?'} {alert.fingerprint or ''}".rstrip())
     if alert.address:
@@ -108,11 +135,17 @@ class MailboxAlertObserver:
         hostname: str,
         clock: Any = None,
         runInThread: Callable[..., defer.Deferred[Any]] | None = None,
+        interval: float = 3600.0,
+        failureNotices: bool = False,
     ) -> None:
         """
         @param users: The accounts; each delivery reads their file afresh,
             in its own thread (a L{UserDatabase} belongs to one thread).
         @param clock: Dates the notices; the reactor by default.
+        @param interval: At most one notice of a kind per account this
+            often (C{[alerts] notice_interval_seconds}).
+        @param failureNotices: Whether alerts in L{WITHOUT_PASSWORD_KINDS}
+            are mailed (C{[alerts] notice_failures}).
         @param runInThread: C{runInThread(f, *args)} runs C{f} somewhere
             that may block and returns a Deferred of its result; the
             reactor's thread pool by default.
@@ -128,11 +161,23 @@ class MailboxAlertObserver:
         self.hostname = hostname
         self._clock = clock
         self._run: Callable[..., defer.Deferred[Any]] = runInThread
+        self.interval = interval
+        self.failureNotices = failureNotices
+        # (account, kind) -> [when the last notice went, alerts not mailed since]
+        self._windows: dict[tuple[str | None, str], list[Any]] = {}
 
     def alertRaised(self, alert: Alert) -> None:
         if not alert.forAccount:
             return
-        d = self._run(self.deliver, alert)
+        if alert.kind in WITHOUT_PASSWORD_KINDS and not self.failureNotices:
+            return
+        repeated = self._ration(alert)
+        if repeated is None:
+            return
+        if repeated:
+            d = self._run(self.deliver, alert, repeated)
+        else:
+            d = self._run(self.deliver, alert)
         d.addErrback(
             lambda f: self.log.failure(
                 "could not deliver the {alertKind} notice to {account}",
@@ -142,9 +187,30 @@ class MailboxAlertObserver:
             )
         )
 
-    def deliver(self, alert: Alert) -> Path | None:
+    def _ration(self, alert: Alert) -> int | None:
+        """
+        Whether to mail C{alert} now: L{None} if a notice of its kind went
+        to its account less than C{interval} ago (it is counted), else how
+        many were counted since that notice.
+        """
+        now = self._clock.seconds()
+        key = (alert.account, alert.kind)
+        window = self._windows.get(key)
+        if window is not None and now - window[0] < self.interval:
+            window[1] += 1
+            return None
+        if len(self._windows) >= _MAX_WINDOWS:
+            self._windows = {
+                k: w for k, w in self._windows.items() if now - w[0] < self.interval
+            }
+        self._windows[key] = [now, 0]
+        return window[1] if window is not None else 0
+
+    def deliver(self, alert: Alert, repeated: int = 0) -> Path | None:
         """
         Write the notice into the account's maildir; blocking.
+
+        @param repeated: Alerts of its kind not mailed since the last one.
 
         @return: The message's path, or L{None} if the account does not
             exist.
@@ -160,7 +226,7 @@ class MailboxAlertObserver:
         writer = start()
         messageID = email.utils.make_msgid("clientid", domain=_asciiHost(self.hostname))
         try:
-            for line in noticeLines(alert, self.hostname, messageID):
+            for line in noticeLines(alert, self.hostname, messageID, repeated):
                 writer.lineReceived(line)
         except BaseException:
             writer.connectionLost()

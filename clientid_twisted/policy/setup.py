@@ -229,7 +229,16 @@ def buildAuthentication(
 
     observers: list[Any] = [LogAlertObserver()]
     if settings.alerts.mailAccount:
-        observers.append(MailboxAlertObserver(dataDir, users, hostname, clock=clock))
+        observers.append(
+            MailboxAlertObserver(
+                dataDir,
+                users,
+                hostname,
+                clock=clock,
+                interval=settings.alerts.noticeIntervalSeconds,
+                failureNotices=settings.alerts.noticeFailures,
+            )
+        )
     if settings.alerts.webhook:
         observers.append(
             WebhookAlertObserver(
