@@ -9,12 +9,16 @@ a failure (CI must install it: C{apt-get install -y redis-server}).
 
 A server can also require a password (C{requirepass}), have ACL users, or
 speak only TLS with a throwaway certificate, for the tests of C{rediss://}
-and of logging in (L{tests.test_redis_security}).
+and of logging in (L{tests.test_redis_security}); or replicate another
+(C{replicaof}).  L{SentinelServer} runs C{redis-sentinel} from a config
+written into its temporary directory, and L{FailoverGroup} a master, a
+replica and Sentinels watching them (L{tests.test_redis_sentinel}).
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -29,7 +33,16 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SkipTest
 
-__all__ = ["RedisServer", "requireRedisServer", "sharedRedisServer", "redisServerProgram"]
+from tests.services import requireProgram
+
+__all__ = [
+    "RedisServer",
+    "SentinelServer",
+    "FailoverGroup",
+    "requireRedisServer",
+    "sharedRedisServer",
+    "redisServerProgram",
+]
 
 
 def redisServerProgram() -> str | None:
@@ -84,11 +97,14 @@ class RedisServer:
         tls: bool = False,
         users: Sequence[Sequence[str]] = (),
         bind: Sequence[str] = ("127.0.0.1",),
+        replicaOf: RedisServer | None = None,
     ) -> None:
         """
         @param users: ACL users, each as the words of a C{user} directive
             after the keyword (C{["mail", "on", ">secret", "~*", "+@all"]}).
         @param bind: Loopback addresses to listen on.
+        @param replicaOf: The master this one replicates (logging in with
+            C{password}, which must be the master's).
         """
         self.program = requireRedisServer()
         self.port = port if port is not None else _freePort()
@@ -99,6 +115,7 @@ class RedisServer:
         self.tls = tls
         self.users = [list(user) for user in users]
         self.bind = list(bind)
+        self.replicaOf = replicaOf
         self.certificate: Any = None
         self.caFile: str | None = None
         if tls:
@@ -146,9 +163,13 @@ class RedisServer:
         else:
             arguments += ["--port", str(self.port)]
         if self.password is not None:
-            arguments += ["--requirepass", self.password]
+            # masterauth too: after a failover Sentinel may make any
+            # server a replica, which logs in to its master with it.
+            arguments += ["--requirepass", self.password, "--masterauth", self.password]
         for user in self.users:
             arguments += ["--user", *user]
+        if self.replicaOf is not None:
+            arguments += ["--replicaof", "127.0.0.1", str(self.replicaOf.port)]
         return arguments
 
     def start(self, timeout: float = 10.0) -> RedisServer:
@@ -179,7 +200,7 @@ class RedisServer:
         Send one command on a fresh connection (over TLS, after C{AUTH},
         as the server needs); its raw reply.
         """
-        from clientid_twisted.store.resp import _Incomplete, encodeCommand, parseReply
+        from clientid_twisted.store.resp import encodeCommand
 
         commands: list[Sequence[str]] = [arguments]
         if self.password is not None:
@@ -195,14 +216,29 @@ class RedisServer:
                 try:
                     position = 0
                     for command in commands[:-1]:
-                        position = parseReply(data, position)[1]
-                    parseReply(data, position)
+                        position = _replyEnd(data, position)
+                    _replyEnd(data, position)
                     return data[position:]
-                except (_Incomplete, IndexError):
+                except _Incomplete:
                     chunk = s.recv(65536)
                     if not chunk:
                         return data[position:]
                     data += chunk
+
+    def reply(self, *arguments: str, timeout: float = 2.0) -> Any:
+        """
+        L{command}, its reply parsed: bytes, lists, integers, L{None}.
+        """
+        return _parse(self.command(*arguments, timeout=timeout))
+
+    def info(self, section: str) -> dict[str, str]:
+        """
+        C{INFO section} as a dictionary.
+        """
+        text = self.reply("INFO", section).decode("utf-8")
+        return dict(
+            line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#")
+        )
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -237,6 +273,144 @@ class RedisServer:
     def cleanUp(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _replyEnd(data: bytes, position: int) -> int:
+    """
+    Where the RESP reply at C{position} ends (a parser of the tests' own,
+    independent of the store's client).
+
+    @raise _Incomplete: If C{data} holds only part of it.
+    """
+    line = data.find(b"\r\n", position)
+    if line < 0:
+        raise _Incomplete()
+    kind, header = data[position : position + 1], data[position + 1 : line]
+    position = line + 2
+    if kind == b"$" and int(header) >= 0:
+        position += int(header) + 2
+        if len(data) < position:
+            raise _Incomplete()
+    elif kind == b"*":
+        for _ in range(max(0, int(header))):
+            position = _replyEnd(data, position)
+    return position
+
+
+def _parse(data: bytes) -> Any:
+    def one(position: int) -> tuple[Any, int]:
+        line = data.index(b"\r\n", position)
+        kind, header = data[position : position + 1], data[position + 1 : line]
+        position = line + 2
+        if kind == b"$":
+            if int(header) < 0:
+                return None, position
+            return data[position : position + int(header)], position + int(header) + 2
+        if kind == b"*":
+            if int(header) < 0:
+                return None, position
+            items = []
+            for _ in range(int(header)):
+                item, position = one(position)
+                items.append(item)
+            return items, position
+        if kind == b":":
+            return int(header), position
+        if kind == b"-":
+            raise RuntimeError(header.decode("utf-8", "replace"))
+        return header.decode("utf-8", "replace"), position
+
+    return one(0)[0]
+
+
+class SentinelServer(RedisServer):
+    """
+    One C{redis-sentinel} process on loopback, watching C{master} under the
+    name L{MASTER}, from a config file in its temporary directory (Sentinel
+    rewrites it as it learns).
+    """
+
+    MASTER = "mymaster"
+
+    def __init__(self, master: RedisServer, quorum: int = 1, downAfterMs: int = 1000) -> None:
+        super().__init__()
+        self.program = requireProgram("redis-sentinel", "redis-sentinel", "Redis Sentinel")
+        self.master = master
+        self.quorum = quorum
+        self.downAfterMs = downAfterMs
+
+    def arguments(self) -> list[str]:
+        config = Path(self.directory) / "sentinel.conf"
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            "protected-mode no",
+            f"dir {self.directory}",
+            f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} {self.quorum}",
+            f"sentinel down-after-milliseconds {self.MASTER} {self.downAfterMs}",
+            f"sentinel failover-timeout {self.MASTER} 5000",
+            f"sentinel parallel-syncs {self.MASTER} 1",
+        ]
+        if self.master.password is not None:
+            lines.append(f"sentinel auth-pass {self.MASTER} {json.dumps(self.master.password)}")
+        config.write_text("\n".join(lines) + "\n")
+        return [self.program, str(config)]
+
+    def masterPort(self) -> int | None:
+        reply = self.reply("SENTINEL", "get-master-addr-by-name", self.MASTER)
+        return int(reply[1]) if reply else None
+
+
+class FailoverGroup:
+    """
+    A master, one replica of it and C{sentinels} Sentinels watching them,
+    all on free loopback ports, started and waited for (the replica in
+    sync, every Sentinel knowing the replica); L{cleanUp} stops them all.
+    """
+
+    def __init__(self, sentinels: int = 1, password: str | None = None) -> None:
+        self.master = RedisServer(password=password)
+        self.replica = RedisServer(password=password, replicaOf=self.master)
+        quorum = 1 if sentinels < 3 else 2
+        self.sentinels = [SentinelServer(self.master, quorum) for _ in range(sentinels)]
+        self.servers: list[RedisServer] = [self.master, self.replica, *self.sentinels]
+
+    def start(self, timeout: float = 30.0) -> FailoverGroup:
+        try:
+            for server in self.servers:
+                server.start()
+            deadline = time.monotonic() + timeout
+            while self.replica.info("replication").get("master_link_status") != "up":
+                self._waiting(deadline, "the replica to sync")
+            for sentinel in self.sentinels:
+                while not sentinel.reply("SENTINEL", "replicas", SentinelServer.MASTER):
+                    self._waiting(deadline, "the Sentinels to find the replica")
+        except BaseException:
+            self.cleanUp()
+            raise
+        return self
+
+    def _waiting(self, deadline: float, what: str) -> None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+    def url(self, *options: str) -> str:
+        """
+        The C{redis+sentinel://} URL of the group (with the password).
+        """
+        login = f":{quote(self.master.password, safe='')}@" if self.master.password else ""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        query = "?" + "&".join(options) if options else ""
+        return f"redis+sentinel://{login}{hosts}/{SentinelServer.MASTER}/0{query}"
+
+    def cleanUp(self) -> None:
+        for server in reversed(self.servers):
+            server.cleanUp()
 
 
 _shared: RedisServer | None = None

@@ -10,7 +10,10 @@ picks a backend from a URL:
     - C{memory:}: in this process only, gone at exit (tests, trials);
     - C{redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=&timeout=&time=]}
       and C{rediss://...} (TLS): one store shared by several frontends
-      (L{clientid_twisted.store.redis}).
+      (L{clientid_twisted.store.redis});
+    - C{redis+sentinel://[[USER]:PASSWORD@]SENTINEL[:PORT][,...]/MASTER[/DB]}
+      and C{rediss+sentinel://...}: the same, on the master Redis Sentinel
+      names, following a failover.
 
 More backends register their scheme with L{registerStoreScheme}.
 """
@@ -163,3 +166,5 @@ def _openRedis(url: str | None, dataDir: Path | None, **kwargs: Any) -> IClientI
 
 registerStoreScheme("redis", _openRedis)
 registerStoreScheme("rediss", _openRedis)
+registerStoreScheme("redis+sentinel", _openRedis)
+registerStoreScheme("rediss+sentinel", _openRedis)

@@ -8,6 +8,16 @@ Selected by URL (see L{parseRedisURL})::
 
     redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME&timeout=S&time=redis|local]
     rediss://...  (TLS; &ca=/path/to/ca.pem for a private authority)
+    redis+sentinel://[[USER]:PASSWORD@]SENTINEL[:PORT][,SENTINEL[:PORT]...]/MASTER[/DB][?...]
+    rediss+sentinel://...  (TLS to the Sentinels and the master)
+
+With Sentinel (L{clientid_twisted.store.sentinel}) the store asks the
+Sentinels for the master before each connection and checks C{ROLE}, so it
+follows a failover: while the master is switching, calls fail with
+L{StoreError} (logins get their temporary failure); then the store is on
+the new master, with its scripts loaded again.  Admin writes (blocking
+mode) wait (C{WAIT}) until the URL's C{replicas} (1 with Sentinel) hold
+them before they are acknowledged.
 
 Each store call is one Lua script (L{clientid_twisted.store.redisscripts}):
 a decision costs one round trip to read (L{RedisStore.loadState}) and one
@@ -29,6 +39,7 @@ import binascii
 import json
 import math
 import os
+import time as _time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -56,6 +67,14 @@ from clientid_twisted.store.records import (
     StateQuery,
 )
 from clientid_twisted.store.redisscripts import SCRIPTS, Script
+from clientid_twisted.store.sentinel import (
+    DEFAULT_SENTINEL_PORT,
+    SentinelLocator,
+    SentinelSettings,
+    checkMaster,
+    locateMasterBlocking,
+    loginCommands,
+)
 from clientid_twisted.store.resp import (
     BlockingRedisConnection,
     CommandPrefix,
@@ -76,27 +95,93 @@ ACCOUNT_EVENTS_KEPT = 1_000
 """Events kept per account."""
 EVENT_RETENTION = 90 * 86400
 """Seconds an account's events outlive its last one."""
+FOLLOW_SECONDS = 15.0
+"""How long the admin command (blocking mode) keeps asking the Sentinels
+for a master that answers as one: longer than a failover takes."""
 
 
 class RedisSettings:
     """
-    What a C{redis://} URL says.
+    What a C{redis://}, C{rediss://}, C{redis+sentinel://} or
+    C{rediss+sentinel://} URL says.
 
-    @ivar address: Where the server is.
+    @ivar address: Where the server is; with Sentinel, how to log in to
+        the master (host and port are those of the first Sentinel, until
+        the master is found).
     @ivar prefix: Put before every key, so installations can share a Redis.
     @ivar timeout: Seconds a command or connection attempt may take.
     @ivar serverTime: Whether the store's time is Redis's clock (the
         default: frontends with skewed clocks still agree) rather than the
         caller's (C{time=local}).
+    @ivar sentinel: Where the Sentinels are and which master to ask them
+        for; L{None} for a plain C{redis://} URL.
+    @ivar replicas: How many replicas an admin write (C{clientid-admin})
+        must reach (C{WAIT}) before it is acknowledged: 1 with Sentinel, 0
+        otherwise, unless the URL's C{replicas} says.
+    @ivar waitTimeout: Seconds an admin write waits for them.
     """
 
     def __init__(
-        self, address: RedisAddress, prefix: str, timeout: float, serverTime: bool
+        self,
+        address: RedisAddress,
+        prefix: str,
+        timeout: float,
+        serverTime: bool,
+        sentinel: SentinelSettings | None = None,
+        replicas: int = 0,
+        waitTimeout: float | None = None,
     ) -> None:
         self.address = address
         self.prefix = prefix
         self.timeout = timeout
         self.serverTime = serverTime
+        self.sentinel = sentinel
+        self.replicas = replicas
+        self.waitTimeout = timeout if waitTimeout is None else waitTimeout
+
+    @property
+    def description(self) -> str:
+        """
+        For logs and errors: where the store is, never a password.
+        """
+        if self.sentinel is not None:
+            return str(self.sentinel)
+        return str(self.address)
+
+
+_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+_OPTIONS = {"prefix", "timeout", "time", "ca", "replicas", "wait_timeout"}
+_SENTINEL_OPTIONS = {"sentinel_username", "sentinel_password"}
+
+
+def _seconds(text: str | None, name: str, where: str) -> float:
+    try:
+        value = float(text or "")
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"invalid Redis store URL {where}: {name} must be a number of seconds > 0")
+    return value
+
+
+def _hostPort(text: str, default: int, where: str) -> tuple[str, int]:
+    """
+    C{HOST}, C{HOST:PORT}, C{[V6]} or C{[V6]:PORT}.
+    """
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"invalid Redis store URL {where}: bad address {text!r}")
+        port = rest[1:]
+    else:
+        host, _, port = text.partition(":")
+    if not host:
+        raise ValueError(f"invalid Redis store URL {where}: an address has no host")
+    if not port:
+        return host, default
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid Redis store URL {where}...: bad port")
+    return host, int(port)
 
 
 def parseRedisURL(url: str) -> RedisSettings:
@@ -106,20 +191,14 @@ def parseRedisURL(url: str) -> RedisSettings:
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    where = f"{scheme}://{parts.hostname or ''}"
-    if scheme not in ("redis", "rediss"):
-        raise ValueError(f"not a Redis store URL: {where}")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"invalid Redis store URL {where}...: bad port") from None
-    path = parts.path.strip("/")
-    try:
-        db = int(path) if path else 0
-    except ValueError:
-        raise ValueError(f"invalid Redis store URL {where}: the path must be a database number") from None
+    sentinelMode = scheme.endswith("+sentinel")
+    if scheme not in _SCHEMES:
+        raise ValueError(f"not a Redis store URL: {scheme}://{parts.hostname or ''}")
+    # The host part, without the user and password (several with Sentinel).
+    hosts = parts.netloc.rpartition("@")[2]
+    where = f"{scheme}://{hosts}"
     options = parse_qs(parts.query, keep_blank_values=True)
-    known = {"prefix", "timeout", "time", "ca"}
+    known = _OPTIONS | (_SENTINEL_OPTIONS if sentinelMode else set())
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(
@@ -131,27 +210,75 @@ def parseRedisURL(url: str) -> RedisSettings:
         values = options.get(name)
         return values[-1] if values else default
 
+    path = [p for p in parts.path.split("/") if p]
+    master = None
+    if sentinelMode:
+        if not path:
+            raise ValueError(
+                f"invalid Redis store URL {where}: the path must name the master "
+                "(redis+sentinel://SENTINEL[,SENTINEL...]/MASTER[/DB])"
+            )
+        master = unquote(path.pop(0))
+    if len(path) > 1:
+        raise ValueError(f"invalid Redis store URL {where}: the path must be a database number")
+    try:
+        db = int(path[0]) if path else 0
+    except ValueError:
+        raise ValueError(f"invalid Redis store URL {where}: the path must be a database number") from None
     prefix = option("prefix", None)
     prefix = DEFAULT_PREFIX if prefix is None else (prefix if prefix.endswith(":") else prefix + ":")
-    try:
-        timeout = float(option("timeout", str(DEFAULT_TIMEOUT)) or "")
-    except ValueError:
-        timeout = -1.0
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"invalid Redis store URL {where}: timeout must be a number of seconds > 0")
+    timeout = _seconds(option("timeout", str(DEFAULT_TIMEOUT)), "timeout", where)
     time = option("time", "redis")
     if time not in ("redis", "local"):
         raise ValueError(f"invalid Redis store URL {where}: time must be redis or local")
-    address = RedisAddress(
-        host=parts.hostname or "127.0.0.1",
-        port=port,
+    replicasText = option("replicas", "1" if sentinelMode else "0") or ""
+    if not replicasText.isdigit():
+        raise ValueError(f"invalid Redis store URL {where}: replicas must be a number >= 0")
+    waitTimeout = option("wait_timeout", None)
+    tls = scheme.startswith("rediss")
+    template = RedisAddress(
         db=db,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
-        tls=scheme == "rediss",
+        tls=tls,
         caFile=option("ca", None) or None,
     )
-    return RedisSettings(address, prefix, timeout, time == "redis")
+    sentinel = None
+    if master is not None:
+        sentinelUser = option("sentinel_username", None)
+        sentinelPassword = option("sentinel_password", None)
+        sentinels = tuple(
+            RedisAddress(
+                host=host,
+                port=port,
+                username=sentinelUser or None,
+                password=sentinelPassword,
+                tls=tls,
+                caFile=template.caFile,
+            )
+            for host, port in (
+                _hostPort(h, DEFAULT_SENTINEL_PORT, where) for h in hosts.split(",") if h
+            )
+        )
+        if not sentinels:
+            raise ValueError(f"invalid Redis store URL {where}: no Sentinel address")
+        sentinel = SentinelSettings(sentinels, master)
+        address = evolve(template, host=sentinels[0].host, port=sentinels[0].port)
+    else:
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"invalid Redis store URL {where}...: bad port") from None
+        address = evolve(template, host=parts.hostname or "127.0.0.1", port=port)
+    return RedisSettings(
+        address,
+        prefix,
+        timeout,
+        time == "redis",
+        sentinel=sentinel,
+        replicas=int(replicasText),
+        waitTimeout=None if waitTimeout is None else _seconds(waitTimeout, "wait_timeout", where),
+    )
 
 
 _encodeJSON = json.JSONEncoder(separators=(",", ":")).encode
@@ -403,41 +530,48 @@ class RedisStore:
             for name, script in SCRIPTS.items()
         }
         self._constants = encodeArguments(self._common[2:])
+        self._where = settings.description
         if blocking:
             self._connection: Any = None
-            self._blocking = BlockingRedisConnection(settings.address, settings.timeout)
-            try:
-                self._handshakeBlocking()
-            except BaseException:
-                self._blocking.close()
-                raise
+            self._blocking = self._connectBlocking()
             return
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self._reactor = reactor
         if self._clock is None:
             self._clock = reactor
+        locate = None
+        if settings.sentinel is not None:
+            locate = SentinelLocator(
+                settings.sentinel, settings.address, reactor, settings.timeout
+            ).locate
         self._connection = RedisConnection(
-            settings.address, reactor, settings.timeout, self._handshake
+            settings.address, reactor, settings.timeout, self._handshake,
+            locate=locate, name=self._where,
         )
         self._connection.start()
 
     def __repr__(self) -> str:
-        return f"<RedisStore {self.settings.address} prefix={self._prefix!r}>"
+        return f"<RedisStore {self._where} prefix={self._prefix!r}>"
 
     # -- connection -----------------------------------------------------------
 
     def _login(self) -> list[list[Any]]:
+        """
+        Log in; with Sentinel, C{ROLE} (checked by L{_checkRole}: the
+        server a Sentinel named must be the master); choose the database.
+        """
         address = self.settings.address
-        commands: list[list[Any]] = []
-        if address.password is not None:
-            if address.username:
-                commands.append(["AUTH", address.username, address.password])
-            else:
-                commands.append(["AUTH", address.password])
+        commands = loginCommands(address)
+        if self.settings.sentinel is not None:
+            commands.append(["ROLE"])
         if address.db:
             commands.append(["SELECT", address.db])
         return commands
+
+    def _checkRole(self, replies: Sequence[Any], where: str) -> None:
+        if self.settings.sentinel is not None:
+            checkMaster(replies[len(loginCommands(self.settings.address))], where)
 
     def _afterLogin(self) -> list[list[Any]]:
         """
@@ -454,16 +588,88 @@ class RedisStore:
     def _handshake(self, protocol: RedisProtocol) -> defer.Deferred[Any]:
         commands = self._login() + self._afterLogin()
         replies = [protocol.execute(*command) for command in commands]
-        return defer.gatherResults(replies, consumeErrors=True).addErrback(
-            lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f
+        peer = protocol.transport.getPeer()  # type: ignore[union-attr]
+        where = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        return (
+            defer.gatherResults(replies, consumeErrors=True)
+            .addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+            .addCallback(self._checkRole, where)
         )
 
-    def _handshakeBlocking(self) -> None:
+    def _connectBlocking(self) -> BlockingRedisConnection:
+        """
+        Connect and log in (the admin command's mode).  With Sentinel,
+        ask the Sentinels for the master and keep asking, for up to
+        L{FOLLOW_SECONDS}, while none names a master that answers as one
+        (a failover under way).
+
+        @raise StoreError: If Redis cannot be reached.
+        """
+        settings = self.settings
+        deadline = _time.monotonic() + (FOLLOW_SECONDS if settings.sentinel is not None else 0)
+        while True:
+            try:
+                return self._openBlocking()
+            except StoreError:
+                if _time.monotonic() >= deadline:
+                    raise
+                _time.sleep(0.1)
+
+    def _openBlocking(self) -> BlockingRedisConnection:
+        settings = self.settings
+        address = settings.address
+        if settings.sentinel is not None:
+            address = locateMasterBlocking(settings.sentinel, address, settings.timeout)
+        connection = BlockingRedisConnection(address, settings.timeout)
         try:
-            for command in self._login() + self._afterLogin():
-                self._blocking.execute(*command)
+            replies = [connection.execute(*command) for command in self._login()]
+            self._checkRole(replies, f"{address.host}:{address.port}")
+            for command in self._afterLogin():
+                connection.execute(*command)
         except ReplyError as e:
-            raise StoreError(f"Redis store {self.settings.address}: {e}") from None
+            connection.close()
+            raise StoreError(f"Redis store {self._where}: {e}") from None
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _executeBlocking(self, *arguments: Any) -> Any:
+        """
+        One command in blocking mode.  With Sentinel, a connection lost or
+        a server that is no longer the master (C{READONLY}) makes the
+        store ask the Sentinels again and send the command once more to
+        the master they name (a write refused with C{READONLY} was not
+        applied; one whose reply was lost may be applied twice: the
+        scripts set states, locks and keys, which is idempotent, and may
+        record its event twice).
+        """
+        try:
+            return self._blocking.execute(*arguments)
+        except (StoreError, ReplyError) as e:
+            if self.settings.sentinel is None or (
+                isinstance(e, ReplyError) and not str(e).startswith("READONLY")
+            ):
+                raise
+        self._blocking.close()
+        self._blocking = self._connectBlocking()
+        return self._blocking.execute(*arguments)
+
+    def _waitForReplicas(self) -> None:
+        """
+        After an admin write: C{WAIT} until C{replicas} replicas hold it.
+
+        @raise StoreError: If fewer do within the URL's C{wait_timeout}:
+            the write is on the master, but not acknowledged.
+        """
+        wanted, seconds = self.settings.replicas, self.settings.waitTimeout
+        reached = self._blocking.wait(wanted, seconds)
+        if reached < wanted:
+            raise StoreError(
+                f"Redis store {self._where}: the write reached {reached} of {wanted} "
+                f"replica(s) within {seconds:g} s; it is on the master but not "
+                "acknowledged (a failover now could lose it)"
+            )
 
     # -- running scripts ------------------------------------------------------
 
@@ -486,7 +692,7 @@ class RedisStore:
         (C{NOSCRIPT}), it is sent again, whole, with the same arguments.
         """
         if self._closed:
-            return defer.fail(StoreError(f"Redis store {self.settings.address} is closed"))
+            return defer.fail(StoreError(f"Redis store {self._where} is closed"))
         if self.blocking:
             d = self._runBlocking(script, self._arguments(script, arguments))
             return d if parse is None else d.addCallback(parse)
@@ -525,31 +731,39 @@ class RedisStore:
 
     def _replyError(self, failure: Failure) -> Failure:
         if failure.check(ReplyError):
-            return Failure(StoreError(f"Redis store {self.settings.address}: {failure.value}"))
+            if str(failure.value).startswith("READONLY"):
+                # A master demoted to a replica (a failover): find the
+                # new one.
+                self._connection.dropConnection(
+                    f"Redis store {self._where}: the server is no longer the master"
+                )
+            return Failure(StoreError(f"Redis store {self._where}: {failure.value}"))
         return failure
 
     def _runBlocking(self, script: Script, argv: list[Any]) -> defer.Deferred[Any]:
         try:
             try:
-                reply = self._blocking.execute("EVALSHA", script.sha, 0, *argv)
+                reply = self._executeBlocking("EVALSHA", script.sha, 0, *argv)
             except ReplyError as e:
                 if not str(e).startswith("NOSCRIPT"):
                     raise
-                reply = self._blocking.execute("EVAL", script.source, 0, *argv)
+                reply = self._executeBlocking("EVAL", script.source, 0, *argv)
+            if script.writes and self.settings.replicas:
+                self._waitForReplicas()
         except ReplyError as e:
-            return defer.fail(StoreError(f"Redis store {self.settings.address}: {e}"))
+            return defer.fail(StoreError(f"Redis store {self._where}: {e}"))
         except StoreError:
             return defer.fail()
         return defer.succeed(reply)
 
     def _command(self, *arguments: Any) -> defer.Deferred[Any]:
         if self._closed:
-            return defer.fail(StoreError(f"Redis store {self.settings.address} is closed"))
+            return defer.fail(StoreError(f"Redis store {self._where} is closed"))
         if self.blocking:
             try:
-                return defer.succeed(self._blocking.execute(*arguments))
+                return defer.succeed(self._executeBlocking(*arguments))
             except ReplyError as e:
-                return defer.fail(StoreError(f"Redis store {self.settings.address}: {e}"))
+                return defer.fail(StoreError(f"Redis store {self._where}: {e}"))
             except StoreError:
                 return defer.fail()
         return self._connection.execute(*arguments).addErrback(self._replyError)
@@ -709,8 +923,8 @@ def openRedisStore(
     create: bool = True,
 ) -> IClientIDStore:
     """
-    The L{clientid_twisted.store.openStore} opener for C{redis://} and
-    C{rediss://}.  C{create} does not apply: a Redis database is always
+    The L{clientid_twisted.store.openStore} opener for C{redis://},
+    C{rediss://} and their C{+sentinel} forms.  C{create} does not apply: a Redis database is always
     there.
     """
     assert url is not None

@@ -49,9 +49,18 @@ __all__ = ["Script", "SCRIPTS"]
 
 @frozen
 class Script:
+    """
+    @ivar writes: Whether it may write something an admin write must not
+        lose (after it, the admin command waits for the replicas:
+        L{clientid_twisted.store.redis}).  Not C{identityKey}: its write
+        is a C{SET NX} of the key every frontend holds and puts back into
+        a Redis that lost it.
+    """
+
     name: str
     source: bytes
     sha: bytes
+    writes: bool = True
 
 
 _COMMON = r"""
@@ -355,22 +364,22 @@ return locks
 """
 
 
-def _script(name: str, body: str) -> Script:
+def _script(name: str, body: str, writes: bool = True) -> Script:
     source = (_COMMON + body).encode("utf-8")
-    return Script(name, source, hashlib.sha1(source).hexdigest().encode("ascii"))
+    return Script(name, source, hashlib.sha1(source).hexdigest().encode("ascii"), writes)
 
 
 SCRIPTS = {
     script.name: script
     for script in (
-        _script("identityKey", _IDENTITY_KEY),
-        _script("loadState", _LOAD_STATE),
+        _script("identityKey", _IDENTITY_KEY, writes=False),
+        _script("loadState", _LOAD_STATE, writes=False),
         _script("recordOutcome", _RECORD_OUTCOME),
         _script("setDeviceState", _SET_DEVICE_STATE),
         _script("setLock", _SET_LOCK),
         _script("clearKeys", _CLEAR_KEYS),
         _script("forgetDevices", _FORGET_DEVICES),
-        _script("activeLocks", _ACTIVE_LOCKS),
+        _script("activeLocks", _ACTIVE_LOCKS, writes=False),
     )
 }
 """Every script by name."""

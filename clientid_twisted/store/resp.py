@@ -44,6 +44,7 @@ __all__ = [
     "RedisProtocol",
     "RedisConnection",
     "BlockingRedisConnection",
+    "clientEndpoint",
 ]
 
 _RETRY_FIRST = 0.05
@@ -331,8 +332,19 @@ class RedisConnection:
         reactor: Any,
         timeout: float,
         handshake: Callable[[RedisProtocol], defer.Deferred[Any]],
+        locate: Callable[[], defer.Deferred[RedisAddress]] | None = None,
+        name: str | None = None,
     ) -> None:
+        """
+        @param locate: Called before each connection attempt for the
+            address to connect to (Sentinel: the master now); by default,
+            always C{address}.
+        @param name: What logs and errors call the store (never a
+            password); C{str(address)} by default.
+        """
         self.address = address
+        self.name = name if name is not None else str(address)
+        self._locate = locate
         self.timeout = timeout
         self.handshake = handshake
         self._reactor = reactor
@@ -356,27 +368,19 @@ class RedisConnection:
         if self._attempt is None and self._protocol is None and not self._stopped:
             self._connect()
 
-    def _endpoint(self) -> Any:
-        address = self.address
-        endpoint = TCP4ClientEndpoint(
-            self._reactor, address.host, address.port, timeout=max(1, int(self.timeout + 0.999))
-        )
-        if not address.tls:
-            return endpoint
-        from twisted.internet import ssl
-
-        trustRoot = None
-        if address.caFile:
-            trustRoot = _authorities(address.caFile)
-        options = ssl.optionsForClientTLS(address.host, trustRoot=trustRoot)
-        return wrapClientTLS(options, endpoint)
-
     def _connect(self) -> None:
         self._retryCall = None
         self._attempts += 1
         protocol = RedisProtocol(self._lost, self._reactor)
+        reactor, timeout = self._reactor, self.timeout
+
+        def connect(address: RedisAddress) -> defer.Deferred[Any]:
+            return connectProtocol(clientEndpoint(reactor, address, timeout), protocol)
+
+        attempt: defer.Deferred[Any]
         try:
-            attempt = connectProtocol(self._endpoint(), protocol)
+            where = self._locate() if self._locate is not None else defer.succeed(self.address)
+            attempt = where.addCallback(connect)
         except Exception:
             attempt = defer.fail()
         attempt.addCallback(lambda p: self.handshake(p).addCallback(lambda _: p))
@@ -399,7 +403,7 @@ class RedisConnection:
             self.log.info(
                 "Redis store {address} reachable again after {seconds:.1f} s "
                 "({attempts} attempts)",
-                address=str(self.address),
+                address=self.name,
                 seconds=self._reactor.seconds() - self._downSince,
                 attempts=self._attempts,
                 storeEvent="redis-up",
@@ -424,7 +428,7 @@ class RedisConnection:
 
     def _unreachable(self, reason: Failure | None = None) -> StoreError:
         why = f" ({_describe(reason)})" if reason is not None else ""
-        return StoreError(f"Redis store {self.address} is unreachable{why}")
+        return StoreError(f"Redis store {self.name} is unreachable{why}")
 
     def _lost(self, protocol: RedisProtocol, reason: Failure) -> None:
         if protocol is not self._protocol:
@@ -442,7 +446,7 @@ class RedisConnection:
         self._downSince = self._reactor.seconds()
         self.log.warn(
             "Redis store {address} unreachable ({error}); reconnecting in the background",
-            address=str(self.address),
+            address=self.name,
             error=_describe(reason),
             storeEvent="redis-down",
         )
@@ -461,7 +465,7 @@ class RedisConnection:
         if self._protocol is not None:
             return defer.succeed(self._protocol)
         if self._stopped:
-            return defer.fail(StoreError(f"Redis store {self.address} is closed"))
+            return defer.fail(StoreError(f"Redis store {self.name} is closed"))
         if self._attempt is None:
             return defer.fail(self._unreachable())
         d: defer.Deferred[RedisProtocol] = defer.Deferred()
@@ -521,10 +525,18 @@ class RedisConnection:
         sent = protocol.oldestPending()
         if sent is not None and self._reactor.seconds() - sent > self.timeout:
             protocol.abort(
-                f"Redis store {self.address} did not answer within {self.timeout:g} s"
+                f"Redis store {self.name} did not answer within {self.timeout:g} s"
             )
             return
         self._watchCall = self._reactor.callLater(self.timeout / 4, self._watch)
+
+    def dropConnection(self, reason: str) -> None:
+        """
+        Drop the connection (its commands fail with C{reason}) and make a
+        new one: for a server that stopped being the master.
+        """
+        if self._protocol is not None:
+            self._protocol.abort(reason)
 
     def stop(self) -> None:
         self._stopped = True
@@ -545,7 +557,26 @@ class RedisConnection:
             protocol.transport.loseConnection()  # type: ignore[attr-defined]
         waiting, self._waiting = self._waiting, []
         for d in waiting:
-            d.errback(StoreError(f"Redis store {self.address} is closed"))
+            d.errback(StoreError(f"Redis store {self.name} is closed"))
+
+
+def clientEndpoint(reactor: Any, address: RedisAddress, timeout: float) -> Any:
+    """
+    The client endpoint for a Redis address: TCP, wrapped in TLS (checking
+    the certificate against the address's authorities) for C{rediss}.
+    """
+    endpoint = TCP4ClientEndpoint(
+        reactor, address.host, address.port, timeout=max(1, int(timeout + 0.999))
+    )
+    if not address.tls:
+        return endpoint
+    from twisted.internet import ssl
+
+    trustRoot = None
+    if address.caFile:
+        trustRoot = _authorities(address.caFile)
+    options = ssl.optionsForClientTLS(address.host, trustRoot=trustRoot)
+    return wrapClientTLS(options, endpoint)
 
 
 def _authorities(path: str) -> Any:
@@ -623,6 +654,20 @@ class BlockingRedisConnection:
         if isinstance(reply, ReplyError):
             raise reply
         return reply
+
+    def wait(self, replicas: int, seconds: float) -> int:
+        """
+        C{WAIT}: block until C{replicas} replicas hold every write sent on
+        this connection, or C{seconds} pass.
+
+        @return: How many replicas hold them.
+        """
+        previous = self._socket.gettimeout()
+        self._socket.settimeout(seconds + (previous or 0.0))
+        try:
+            return int(self.execute("WAIT", replicas, max(1, int(seconds * 1000))))
+        finally:
+            self._socket.settimeout(previous)
 
     def close(self) -> None:
         self._socket.close()
