@@ -1,10 +1,17 @@
 # -*- test-case-name: tests.test_smtp_server,tests.test_imap_server -*-
 """
-How both protocols log a login that did not succeed.
+How both protocols log a login that did not succeed, and how every string
+a client chose is made safe for a log line.
 
 The wire says nothing about why; the log says what kind of failure it was
 (C{authEvent}: C{failed}, C{tempfail} or C{error}), with the identity's type
 and fingerprint, never the token.
+
+Log readers (grep, fail2ban, SIEMs) trust one event per line: a user name
+with a newline would forge a second line, a NUL makes grep call the file
+binary.  L{escapeForLog} is applied to every client-chosen field before it
+is logged (user names, EHLO/HELO names, addresses, identity types,
+mechanism names), here and in the policy's log lines.
 """
 
 from __future__ import annotations
@@ -17,7 +24,37 @@ from twisted.python.failure import Failure
 
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 
-__all__ = ["logLoginFailure"]
+__all__ = ["escapeForLog", "logLoginFailure"]
+
+_SAFE = frozenset(range(0x20, 0x7F)) - {ord("\\")}
+
+
+def escapeForLog(value: object) -> str:
+    """
+    A client-chosen value as printable ASCII for a log line: bytes outside
+    0x20-0x7E (control characters, DEL, every byte of a non-ASCII
+    character in UTF-8) become C{\\xNN}, and a backslash C{\\\\}, so the
+    text cannot be mistaken for an escape either.
+
+    @param value: L{bytes}, L{str} (encoded as UTF-8 first), L{None}
+        (shown as C{-}) or anything else (its C{str}).
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, bytes):
+        data = value
+    else:
+        text = value if isinstance(value, str) else str(value)
+        try:
+            data = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            data = text.encode("utf-8", "backslashreplace")
+    if all(byte in _SAFE for byte in data):
+        return data.decode("ascii")
+    return "".join(
+        chr(byte) if byte in _SAFE else "\\\\" if byte == 0x5C else f"\\x{byte:02x}"
+        for byte in data
+    )
 
 
 def logLoginFailure(log: Logger, reason: Failure, **fields: Any) -> bool:

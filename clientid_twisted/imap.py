@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
-from clientid_twisted.authlog import logLoginFailure
+from clientid_twisted.authlog import escapeForLog, logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
@@ -139,15 +139,6 @@ def namesClientID(line: bytes) -> bool:
     """
     words = line.split(None, 2)
     return len(words) >= 2 and words[1].upper() == b"CLIENTID"
-
-
-def _username(name: object) -> str:
-    """
-    A login name made safe for a log line.
-    """
-    if isinstance(name, bytes):
-        return name.decode("utf-8", "backslashreplace")
-    return repr(name) if name is not None else "-"
 
 
 class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
@@ -543,7 +534,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
             clientIDEvent="accepted",
             protocol=self.protocolName,
             peer=self._peerHost(),
-            clientIDType=identity.type,
+            clientIDType=escapeForLog(identity.type),
             clientIDFingerprint=self._fingerprint(identity),
         )
         self.sendPositiveResponse(tag, b"CLIENTID completed")
@@ -731,7 +722,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
             getattr(challenger, "username", None),
             credentials.clientIdentity,
             "AUTHENTICATE",
-            mechanism=mechanism.decode("ascii", "replace"),
+            mechanism=escapeForLog(mechanism),
         )
         if refusal is not None:
             d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin(refusal))
@@ -762,9 +753,9 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         return dict(
             protocol=self.protocolName,
             peer=self._peerHost(),
-            username=_username(username),
+            username=escapeForLog(username),
             command=command,
-            clientIDType=identity.type if identity else None,
+            clientIDType=escapeForLog(identity.type) if identity else None,
             clientIDFingerprint=self._fingerprint(identity) if identity else None,
             **extra,
         )

@@ -29,7 +29,7 @@ from twisted.mail import smtp
 from twisted.mail.imap4 import IllegalClientResponse, PLAINCredentials
 from twisted.python.failure import Failure
 
-from clientid_twisted.authlog import logLoginFailure
+from clientid_twisted.authlog import escapeForLog, logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.sasl import foreignAuthorization
@@ -58,16 +58,6 @@ UNRECOGNIZED = b"5.5.2 Syntax error, command unrecognized"
 not available, byte for byte)."""
 
 
-def _username(credentials: object) -> str:
-    """
-    The login name of SASL credentials, made safe for a log line.
-    """
-    name = getattr(credentials, "username", None)
-    if isinstance(name, bytes):
-        return name.decode("utf-8", "backslashreplace")
-    return repr(name) if name is not None else "-"
-
-
 class ClientIDESMTPMixin(ClientIDSessionMixin):
     """
     Adds CLIENTID to an L{twisted.mail.smtp.ESMTP} subclass.
@@ -92,6 +82,9 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
     protocolName = "smtp"
     clientIDEnabled = True
     clientIdentity: ClientIdentity | None = None
+    # Twisted's own "Receiving message for delivery" line carries the
+    # client's addresses raw; do_DATA logs them escaped instead.
+    noisy = False
 
     _log = Logger()
     _authSeen = False
@@ -230,6 +223,24 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
                 self._onLogout()
                 self._onLogout = None
 
+    def do_DATA(self, rest: bytes) -> None:
+        """
+        Twisted's DATA; once it accepted the message, log whom it is from
+        and for, with every client-chosen name escaped (Twisted's own line,
+        switched off by C{noisy}, wrote them raw).
+        """
+        helo, origin, recipients = self._helo, self._from, list(self._to)
+        super().do_DATA(rest)  # type: ignore[misc]
+        if self.mode == smtp.DATA:
+            self._log.info(
+                "Receiving message from {peer} (helo={helo}): from={origin} to={recipients}",
+                protocol="smtp",
+                peer=self._peerHost(),
+                helo=escapeForLog(helo[0] if helo else None),
+                origin=escapeForLog(bytes(origin) if origin is not None else None),
+                recipients=", ".join(escapeForLog(bytes(user.dest)) for user, _ in recipients),
+            )
+
     # -- CLIENTID -----------------------------------------------------------
 
     def ext_CLIENTID(self, rest: bytes) -> None:
@@ -264,7 +275,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
             clientIDEvent="accepted",
             protocol="smtp",
             peer=self._peerHost(),
-            clientIDType=identity.type,
+            clientIDType=escapeForLog(identity.type),
             clientIDFingerprint=self._fingerprint(identity),
         )
         self.sendCode(250, b"OK")
@@ -392,8 +403,8 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         return dict(
             protocol="smtp",
             peer=self._peerHost(),
-            username=_username(credentials),
-            clientIDType=identity.type if identity else None,
+            username=escapeForLog(getattr(credentials, "username", None)),
+            clientIDType=escapeForLog(identity.type) if identity else None,
             clientIDFingerprint=self._fingerprint(identity) if identity else None,
         )
 

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from twisted.logger import Logger
 
+from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.interfaces import IAlertObserver
 from clientid_twisted.store.records import Event
 
@@ -123,14 +124,14 @@ class LogAlertObserver:
             "(type={clientIDType} fingerprint={clientIDFingerprint} "
             "address={address} protocol={protocol}{details})",
             alertKind=alert.kind,
-            account=alert.account or "(server)",
+            account=escapeForLog(alert.account) if alert.account else "(server)",
             summary=alert.summary,
-            clientIDType=alert.typeName,
+            clientIDType=escapeForLog(alert.typeName) if alert.typeName else None,
             clientIDFingerprint=alert.fingerprint,
             address=alert.address,
             protocol=alert.protocol,
-            detail=alert.detail,
-            details=f": {alert.detail}" if alert.detail else "",
+            detail=escapeForLog(alert.detail) if alert.detail else None,
+            details=f": {escapeForLog(alert.detail)}" if alert.detail else "",
         )
 
 

@@ -44,6 +44,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.fingerprint import FINGERPRINT_LENGTH, IdentityHasher
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
 from clientid_twisted.policy import keys
@@ -604,12 +605,12 @@ class DevicePolicy:
             "CLIENTID policy refused {account} from {address} over {protocol}: {reason}"
             " (CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
             policyEvent="refused",
-            account=attempt.account,
+            account=escapeForLog(attempt.account),
             address=attempt.address,
             protocol=attempt.protocolName,
             reason=decision.reason,
             passwordAccepted=passwordAccepted,
-            clientIDType=context.typeName if context.logged else None,
+            clientIDType=escapeForLog(context.typeName) if context.logged else None,
             clientIDFingerprint=context.fingerprint if context.logged else None,
             clientIDDebug=context.debug,
         )
