@@ -20,7 +20,7 @@ from attrs import evolve, frozen
 from twisted.internet import endpoints
 
 from clientid_twisted.policy.config import _Table
-from clientid_twisted.server.config import ConfigError, getTable
+from clientid_twisted.server.config import getTable
 
 __all__ = [
     "BackendAddress",
@@ -58,9 +58,14 @@ class _ValidatingReactor:
     """
 
 
-def parseBackendAddress(description: str) -> BackendAddress:
+def parseBackendAddress(
+    description: str, trustSettings: str = "[gateway] backend_ca / backend_verify"
+) -> BackendAddress:
     """
     Check a backend endpoint string.
+
+    @param trustSettings: The settings that take the place of the refused
+        C{tls:} parameters, for the message.
 
     @raise ValueError: Saying what is wrong, if it is not a C{tcp:} or
         C{tls:} client endpoint with a host and a port.
@@ -78,7 +83,7 @@ def parseBackendAddress(description: str) -> BackendAddress:
         if key in kwargs:
             raise ValueError(
                 f"{description!r}: {key}= is not supported here; "
-                "set [gateway] backend_ca / backend_verify instead"
+                f"set {trustSettings} instead"
             )
     rest = description.split(":", 1)[1] if ":" in description else ""
     tcpDescription = "tcp:" + rest

@@ -22,12 +22,10 @@ from zope.interface import implementer
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail import smtp
-from twisted.python.failure import Failure
 
 from clientid_twisted.interfaces import IAlertObserver
 from clientid_twisted.policy.alerts import Alert
-from clientid_twisted.server.delivery import SubmissionDelivery
+from clientid_twisted.server.delivery import deliverToInbox
 from clientid_twisted.server.users import UserDatabase
 
 __all__ = ["MailboxAlertObserver", "noticeLines", "WITHOUT_PASSWORD_KINDS"]
@@ -218,21 +216,12 @@ class MailboxAlertObserver:
         users = UserDatabase(self.usersPath)
         if alert.account is None or not users.exists(alert.account):
             return None
-        delivery = SubmissionDelivery(self.dataDir, users, self.hostname, clock=self._clock)
-        try:
-            start = delivery.validateTo(smtp.User(alert.account, None, None, None))
-        except smtp.SMTPBadRcpt:
-            return None
-        writer = start()
         messageID = email.utils.make_msgid("clientid", domain=_asciiHost(self.hostname))
-        try:
-            for line in noticeLines(alert, self.hostname, messageID, repeated):
-                writer.lineReceived(line)
-        except BaseException:
-            writer.connectionLost()
-            raise
-        done: list[Any] = []
-        writer.eomReceived().addBoth(done.append)  # fires at once
-        if isinstance(done[0], Failure):
-            done[0].raiseException()
-        return Path(done[0])
+        return deliverToInbox(
+            self.dataDir,
+            users,
+            self.hostname,
+            alert.account,
+            noticeLines(alert, self.hostname, messageID, repeated),
+            clock=self._clock,
+        )

@@ -21,11 +21,12 @@ from twisted.logger import Logger
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.gateway.config import GatewayConfig, parseGatewayConfig
 from clientid_twisted.policy.setup import Authentication, buildAuthentication
-from clientid_twisted.server.config import getTable, loadConfig
+from clientid_twisted.server.config import ConfigError, getTable, loadConfig
 from clientid_twisted.server.connections import ConnectionLimiter
 from clientid_twisted.server.delivery import MailRealm, removeStaleTemporaryFiles
 from clientid_twisted.server.imapserver import MailIMAP4Factory
 from clientid_twisted.server.limits import ServerLimits
+from clientid_twisted.server.relayconfig import parseRelayConfig
 from clientid_twisted.server.secret import loadOrCreateKey
 from clientid_twisted.server.submission import SubmissionFactory
 from clientid_twisted.server.tls import (
@@ -60,6 +61,9 @@ class MailServer:
     limits: ServerLimits = ServerLimits()
     limiter: ConnectionLimiter | None = None
     gateway: GatewayConfig = GatewayConfig()
+    relay: Any = None
+    """The L{RelayService <clientid_twisted.server.relayservice.RelayService>}
+    when C{[relay]} names a smarthost, else L{None}."""
 
 
 def assembleServer(
@@ -119,7 +123,11 @@ def assembleServer(
         wrapStore=metrics.countingStore if metrics is not None else None,
     )
     hasher = authentication.hasher or hasher
-    portal = Portal(MailRealm(dataDir, users, hostname), [authentication.checker])
+    relay = _relayService(config, configFile, dataDir, users, hostname, metrics, gateway)
+    portal = Portal(
+        MailRealm(dataDir, users, hostname, relayQueue=relay.queue if relay else None),
+        [authentication.checker],
+    )
 
     # One count of connections for both protocols: the limits are the
     # server's, not each listener's.
@@ -146,6 +154,51 @@ def assembleServer(
         limits=limits,
         limiter=limiter,
         gateway=gateway,
+        relay=relay,
     )
+
+
+def _relayService(
+    config: dict[str, Any],
+    configFile: Path,
+    dataDir: Path,
+    users: UserDatabase,
+    hostname: str,
+    metrics: Any,
+    gateway: GatewayConfig,
+) -> Any:
+    """
+    The relay service for C{[relay]}, or L{None} without the table.
+
+    @raise ConfigError: If C{[relay]} is invalid, or set beside an SMTP
+        backend (which then sends the mail out itself).
+    """
+    settings = parseRelayConfig(config, dataDir, configFile)
+    if settings is None:
+        return None
+    if gateway.smtpBackend is not None:
+        raise ConfigError(
+            f"{configFile}: [relay] is for the built-in submission server; with an SMTP "
+            "backend ([gateway] smtp_backend or --smtp-backend) the backend sends mail out"
+        )
+    from twisted.internet import reactor
+
+    from clientid_twisted.server.relayqueue import RelayQueue
+    from clientid_twisted.server.relaysender import SmarthostClient
+    from clientid_twisted.server.relayservice import InboxBouncer, RelayService
+
+    queue = RelayQueue(dataDir / "queue", clock=reactor)
+    client = SmarthostClient(settings, hostname, reactor)
+    relay = RelayService(
+        queue,
+        client.send,
+        InboxBouncer(dataDir, users, hostname, queue, reactor),
+        settings.maxQueueSeconds,
+        settings.host,
+        clock=reactor,
+    )
+    if metrics is not None:
+        metrics.relayQueueLength(relay.queueLength)
+    return relay
 
 

@@ -2,7 +2,10 @@
 """
 Local delivery for the submission server: authenticated senders may mail
 the server's own accounts, each of which has a maildir under
-C{DATA_DIR/mail/<address>/}.  Anything else is refused at RCPT (no relay).
+C{DATA_DIR/mail/<address>/}.  Other recipients are refused at RCPT (no
+open relay), unless C{[relay]} names a smarthost: then an authenticated
+sender's mail for them goes into the relay queue
+(L{clientid_twisted.server.relayqueue}).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from zope.interface import Interface, implementer
 
@@ -43,6 +46,7 @@ __all__ = [
     "ensureMaildir",
     "storageError",
     "removeStaleTemporaryFiles",
+    "deliverToInbox",
 ]
 
 
@@ -346,8 +350,12 @@ class SubmissionDelivery:
         avatarId: str | None = None,
         clock: Any = None,
         withProtocol: str = "ESMTPSA",
+        relayQueue: Any = None,
     ) -> None:
         """
+        @param relayQueue: The L{RelayQueue
+            <clientid_twisted.server.relayqueue.RelayQueue>} for recipients
+            that are not local, or L{None} to refuse them.
         @param clock: Gives the time for headers and file names; the reactor
             by default.
         @param withProtocol: The C{with} keyword of C{Received:} (RFC 3848:
@@ -364,6 +372,7 @@ class SubmissionDelivery:
         self._with = withProtocol.encode("ascii")
         self._transaction: list[str] = []
         self._spool: _SpooledMessage | None = None
+        self.relayQueue = relayQueue
         try:
             self._hostname = hostname.encode("idna")
         except UnicodeError:
@@ -416,9 +425,10 @@ class SubmissionDelivery:
         self._spool = None
         return origin
 
-    def validateTo(self, user: smtp.User) -> Callable[[], MaildirMessageWriter]:
+    def validateTo(self, user: smtp.User) -> Callable[[], Any]:
         """
-        Accept local accounts only.
+        Accept local accounts, and with a relay queue, an authenticated
+        sender's recipients outside the local domains.
 
         @raise smtp.SMTPBadRcpt: For anything else (550: not a relay).
         @raise smtp.SMTPServerError: 451 if the user database is unreadable.
@@ -433,7 +443,7 @@ class SubmissionDelivery:
             self.log.error("recipient not checked: {error}", error=str(e))
             raise smtp.SMTPServerError(451, "4.3.0 Local error, try again later")
         if not known:
-            raise smtp.SMTPBadRcpt(user)
+            return self._relay(user, address)
         maildir = maildirPath(self.dataDir, address)
         self._transaction.append(address)
 
@@ -463,8 +473,73 @@ class SubmissionDelivery:
         return MaildirMessageWriter(maildir, name, self._spool)
 
 
+    def _relay(self, user: smtp.User, address: str) -> Callable[[], Any]:
+        """
+        Queue for the smarthost: only with a relay queue, only for an
+        authenticated session, never for an unknown name in a domain of our
+        own accounts (a typo there would otherwise leave the server).
+        """
+        queue = self.relayQueue
+        if queue is None or self.avatarId is None:
+            raise smtp.SMTPBadRcpt(user)
+        domain = address.rpartition("@")[2]
+        try:
+            localDomains = {a.rpartition("@")[2] for a in self.users.listUsers()}
+        except UserDatabaseError as e:
+            self.log.error("recipient not checked: {error}", error=str(e))
+            raise smtp.SMTPServerError(451, "4.3.0 Local error, try again later")
+        if domain in localDomains:
+            raise smtp.SMTPBadRcpt(user)
+        # The recipient as given: a remote local part may be case-sensitive.
+        recipient = bytes(user.dest).decode("ascii")
+        sender = bytes(user.orig).decode("ascii", "replace")
+        account = self.avatarId
+
+        def startMessage() -> Any:
+            return queue.newMessage(sender, recipient, account)
+
+        return startMessage
+
+
 def _destination(user: Any) -> smtp.Address:
     return user.dest if isinstance(user, smtp.User) else user
+
+
+def deliverToInbox(
+    dataDir: Path,
+    users: UserDatabase,
+    hostname: str,
+    account: str,
+    lines: Iterable[bytes],
+    clock: Any = None,
+) -> Path | None:
+    """
+    Write a message the server itself makes (a notice, a bounce) into the
+    INBOX of the local account C{account}, durably; blocking.
+
+    @param lines: The message, line by line, without line ends.
+    @return: The message's path, or L{None} if there is no such account
+        (no maildir is ever made for a name that is not an account).
+    @raise OSError: If the maildir cannot be written.
+    """
+    try:
+        start = SubmissionDelivery(dataDir, users, hostname, clock=clock).validateTo(
+            smtp.User(account, None, None, None)
+        )
+    except smtp.SMTPBadRcpt:
+        return None
+    writer = start()
+    try:
+        for line in lines:
+            writer.lineReceived(line)
+    except BaseException:
+        writer.connectionLost()
+        raise
+    done: list[Any] = []
+    writer.eomReceived().addBoth(done.append)  # fires at once
+    if isinstance(done[0], Failure):
+        done[0].raiseException()
+    return Path(done[0])
 
 
 @implementer(IRealm)
@@ -480,12 +555,22 @@ class MailRealm:
     """
 
     def __init__(
-        self, dataDir: Path, users: UserDatabase, hostname: str, clock: Any = None
+        self,
+        dataDir: Path,
+        users: UserDatabase,
+        hostname: str,
+        clock: Any = None,
+        relayQueue: Any = None,
     ) -> None:
+        """
+        @param relayQueue: Passed to each L{SubmissionDelivery}: where mail
+            for other domains goes, or L{None} (no relaying).
+        """
         self.dataDir = Path(dataDir)
         self.users = users
         self.hostname = hostname
         self._clock = clock
+        self.relayQueue = relayQueue
         self.avatarFactories: dict[
             type[Interface], Callable[[Any, Any], tuple[Any, Callable[[], None]]]
         ] = {
@@ -523,6 +608,7 @@ class MailRealm:
             self.hostname,
             avatarId=avatarId if isinstance(avatarId, str) else None,
             clock=self._clock,
+            relayQueue=self.relayQueue,
         )
         return delivery, lambda: None
 

@@ -25,7 +25,13 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 
 from clientid_twisted.interfaces import IClientIDStore
 
@@ -99,6 +105,17 @@ class ServerMetrics:
         self.storeOutages = Counter(
             "clientid_store_outages", "Times the CLIENTID store became unavailable.", registry=r
         )
+        self.relayQueue = Gauge(
+            "clientid_relay_queue_messages",
+            "Messages in the relay queue waiting for (or being sent to) the smarthost.",
+            registry=r,
+        )
+
+    def relayQueueLength(self, length: Callable[[], int]) -> None:
+        """
+        Report the relay queue's length, read from C{length} at each scrape.
+        """
+        self.relayQueue.set_function(length)
 
     # -- the log observer -----------------------------------------------------
 

@@ -156,6 +156,10 @@ def makeService(options: Options) -> service.MultiService:
     # First in, last out: the store closes (committing queued writes) after
     # every listener and session has stopped.
     server.authentication.service.setServiceParent(top)
+    if server.relay is not None:
+        # Before the listeners, so stopped after them: a message accepted
+        # while sessions wind down is queued, and sent at the next start.
+        server.relay.setServiceParent(top)
     if metrics is not None:
         from clientid_twisted.server.metrics import metricsService
 

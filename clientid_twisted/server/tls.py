@@ -25,6 +25,7 @@ __all__ = [
     "selfSignedCertificate",
     "loadCertificate",
     "loadOrCreateCertificate",
+    "loadAuthorities",
 ]
 
 
@@ -165,3 +166,23 @@ def loadOrCreateCertificate(dataDir: Path, hostname: str) -> ServerCertificate:
         f.write(keyPEM)
     certificatePath.write_bytes(certificatePEM)
     return ServerCertificate(certificatePEM, keyPEM, generated=True)
+
+
+def loadAuthorities(path: Path | str) -> object:
+    """
+    Every certificate of a PEM file, as a trust root for client TLS (a
+    C{ca} file may be a bundle: each of its certificates is trusted, not
+    only the first).
+
+    @raise OSError: If the file cannot be read.
+    @raise ValueError: If it holds no certificate.
+    """
+    import re
+
+    data = Path(path).read_bytes()
+    blocks = re.findall(
+        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.DOTALL
+    )
+    if not blocks:
+        raise ValueError(f"no PEM certificate in {path}")
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])

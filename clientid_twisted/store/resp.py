@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import random
-import re
 import socket
 import ssl as stdlibssl
 from typing import Any, Callable, Iterable, Sequence
@@ -586,16 +585,9 @@ def _authorities(path: str) -> Any:
 
     @raise ValueError: If the file holds no certificate.
     """
-    from twisted.internet import ssl
+    from clientid_twisted.server.tls import loadAuthorities
 
-    with open(path, "rb") as f:
-        data = f.read()
-    blocks = re.findall(
-        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.DOTALL
-    )
-    if not blocks:
-        raise ValueError(f"no PEM certificate in {path}")
-    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
+    return loadAuthorities(path)
 
 
 def _describe(reason: Failure | None) -> str:
