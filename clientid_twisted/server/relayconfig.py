@@ -146,8 +146,8 @@ def _checkAuthorities(table: _Table, path: Path) -> None:
         loadAuthorities(path)
     except OSError as e:
         raise table.error("ca", f"cannot be read ({path}: {e.strerror})") from None
-    except ValueError as e:
-        raise table.error("ca", str(e)) from None
+    except ValueError:
+        raise table.error("ca", f"holds no PEM certificate ({path})") from None
 
 
 __all__ += ["ConfigError"]
