@@ -41,8 +41,9 @@ class RelayConfigTests(SynchronousTestCase):
             password_file="relay-password",
         )
         assert settings is not None
-        self.assertEqual((settings.host, settings.port), ("smtp.example.net", 465))
-        self.assertTrue(settings.implicitTLS)
+        self.assertEqual(settings.host, "smtp.example.net")
+        self.assertEqual(settings.smarthost.tcpDescription, "tcp:smtp.example.net:465")
+        self.assertTrue(settings.smarthost.implicitTLS)
         self.assertFalse(settings.starttls)
         self.assertEqual(settings.password, b"s3cret")
         self.assertEqual(settings.maxQueueDays, 5.0)
@@ -56,8 +57,8 @@ class RelayConfigTests(SynchronousTestCase):
             max_queue_days=2,
         )
         assert settings is not None
-        self.assertEqual((settings.host, settings.port), ("smtp.example.net", 587))
-        self.assertEqual(settings.timeoutSeconds, 10.0)
+        self.assertEqual(settings.host, "smtp.example.net")
+        self.assertFalse(settings.smarthost.implicitTLS)
         self.assertTrue(settings.starttls)
         self.assertEqual(settings.caFile, self.dataDir / "ca.pem")
         self.assertEqual(settings.maxQueueSeconds, 2 * 86400)
@@ -68,9 +69,9 @@ class RelayConfigTests(SynchronousTestCase):
         """
         cases = [
             (dict(), "[relay] smarthost is required"),
-            (dict(smarthost="unix:/run/smtp"), "[relay] smarthost must be"),
-            (dict(smarthost="tcp:host=h"), "[relay] smarthost needs a port"),
-            (dict(smarthost="tls:h:465:trustRoots=/x"), "unsupported option 'trustRoots'"),
+            (dict(smarthost="unix:/run/smtp"), "[relay] smarthost is invalid"),
+            (dict(smarthost="tcp:host=h"), "names no port"),
+            (dict(smarthost="tls:h:465:trustRoots=/x"), "trustRoots= is not supported here; set [relay] ca instead"),
             (dict(smarthost="tls:h:465", starttls=True), "[relay] starttls is for a tcp:"),
             (dict(smarthost="tls:h:465", starttls="yes"), "[relay] starttls must be true or false"),
             (dict(smarthost="tls:h:465", username="u"), "[relay] password_file is required"),
@@ -104,4 +105,16 @@ class RelayConfigTests(SynchronousTestCase):
         """
         (self.dataDir / "clientid.toml").write_text('[relay]\nsmarthost = "smtp.example.net"\n')
         error = self.assertRaises(ConfigError, assembleServer, self.dataDir)
-        self.assertIn("clientid.toml: [relay] smarthost must be", str(error))
+        self.assertIn("clientid.toml: [relay] smarthost is invalid", str(error))
+
+    def test_notWithSMTPBackend(self) -> None:
+        """
+        With an SMTP backend the backend relays; a C{[relay]} table beside
+        it is a contradiction, not silently ignored.
+        """
+        (self.dataDir / "clientid.toml").write_text(
+            '[relay]\nsmarthost = "tls:smtp.example.net:465"\n'
+            '[gateway]\nsmtp_backend = "tcp:host=127.0.0.1:port=587"\n'
+        )
+        error = self.assertRaises(ConfigError, assembleServer, self.dataDir)
+        self.assertIn("[relay] is for the built-in submission server", str(error))

@@ -14,6 +14,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from clientid_twisted.gateway.config import parseBackendAddress
 from clientid_twisted.server.relayconfig import RelaySettings
 from clientid_twisted.server.relayqueue import QueueEntry
 from clientid_twisted.server.relaysender import (
@@ -55,9 +56,7 @@ class SenderTests(TestCase):
 
     def settings(self, **kwargs: Any) -> RelaySettings:
         values: dict[str, Any] = dict(
-            smarthost="test",
-            host="localhost",
-            port=self.smarthost.port,
+            smarthost=parseBackendAddress(f"tcp:host=localhost:port={self.smarthost.port}"),
             starttls=True,
             username=SMARTHOST_USER.decode(),
             password=SMARTHOST_PASSWORD,
@@ -87,7 +86,10 @@ class SenderTests(TestCase):
     @defer.inlineCallbacks
     def test_implicitTLS(self) -> Any:
         yield self.send(
-            self.settings(port=self.smarthost.tlsPort, starttls=False, implicitTLS=True)
+            self.settings(
+                smarthost=parseBackendAddress(f"tls:localhost:{self.smarthost.tlsPort}"),
+                starttls=False,
+            )
         )
         [message] = self.smarthost.box
         self.assertEqual(message.avatarId, SMARTHOST_USER)
@@ -112,7 +114,7 @@ class SenderTests(TestCase):
         """
         plain = CaptureSmarthost.start(self, tls=False)
         failure = yield self.assertFailure(
-            self.send(self.settings(port=plain.port)), smtp.TLSRequiredError
+            self.send(self.settings(smarthost=parseBackendAddress(f"tcp:localhost:{plain.port}"))), smtp.TLSRequiredError
         )
         self.assertNotIsInstance(failure, Refused)
         self.assertEqual(plain.box, [])
@@ -150,7 +152,7 @@ class SenderTests(TestCase):
     @defer.inlineCallbacks
     def test_connectionRefused(self) -> Any:
         failure = yield self.assertFailure(
-            self.send(self.settings(port=freePort(), host="127.0.0.1")), Exception
+            self.send(self.settings(smarthost=parseBackendAddress(f"tcp:127.0.0.1:{freePort()}"))), Exception
         )
         self.assertNotIsInstance(failure, Refused)
         self.assertIn("refused", describeFailure(Failure(failure)).lower())

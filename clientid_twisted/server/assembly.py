@@ -26,7 +26,7 @@ from clientid_twisted.server.connections import ConnectionLimiter
 from clientid_twisted.server.delivery import MailRealm, removeStaleTemporaryFiles
 from clientid_twisted.server.imapserver import MailIMAP4Factory
 from clientid_twisted.server.limits import ServerLimits
-from clientid_twisted.server.relayconfig import parseRelayConfig
+from clientid_twisted.server.relayconfig import RelaySettings, parseRelayConfig
 from clientid_twisted.server.secret import loadOrCreateKey
 from clientid_twisted.server.submission import SubmissionFactory
 from clientid_twisted.server.tls import (
@@ -96,6 +96,7 @@ def assembleServer(
     limits = ServerLimits.fromConfig(serverConfig, configFile)
     hostname = hostname or serverConfig.get("hostname") or "localhost"
     gateway = parseGatewayConfig(config, configFile).withOptions(imapBackend, smtpBackend)
+    relaySettings = _relaySettings(config, configFile, dataDir, gateway)
 
     if certificatePath and keyPath:
         certificate = loadCertificate(Path(certificatePath), Path(keyPath))
@@ -123,7 +124,7 @@ def assembleServer(
         wrapStore=metrics.countingStore if metrics is not None else None,
     )
     hasher = authentication.hasher or hasher
-    relay = _relayService(config, configFile, dataDir, users, hostname, metrics, gateway)
+    relay = _relayService(relaySettings, dataDir, users, hostname, metrics)
     portal = Portal(
         MailRealm(dataDir, users, hostname, relayQueue=relay.queue if relay else None),
         [authentication.checker],
@@ -158,29 +159,36 @@ def assembleServer(
     )
 
 
-def _relayService(
-    config: dict[str, Any],
-    configFile: Path,
-    dataDir: Path,
-    users: UserDatabase,
-    hostname: str,
-    metrics: Any,
-    gateway: GatewayConfig,
-) -> Any:
+def _relaySettings(
+    config: dict[str, Any], configFile: Path, dataDir: Path, gateway: GatewayConfig
+) -> RelaySettings | None:
     """
-    The relay service for C{[relay]}, or L{None} without the table.
+    C{[relay]}, checked before anything is opened.
 
-    @raise ConfigError: If C{[relay]} is invalid, or set beside an SMTP
-        backend (which then sends the mail out itself).
+    @raise ConfigError: If it is invalid, or set beside an SMTP backend
+        (which then sends the mail out itself).
     """
     settings = parseRelayConfig(config, dataDir, configFile)
-    if settings is None:
-        return None
-    if gateway.smtpBackend is not None:
+    if settings is not None and gateway.smtpBackend is not None:
         raise ConfigError(
             f"{configFile}: [relay] is for the built-in submission server; with an SMTP "
             "backend ([gateway] smtp_backend or --smtp-backend) the backend sends mail out"
         )
+    return settings
+
+
+def _relayService(
+    settings: RelaySettings | None,
+    dataDir: Path,
+    users: UserDatabase,
+    hostname: str,
+    metrics: Any,
+) -> Any:
+    """
+    The relay service for C{[relay]}, or L{None} without the table.
+    """
+    if settings is None:
+        return None
     from twisted.internet import reactor
 
     from clientid_twisted.server.relayqueue import RelayQueue
