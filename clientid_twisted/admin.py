@@ -6,6 +6,9 @@ C{clientid-admin}: manage the runnable server's data directory::
     clientid-admin [--data-dir DIR] user passwd ADDRESS --password-stdin
     clientid-admin [--data-dir DIR] user remove ADDRESS [--keep-mail]
     clientid-admin [--data-dir DIR] user list
+    clientid-admin [--data-dir DIR] user alias add ALIAS OWNER
+    clientid-admin [--data-dir DIR] user alias remove ALIAS
+    clientid-admin [--data-dir DIR] user alias list [OWNER]
 
     clientid-admin [--data-dir DIR | --store URL] devices list ADDRESS [--json]
     clientid-admin [...] devices approve ADDRESS (TYPE TOKEN | --fingerprint FP)
@@ -42,15 +45,18 @@ from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.policy.decision import accountName
 from clientid_twisted.policy.manage import DeviceManager, DeviceView, resultOf
-from clientid_twisted.server.config import configPath, loadConfig
+from clientid_twisted.server.config import configPath, getTable, loadConfig
 from clientid_twisted.server.secret import KEY_FILE, loadOrCreateKey
 from clientid_twisted.store import StoreError, openStore, storeScheme
 from clientid_twisted.server.users import (
+    ALIASES_FILE,
+    AliasDatabase,
     InvalidAddress,
     UnknownUser,
     UserDatabase,
     UserDatabaseError,
     UserExists,
+    aliasesFromConfig,
     normalizeAddress,
     usersPath,
 )
@@ -104,6 +110,15 @@ class _Context:
 
     def users(self) -> UserDatabase:
         return UserDatabase(usersPath(self.dataDir))
+
+    def aliases(self) -> AliasDatabase:
+        """
+        The alias file, with the configuration's aliases (which it cannot
+        change) beside.
+        """
+        configFile = configPath(self.dataDir)
+        table = getTable(loadConfig(configFile), "users", configFile)
+        return AliasDatabase(self.dataDir / ALIASES_FILE, aliasesFromConfig(table, configFile))
 
     def say(self, message: str) -> None:
         print(message, file=self.stdout)
@@ -180,13 +195,40 @@ def _userRemove(context: _Context) -> None:
     else:
         shutil.rmtree(maildir)
         mail = "its mail deleted"
+    context.aliases().forgetOwner(account)
     _manager(context).forgetAccount(account)
-    context.say(f"removed user {account}: {mail}, its devices and counters forgotten")
+    context.say(
+        f"removed user {account}: {mail}, its aliases, devices and counters forgotten"
+    )
 
 
 def _userList(context: _Context) -> None:
     for address in context.users().listUsers():
         context.say(address)
+
+
+def _aliasAdd(context: _Context) -> None:
+    alias = normalizeAddress(context.arguments.alias)
+    owner = normalizeAddress(context.arguments.owner)
+    users = context.users()
+    if not users.exists(owner):
+        raise UnknownUser(f"no such user: {owner}")
+    if users.exists(alias):
+        # An account's address is its own: no one else may send as it.
+        raise UserExists(f"{alias} is an account, not an alias")
+    context.aliases().addAlias(alias, owner)
+    context.say(f"{owner} may now send as {alias}")
+
+
+def _aliasRemove(context: _Context) -> None:
+    alias = context.arguments.alias
+    context.aliases().removeAlias(alias)
+    context.say(f"removed alias {alias.lower()}")
+
+
+def _aliasList(context: _Context) -> None:
+    for alias, owner in context.aliases().listAliases(context.arguments.owner):
+        context.say(f"{alias} {owner}")
 
 
 def _addUserCommands(commands: Any) -> None:
@@ -223,6 +265,21 @@ def _addUserCommands(commands: Any) -> None:
 
     listing = actions.add_parser("list", help="list the accounts")
     listing.set_defaults(run=_userList)
+
+    alias = actions.add_parser(
+        "alias", help="sender addresses a user may use besides its own"
+    )
+    aliasActions = alias.add_subparsers(dest="aliasAction", metavar="ACTION", required=True)
+    aliasAdd = aliasActions.add_parser("add", help="let OWNER send as ALIAS")
+    aliasAdd.add_argument("alias", metavar="ALIAS")
+    aliasAdd.add_argument("owner", metavar="OWNER")
+    aliasAdd.set_defaults(run=_aliasAdd)
+    aliasRemove = aliasActions.add_parser("remove", help="remove an alias")
+    aliasRemove.add_argument("alias", metavar="ALIAS")
+    aliasRemove.set_defaults(run=_aliasRemove)
+    aliasList = aliasActions.add_parser("list", help="list aliases: ALIAS OWNER a line")
+    aliasList.add_argument("owner", metavar="OWNER", nargs="?")
+    aliasList.set_defaults(run=_aliasList)
 
 
 # devices, tokens, events: the CLIENTID store

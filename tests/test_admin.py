@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import clientid_twisted
 from clientid_twisted.admin import main
-from clientid_twisted.server.users import UserDatabase, usersPath, verifyPassword
+from clientid_twisted.server.users import AliasDatabase, UserDatabase, usersPath, verifyPassword
 
 
 class AdminTestMixin:
@@ -124,6 +124,49 @@ class UserCommandTests(AdminTestMixin, SynchronousTestCase):
         self.assertIn("removed user alice@example.org", out)
         self.assertIn("it had no mailbox", out)
         self.assertEqual(self.users.listUsers(), ["bob@example.org"])
+
+    def test_alias(self) -> None:
+        """
+        C{user alias add|remove|list}: an existing user may send as an
+        alias; an account's own address is no one's alias; the
+        configuration's aliases are listed too; removing the owner removes
+        its aliases.
+        """
+        for address in ("alice@example.org", "bob@example.org"):
+            self.admin("user", "add", address, "--password-stdin", stdin="pw\n")
+        (self.dataDir / "clientid.toml").write_text(
+            '[users]\naliases = { "info@example.org" = "bob@example.org" }\n'
+        )
+        status, out, err = self.admin("user", "alias", "add", "Sales@example.org", "alice@example.org")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, "alice@example.org may now send as sales@example.org\n")
+        self.assertUsageError(
+            self.admin("user", "alias", "add", "bob@example.org", "alice@example.org"),
+            "bob@example.org is an account",
+        )
+        self.assertUsageError(
+            self.admin("user", "alias", "add", "x@example.org", "carol@example.org"), "no such user"
+        )
+        self.assertUsageError(
+            self.admin("user", "alias", "add", "info@example.org", "alice@example.org"),
+            "already belongs to bob@example.org",
+        )
+        self.assertEqual(
+            self.admin("user", "alias", "list"),
+            (0, "info@example.org bob@example.org\nsales@example.org alice@example.org\n", ""),
+        )
+        self.assertEqual(
+            self.admin("user", "alias", "list", "alice@example.org"),
+            (0, "sales@example.org alice@example.org\n", ""),
+        )
+        aliases = AliasDatabase(self.dataDir / "aliases.json")
+        self.assertTrue(aliases.owns("alice@example.org", "SALES@example.org"))
+        self.assertEqual(self.admin("user", "alias", "remove", "sales@example.org")[0], 0)
+        self.assertFalse(aliases.owns("alice@example.org", "sales@example.org"))
+        self.assertUsageError(self.admin("user", "alias", "remove", "sales@example.org"), "no such alias")
+        self.admin("user", "alias", "add", "sales@example.org", "alice@example.org")
+        self.assertEqual(self.admin("user", "remove", "alice@example.org")[0], 0)
+        self.assertEqual(aliases.listAliases(), [])
 
     def test_removeUnknown(self) -> None:
         self.assertUsageError(

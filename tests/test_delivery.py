@@ -27,10 +27,16 @@ from clientid_twisted.server.delivery import (
     SubmissionDelivery,
     maildirPath,
 )
-from clientid_twisted.server.users import InvalidAddress, UserDatabase, usersPath
+from clientid_twisted.server.users import AliasDatabase, InvalidAddress, UserDatabase, usersPath
 from clientid_twisted.testing import LineExchange, connectedTransport
 
 NOW = 1700000000.25
+
+
+def _address(raw: bytes) -> smtp.Address:
+    address = smtp.Address(b"x@example.org")
+    address.local, _, address.domain = raw.rpartition(b"@")
+    return address
 
 
 def recipient(address: bytes) -> smtp.User:
@@ -235,6 +241,48 @@ class ValidateTests(DeliveryTestMixin, SynchronousTestCase):
     def test_validateFrom(self) -> None:
         origin = smtp.Address(b"anyone@elsewhere.example")
         self.assertIs(self.delivery.validateFrom((b"c", b"192.0.2.7"), origin), origin)
+
+    def test_senderOwnership(self) -> None:
+        """
+        With C{senders}, MAIL FROM must be the login's own address (any
+        case), one of its aliases (file or configuration), or the null
+        sender; anything else is C{553 5.7.1}.
+        """
+        aliases = AliasDatabase(self.dataDir / "aliases.json", {"sales@example.org": "bob@example.org"})
+        aliases.addAlias("Bob.Smith@example.org", "bob@example.org")
+        aliases.addAlias("alice.a@example.org", "alice@example.org")
+        delivery = SubmissionDelivery(
+            self.dataDir, self.users, "mx.example.net", "bob@example.org",
+            clock=self.clock, senders=aliases,
+        )
+        helo = (b"c", b"192.0.2.7")
+        for owned in (b"bob@example.org", b"BOB@Example.org", b"bob.smith@example.org",
+                      b"sales@example.org", b""):
+            origin = smtp.Address(owned)
+            self.assertIs(delivery.validateFrom(helo, origin), origin)
+        for foreign in (b"alice@example.org", b"alice.a@example.org", b"bob@elsewhere.example",
+                        b"bob\xff@example.org"):
+            e = self.assertRaises(
+                smtp.SMTPServerError, delivery.validateFrom, helo, _address(foreign)
+            )
+            self.assertEqual((e.code, e.resp), (553, "5.7.1 Sender address rejected: not owned by user"))
+
+    def test_senderOwnershipOverSMTP(self) -> None:
+        """
+        The reply a client sees, and the session goes on.
+        """
+        protocol = smtp.ESMTP()
+        protocol.delivery = SubmissionDelivery(
+            self.dataDir, self.users, "mx.example.net", "bob@example.org",
+            clock=self.clock, senders=AliasDatabase(self.dataDir / "aliases.json"),
+        )
+        client = LineExchange(protocol, connectedTransport(protocol, secure=True))
+        client.exchange(b"EHLO client.example")
+        self.assertEqual(
+            client.exchange(b"MAIL FROM:<alice@example.org>"),
+            b"553 5.7.1 Sender address rejected: not owned by user\r\n",
+        )
+        self.assertTrue(client.exchange(b"MAIL FROM:<bob@example.org>").startswith(b"250"))
 
     def test_unknownRecipient(self) -> None:
         """

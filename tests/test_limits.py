@@ -80,6 +80,7 @@ class FromConfigTests(SynchronousTestCase):
             "max_errors_per_session": 21,
             "auth_failure_delay_seconds": 0,
             "shutdown_grace_seconds": 0,
+            "sender_login_match": False,
             "hostname": "mail.example.org",
         }
         limits = ServerLimits.fromConfig(table)
@@ -103,6 +104,7 @@ class FromConfigTests(SynchronousTestCase):
                 maxErrorsPerSession=21,
                 authFailureDelay=0,
                 shutdownGrace=0,
+                senderLoginMatch=False,
             ),
         )
 
@@ -124,6 +126,7 @@ class FromConfigTests(SynchronousTestCase):
         self.assertRefused({"max_connections": True}, "max_connections")
         self.assertRefused({"auth_failure_delay_seconds": [1]}, "auth_failure_delay_seconds")
         self.assertRefused({"hostname": 5}, "hostname", "string")
+        self.assertRefused({"sender_login_match": 1}, "sender_login_match", "true or false")
 
     def test_outOfRange(self) -> None:
         self.assertRefused({"idle_timeout_seconds": 0}, "idle_timeout_seconds", "greater than 0")

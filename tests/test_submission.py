@@ -79,6 +79,42 @@ class SubmissionRulesTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"220 mail.example.test ESMTP submission ready\r\n")
 
 
+class SenderOwnershipWiringTests(SynchronousTestCase):
+    """
+    The assembled server checks MAIL FROM against the login, with the
+    configuration's aliases, unless C{sender_login_match = false}.
+    """
+
+    def test_onByDefault(self) -> None:
+        dataDir = Path(self.mktemp())
+        dataDir.mkdir()
+        (dataDir / "clientid.toml").write_text(
+            '[users]\naliases = { "info@example.test" = "alice@example.test" }\n'
+        )
+        server = assembleServer(dataDir, hostname="mail.example.test")
+        self.addCleanup(server.authentication.store.close)
+        senders = server.portal.realm.senders
+        self.assertTrue(senders.owns("alice@example.test", "info@example.test"))
+        self.assertFalse(senders.owns("bob@example.test", "info@example.test"))
+
+    def test_off(self) -> None:
+        dataDir = Path(self.mktemp())
+        dataDir.mkdir()
+        (dataDir / "clientid.toml").write_text("[server]\nsender_login_match = false\n")
+        server = assembleServer(dataDir, hostname="mail.example.test")
+        self.addCleanup(server.authentication.store.close)
+        self.assertIsNone(server.portal.realm.senders)
+
+    def test_badAliases(self) -> None:
+        from clientid_twisted.server.config import ConfigError
+
+        dataDir = Path(self.mktemp())
+        dataDir.mkdir()
+        (dataDir / "clientid.toml").write_text('[users]\naliases = { "info" = "alice@example.test" }\n')
+        error = self.assertRaises(ConfigError, assembleServer, dataDir)
+        self.assertIn("[users] aliases 'info'", str(error))
+
+
 class NoDelayTests(SynchronousTestCase):
     """
     L{setNoDelay} sets TCP_NODELAY on TCP transports and ignores others.

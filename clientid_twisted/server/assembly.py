@@ -34,7 +34,13 @@ from clientid_twisted.server.tls import (
     loadCertificate,
     loadOrCreateCertificate,
 )
-from clientid_twisted.server.users import ScryptChecker, UserDatabase
+from clientid_twisted.server.users import (
+    ALIASES_FILE,
+    AliasDatabase,
+    ScryptChecker,
+    UserDatabase,
+    aliasesFromConfig,
+)
 
 __all__ = ["MailServer", "assembleServer"]
 
@@ -95,6 +101,8 @@ def assembleServer(
     serverConfig = getTable(config, "server", configFile)
     limits = ServerLimits.fromConfig(serverConfig, configFile)
     hostname = hostname or serverConfig.get("hostname") or "localhost"
+    # MAIL FROM must be the login's own address or alias (on by default).
+    aliases = aliasesFromConfig(getTable(config, "users", configFile), configFile)
     gateway = parseGatewayConfig(config, configFile).withOptions(imapBackend, smtpBackend)
     relaySettings = _relaySettings(config, configFile, dataDir, gateway)
 
@@ -125,8 +133,17 @@ def assembleServer(
     )
     hasher = authentication.hasher or hasher
     relay = _relayService(relaySettings, dataDir, users, hostname, metrics)
+    senders = None
+    if limits.senderLoginMatch:
+        senders = AliasDatabase(dataDir / ALIASES_FILE, aliases)
     portal = Portal(
-        MailRealm(dataDir, users, hostname, relayQueue=relay.queue if relay else None),
+        MailRealm(
+            dataDir,
+            users,
+            hostname,
+            relayQueue=relay.queue if relay else None,
+            senders=senders,
+        ),
         [authentication.checker],
     )
 

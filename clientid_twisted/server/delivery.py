@@ -351,6 +351,7 @@ class SubmissionDelivery:
         clock: Any = None,
         withProtocol: str = "ESMTPSA",
         relayQueue: Any = None,
+        senders: Any = None,
     ) -> None:
         """
         @param relayQueue: The L{RelayQueue
@@ -358,6 +359,10 @@ class SubmissionDelivery:
             that are not local, or L{None} to refuse them.
         @param clock: Gives the time for headers and file names; the reactor
             by default.
+        @param senders: Says which envelope senders a user owns
+            (C{owns(login, address)}, an
+            L{AliasDatabase <clientid_twisted.server.users.AliasDatabase>});
+            L{None} accepts any sender.
         @param withProtocol: The C{with} keyword of C{Received:} (RFC 3848:
             C{ESMTPSA} is ESMTP with STARTTLS and AUTH).
         """
@@ -367,6 +372,7 @@ class SubmissionDelivery:
         self.users = users
         self.hostname = hostname
         self.avatarId = avatarId
+        self.senders = senders
         self._clock = clock
         self._names = _UniqueNames(clock)
         self._with = withProtocol.encode("ascii")
@@ -418,11 +424,27 @@ class SubmissionDelivery:
         self, helo: tuple[bytes, bytes], origin: smtp.Address
     ) -> smtp.Address:
         """
-        Accept any sender: the session is authenticated.  A new
+        Accept the user's own addresses (its login and its aliases) and the
+        null sender; with no C{senders} to check against, any.  A new
         transaction starts here.
+
+        @raise smtp.SMTPServerError: C{553 5.7.1} for an address the user
+            does not own; C{451} if the aliases cannot be read.
         """
         self._transaction = []
         self._spool = None
+        address = bytes(origin)
+        if self.senders is None or self.avatarId is None or not address:
+            return origin
+        try:
+            owned = self.senders.owns(self.avatarId, address.decode("ascii"))
+        except UnicodeDecodeError:
+            owned = False
+        except UserDatabaseError as e:
+            self.log.error("sender not checked: {error}", error=str(e))
+            raise smtp.SMTPServerError(451, "4.3.0 Local error, try again later")
+        if not owned:
+            raise smtp.SMTPServerError(553, "5.7.1 Sender address rejected: not owned by user")
         return origin
 
     def validateTo(self, user: smtp.User) -> Callable[[], Any]:
@@ -471,7 +493,6 @@ class SubmissionDelivery:
         if self._spool is None or not self._spool.joinable:
             self._spool = _SpooledMessage(maildir / "tmp" / name)
         return MaildirMessageWriter(maildir, name, self._spool)
-
 
     def _relay(self, user: smtp.User, address: str) -> Callable[[], Any]:
         """
@@ -561,14 +582,18 @@ class MailRealm:
         hostname: str,
         clock: Any = None,
         relayQueue: Any = None,
+        senders: Any = None,
     ) -> None:
         """
         @param relayQueue: Passed to each L{SubmissionDelivery}: where mail
             for other domains goes, or L{None} (no relaying).
+        @param senders: Passed to each L{SubmissionDelivery}: who owns which
+            sender address, or L{None} to accept any.
         """
         self.dataDir = Path(dataDir)
         self.users = users
         self.hostname = hostname
+        self.senders = senders
         self._clock = clock
         self.relayQueue = relayQueue
         self.avatarFactories: dict[
@@ -609,6 +634,7 @@ class MailRealm:
             avatarId=avatarId if isinstance(avatarId, str) else None,
             clock=self._clock,
             relayQueue=self.relayQueue,
+            senders=self.senders,
         )
         return delivery, lambda: None
 

@@ -63,6 +63,9 @@ class ServerLimits:
     @ivar authFailureDelay: Delay before a failed login is answered.
     @ivar shutdownGrace: Time a stopping server lets sessions in DATA or
         FETCH finish before it cuts them.
+    @ivar senderLoginMatch: Not a limit: whether C{MAIL FROM} must be an
+        address the authenticated user owns (Postfix's
+        C{reject_sender_login_mismatch}).
     """
 
     idleTimeout: float = 300
@@ -82,6 +85,7 @@ class ServerLimits:
     maxErrorsPerSession: int = 20
     authFailureDelay: float = 2
     shutdownGrace: float = 30
+    senderLoginMatch: bool = True
 
     @classmethod
     def fromConfig(
@@ -118,8 +122,8 @@ class ServerLimits:
 
 def _isKind(value: object, kind: type) -> bool:
     # TOML booleans are Python ints; never take one for a number.
-    if isinstance(value, bool):
-        return False
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
     if kind is float:
         return isinstance(value, (int, float))
     return isinstance(value, kind)
@@ -162,6 +166,7 @@ _KEYS: dict[str, tuple[str, type, Callable[[Any], bool], str]] = {
     "auth_failure_delay_seconds": (
         "authFailureDelay", float, lambda v: 0 <= v <= 60, "a number of seconds from 0 to 60"
     ),
+    "sender_login_match": ("senderLoginMatch", bool, lambda v: True, "true or false"),
     "shutdown_grace_seconds": (
         "shutdownGrace", float, lambda v: v >= 0, "a number of seconds, 0 or more"
     ),

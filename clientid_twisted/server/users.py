@@ -55,6 +55,9 @@ __all__ = [
     "verifyPassword",
     "usersPath",
     "USERS_FILE",
+    "AliasDatabase",
+    "aliasesFromConfig",
+    "ALIASES_FILE",
 ]
 
 USERS_FILE = "users.json"
@@ -216,20 +219,24 @@ _DUMMY_HASH = _formatHash(
 )
 
 
-class UserDatabase:
+class _AddressMapFile:
     """
-    The account file, kept in step with other processes that change it.
+    A JSON object of lower-cased addresses to strings in a file, kept in
+    step with other processes that change it.
 
     Every lookup costs one C{stat}; the file is parsed again only when its
     inode, size or times changed.  Changes hold an advisory lock (POSIX)
     across read-modify-write, so two C{clientid-admin} runs do not lose each
-    other's update, and replace the file atomically (mode 0600), so readers
-    never see half a file.  Use an instance from one thread.
+    other's update, and replace the file atomically and durably (mode
+    0600), so readers never see half a file.  Use an instance from one
+    thread.
 
     @ivar path: The JSON file.
     """
 
     log = Logger()
+    _what = "user database"
+    _values = "password hashes"
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -240,7 +247,7 @@ class UserDatabase:
 
     def _load(self) -> dict[str, str]:
         """
-        The current accounts, re-read if the file changed.
+        The current map, re-read if the file changed.
 
         @raise UserDatabaseError: If the file is unreadable or corrupt.
         """
@@ -250,7 +257,7 @@ class UserDatabase:
             self._users, self._stamp = {}, None
             return self._users
         except OSError as e:
-            raise UserDatabaseError(f"cannot read user database {self.path}: {e}")
+            raise UserDatabaseError(f"cannot read {self._what} {self.path}: {e}")
         stamp = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if stamp != self._stamp:
             self._users = self._parse()
@@ -263,46 +270,22 @@ class UserDatabase:
         except FileNotFoundError:
             return {}
         except (OSError, UnicodeDecodeError) as e:
-            raise UserDatabaseError(f"cannot read user database {self.path}: {e}")
+            raise UserDatabaseError(f"cannot read {self._what} {self.path}: {e}")
         try:
             data: Any = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserDatabaseError(
-                f"user database {self.path} is corrupt (line {e.lineno}, column "
+                f"{self._what} {self.path} is corrupt (line {e.lineno}, column "
                 f"{e.colno}: {e.msg}); it was left untouched: repair or restore it"
             ) from None
         if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()
         ):
             raise UserDatabaseError(
-                f"user database {self.path} is corrupt: expected a JSON object "
-                "mapping addresses to password hashes; it was left untouched"
+                f"{self._what} {self.path} is corrupt: expected a JSON object "
+                f"mapping addresses to {self._values}; it was left untouched"
             )
         return {k.lower(): v for k, v in data.items()}
-
-    def listUsers(self) -> list[str]:
-        """
-        All account addresses, sorted.
-        """
-        return sorted(self._load())
-
-    def exists(self, address: str) -> bool:
-        """
-        Whether C{address} (any case) is an account.  Invalid addresses are
-        not.
-        """
-        return self.passwordHash(address) is not None
-
-    def passwordHash(self, address: str) -> str | None:
-        """
-        The stored hash of C{address} (any case), or L{None} if there is no
-        such account or the address is invalid.
-        """
-        try:
-            key = normalizeAddress(address)
-        except InvalidAddress:
-            return None
-        return self._load().get(key)
 
     # Writing
 
@@ -329,6 +312,37 @@ class UserDatabase:
         # Our own write is not news to us.
         self._stamp = None
         self._load()
+
+
+class UserDatabase(_AddressMapFile):
+    """
+    The account file: addresses to scrypt hashes (see L{_AddressMapFile}
+    for how it is read and written).
+    """
+
+    def listUsers(self) -> list[str]:
+        """
+        All account addresses, sorted.
+        """
+        return sorted(self._load())
+
+    def exists(self, address: str) -> bool:
+        """
+        Whether C{address} (any case) is an account.  Invalid addresses are
+        not.
+        """
+        return self.passwordHash(address) is not None
+
+    def passwordHash(self, address: str) -> str | None:
+        """
+        The stored hash of C{address} (any case), or L{None} if there is no
+        such account or the address is invalid.
+        """
+        try:
+            key = normalizeAddress(address)
+        except InvalidAddress:
+            return None
+        return self._load().get(key)
 
     def addUser(self, address: str, password: str | bytes) -> None:
         """
@@ -378,6 +392,118 @@ class UserDatabase:
             return normalizeAddress(address)
         except InvalidAddress:
             raise UnknownUser(f"no such user: {address!r}") from None
+
+
+class AliasDatabase(_AddressMapFile):
+    """
+    The sender addresses users may use besides their own: alias to owner,
+    from C{DATA_DIR/aliases.json} (C{clientid-admin user alias}) and the
+    C{[users] aliases} table of the configuration (read-only here).
+    """
+
+    _what = "alias database"
+    _values = "owner addresses"
+
+    def __init__(self, path: Path, configured: dict[str, str] | None = None) -> None:
+        super().__init__(path)
+        self.configured = dict(configured or {})
+
+    def owner(self, alias: str) -> str | None:
+        """
+        Who may send as C{alias} besides an account of that name, or
+        L{None}.
+        """
+        try:
+            key = normalizeAddress(alias)
+        except InvalidAddress:
+            return None
+        return self._load().get(key) or self.configured.get(key)
+
+    def owns(self, login: str, address: str) -> bool:
+        """
+        Whether the user C{login} may use C{address} as its envelope
+        sender: its own address or one of its aliases (any case).
+        """
+        try:
+            login, key = normalizeAddress(login), normalizeAddress(address)
+        except InvalidAddress:
+            return False
+        return key == login or self.owner(key) == login
+
+    def listAliases(self, owner: str | None = None) -> list[tuple[str, str]]:
+        """
+        C{(alias, owner)} pairs, sorted, all or of one owner; the file's
+        and the configuration's together.
+        """
+        every = {**self.configured, **self._load()}
+        wanted = normalizeAddress(owner) if owner is not None else None
+        return sorted(
+            (alias, who) for alias, who in every.items() if wanted in (None, who)
+        )
+
+    def addAlias(self, alias: str, owner: str) -> None:
+        """
+        @raise InvalidAddress: If either address is not acceptable.
+        @raise UserExists: If C{alias} already has an owner.
+        """
+        key, who = normalizeAddress(alias), normalizeAddress(owner)
+        with self._changing() as aliases:
+            current = aliases.get(key) or self.configured.get(key)
+            if current is not None:
+                raise UserExists(f"alias {key} already belongs to {current}")
+            aliases[key] = who
+
+    def removeAlias(self, alias: str) -> None:
+        """
+        @raise UnknownUser: If C{alias} is not in the file (the
+            configuration's aliases are removed by editing it).
+        """
+        key = normalizeAddress(alias)
+        with self._changing() as aliases:
+            if key not in aliases:
+                raise UnknownUser(f"no such alias: {key}")
+            del aliases[key]
+
+    def forgetOwner(self, owner: str) -> None:
+        """
+        Remove every alias of C{owner} from the file (its account is gone).
+        """
+        who = normalizeAddress(owner)
+        with self._changing() as aliases:
+            for alias in [a for a, o in aliases.items() if o == who]:
+                del aliases[alias]
+
+
+def aliasesFromConfig(table: dict[str, Any], source: object = None) -> dict[str, str]:
+    """
+    The C{aliases} of a C{[users]} table: C{{"alias@domain" =
+    "owner@domain"}}.
+
+    @raise ConfigError: For an unknown key, or an alias or owner that is
+        not an address.
+    """
+    from clientid_twisted.server.config import ConfigError
+
+    where = f"{source}: " if source is not None else ""
+    unknown = set(table) - {"aliases"}
+    if unknown:
+        raise ConfigError(f"{where}[users] {sorted(unknown)[0]}: unknown key (known keys: aliases)")
+    aliases = table.get("aliases", {})
+    if not isinstance(aliases, dict):
+        raise ConfigError(f"{where}[users] aliases: expected a table of alias = owner")
+    result = {}
+    for alias, owner in aliases.items():
+        try:
+            if not isinstance(owner, str):
+                raise InvalidAddress(f"owner {owner!r} is not a string")
+            result[normalizeAddress(alias)] = normalizeAddress(owner)
+        except InvalidAddress as e:
+            raise ConfigError(f"{where}[users] aliases {alias!r}: {e}") from None
+    return result
+
+
+ALIASES_FILE = "aliases.json"
+"""The name of the alias database inside the data directory."""
 
 
 def _checkPassword(password: str | bytes) -> None:
