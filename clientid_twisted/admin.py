@@ -21,7 +21,8 @@ Changes take effect on a running server at its next login: it re-reads the
 files and the store.  Each command group is registered by one function in
 L{COMMANDS}.  The device, token and event commands need only the CLIENTID
 store (C{--store URL}); with a data directory they also check that the
-account exists.
+account exists, unless the configuration names a gateway backend
+(C{[gateway] imap_backend} / C{smtp_backend}), whose accounts live there.
 
 Exit status: 0 success, 1 the data directory or store is unusable (a
 corrupt or unreadable file), 2 a usage error (bad arguments, invalid
@@ -303,6 +304,20 @@ def _usesDataDir(context: _Context) -> bool:
     return arguments.data_dir is not None or not arguments.store
 
 
+def _config(context: _Context) -> tuple[Path | None, dict[str, Any]]:
+    """
+    The configuration file the arguments name (C{--config}, else the data
+    directory's), and its contents.
+    """
+    if context.arguments.config:
+        configFile = Path(context.arguments.config)
+        return configFile, loadConfig(configFile, required=True)
+    if _usesDataDir(context):
+        configFile = configPath(context.dataDir)
+        return configFile, loadConfig(configFile)
+    return None, {}
+
+
 def _manager(context: _Context) -> DeviceManager:
     """
     Open the store the arguments name, blocking, with the key its devices
@@ -314,14 +329,7 @@ def _manager(context: _Context) -> DeviceManager:
     arguments = context.arguments
     usesDataDir = _usesDataDir(context)
     dataDir = context.dataDir if usesDataDir else None
-    if arguments.config:
-        configFile: Path | None = Path(arguments.config)
-        config = loadConfig(configFile, required=True)
-    elif dataDir is not None:
-        configFile = configPath(dataDir)
-        config = loadConfig(configFile)
-    else:
-        configFile, config = None, {}
+    configFile, config = _config(context)
     settings = parsePolicyConfig(config, configFile)
     url = arguments.store or settings.store.url
     if storeScheme(url) == "memory":
@@ -359,7 +367,7 @@ def _account(context: _Context, address: str) -> str:
     The store's name for an account; with a data directory, only an
     existing one.
     """
-    if _usesDataDir(context):
+    if _usesDataDir(context) and not _accountsOnBackend(context):
         users = context.users()
         key = normalizeAddress(address)
         if not users.exists(key):
@@ -369,6 +377,17 @@ def _account(context: _Context, address: str) -> str:
     if account is None:
         raise UsageError(f"invalid address {address!r}")
     return account
+
+
+def _accountsOnBackend(context: _Context) -> bool:
+    """
+    Whether the configuration names a gateway backend: its accounts live
+    there, not in C{users.json}.
+    """
+    from clientid_twisted.gateway.config import parseGatewayConfig
+
+    configFile, config = _config(context)
+    return parseGatewayConfig(config, configFile).enabled
 
 
 def _identity(arguments: argparse.Namespace) -> ClientIdentity:

@@ -39,6 +39,8 @@ class ClientIdentifiedCredentials:
     @ivar peer: The client's address.
     @ivar protocolName: C{"smtp"} or C{"imap"}.
     @ivar secure: Whether the connection is encrypted.
+    @ivar host: The server's address the client connected to, or L{None}
+        (a gateway tells its backend, as C{ID x-connected-ip}).
     """
 
     def __init__(
@@ -48,8 +50,10 @@ class ClientIdentifiedCredentials:
         peer: IAddress | None,
         protocolName: str,
         secure: bool,
+        host: IAddress | None = None,
     ) -> None:
         self.credentials = credentials
+        self.host = host
         self.clientIdentity = clientIdentity
         self.peer = peer
         self.protocolName = protocolName
@@ -77,6 +81,7 @@ def identifyCredentials(
     peer: IAddress | None,
     protocolName: str,
     secure: bool,
+    host: IAddress | None = None,
 ) -> ClientIdentifiedCredentials:
     """
     Wrap C{credentials} so that they carry the client identity.
@@ -87,5 +92,5 @@ def identifyCredentials(
     if isinstance(credentials, ClientIdentifiedCredentials):
         credentials = credentials.credentials
     return ClientIdentifiedCredentials(
-        credentials, clientIdentity, peer, protocolName, secure
+        credentials, clientIdentity, peer, protocolName, secure, host
     )

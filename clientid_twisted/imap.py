@@ -602,6 +602,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
             self.transport.getPeer(),
             self.protocolName,
             self.isEncrypted(),
+            self.transport.getHost(),
         )
 
     # -- AUTHENTICATE ---------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "IClientIDPolicy",
     "IClientIDStore",
     "IAlertObserver",
+    "IPasswordForwardingChecker",
 ]
 
 
@@ -41,6 +43,9 @@ class IClientIdentifiedCredentials(ICredentials, Interface):
     protocolName = Attribute('Which protocol the login came over: C{"smtp"} or C{"imap"}.')
     secure = Attribute("L{True} when the connection is encrypted (TLS).")
     credentials = Attribute("The mechanism's own credentials object, unwrapped.")
+    host = Attribute(
+        "The server's address the client connected to (an IAddress), or L{None}."
+    )
 
 
 class IClientIDPolicy(Interface):
@@ -207,4 +212,25 @@ class IAlertObserver(Interface):
         (mail, HTTP) goes on in the background, so no login waits for it.
 
         @param alert: A L{clientid_twisted.policy.alerts.Alert}.
+        """
+
+
+class IPasswordForwardingChecker(ICredentialsChecker, Interface):
+    """
+    A checker that hands the password to another server (a gateway's
+    backend).  L{clientid_twisted.policy.checker.ClientIDChecker} asks its
+    policy first and calls L{requestAvatarId} only for a login the policy
+    accepts, so a refused device's password never leaves this process; a
+    refused login goes to L{refuseUnchecked} instead, which takes as long
+    as a refusal by the other server.
+    """
+
+    def refuseUnchecked(credentials):
+        """
+        Refuse without checking the password.
+
+        @return: A Deferred that fails with
+            L{UnauthorizedLogin <twisted.cred.error.UnauthorizedLogin>} after
+            about as long as the other server takes to refuse a wrong
+            password.
         """

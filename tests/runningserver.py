@@ -40,8 +40,8 @@ USERS = ("alice@example.test", "bob@example.test")
 _FACTORIES = {
     "smtp": "SubmissionFactory",
     "smtps": "SubmissionFactory (TLS)",
-    "imap": "MailIMAP4Factory",
-    "imaps": "MailIMAP4Factory (TLS)",
+    "imap": "IMAP4Factory",
+    "imaps": "IMAP4Factory (TLS)",
 }
 
 
@@ -60,10 +60,12 @@ class RunningServer:
         config: str,
         protocols: tuple[str, ...] = ("smtp", "smtps", "imap", "imaps"),
         store: str | None = None,
+        arguments: tuple[str, ...] = (),
     ) -> None:
         """
         @param config: The server's C{clientid.toml}.
         @param store: Passed as C{--store} (a store URL), if given.
+        @param arguments: More options for C{twistd clientid-mail}.
         """
         work = Path(work).resolve()
         work.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,7 @@ class RunningServer:
         ]
         if store is not None:
             command += ["--store", store]
+        command += list(arguments)
         for name in protocols:
             command += [f"--{name}", "tcp:0:interface=127.0.0.1"]
         self.process = subprocess.Popen(

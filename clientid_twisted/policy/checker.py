@@ -17,7 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clientid_twisted.errors import TemporaryAuthenticationFailure
-from clientid_twisted.interfaces import IClientIdentifiedCredentials, IClientIDPolicy
+from clientid_twisted.interfaces import (
+    IClientIdentifiedCredentials,
+    IClientIDPolicy,
+    IPasswordForwardingChecker,
+)
 from clientid_twisted.policy.decision import Attempt, Decision, Verdict, accountName
 
 __all__ = ["ClientIDChecker", "attemptFromCredentials"]
@@ -75,6 +79,14 @@ class ClientIDChecker:
     4.7.0 / NO [UNAVAILABLE]; so does a wrapped checker that raises
     anything but L{UnauthorizedLogin}.
 
+    A wrapped checker that hands the password to another server
+    (L{IPasswordForwardingChecker}, a gateway's backend) runs only after
+    the policy has accepted: a refused device's password never leaves the
+    process, and the refusal takes as long as the other server's (its
+    C{refuseUnchecked}).  A success then also waits until the outcome is
+    recorded, so the alerts it raises (a new device's notice) are out
+    before the session starts.
+
     @ivar innerChecker: Checks the password.
     @ivar policy: Decides on the device.
     """
@@ -109,28 +121,48 @@ class ClientIDChecker:
             self.log.failure("cannot read the login attempt")
             return defer.fail(TemporaryAuthenticationFailure("unreadable credentials"))
         decided = defer.maybeDeferred(self.policy.evaluate, attempt)
+        if IPasswordForwardingChecker.providedBy(self.innerChecker):
+            decided.addCallback(self._forwardIfAccepted, credentials)
+            decided.addCallback(self._verdict, waitForRecord=True)
+            return decided
         checked = defer.maybeDeferred(self.innerChecker.requestAvatarId, credentials)
         checked.addErrback(_refusedPassword)
         both = defer.gatherResults([decided, checked], consumeErrors=True)
         both.addCallbacks(self._verdict, _firstError)
         return both
 
-    def _verdict(self, results: list[Any]) -> Any:
+    def _forwardIfAccepted(self, decision: Decision, credentials: Any) -> Any:
+        if decision.verdict is Verdict.TEMPFAIL:
+            return [decision, _REFUSED]
+        inner: Any = self.innerChecker
+        check = inner.requestAvatarId if decision.verdict is Verdict.ACCEPT else inner.refuseUnchecked
+        checked: defer.Deferred[Any] = defer.maybeDeferred(check, credentials)
+        checked.addErrback(_refusedPassword)
+        checked.addCallback(lambda avatarId: [decision, avatarId])
+        return checked
+
+    def _verdict(self, results: list[Any], waitForRecord: bool = False) -> Any:
         decision: Decision = results[0]
         avatarId = results[1]
         if decision.verdict is Verdict.TEMPFAIL:
             raise TemporaryAuthenticationFailure(decision.reason)
         passwordAccepted = avatarId is not _REFUSED
+        succeeded = passwordAccepted and decision.verdict is Verdict.ACCEPT
+        if waitForRecord and succeeded:
+            recorded = self._outcome(decision, passwordAccepted)
+            if isinstance(recorded, defer.Deferred):
+                return recorded.addBoth(lambda ignored: avatarId)
+            return avatarId
         if self._clock is None:
             self._outcome(decision, passwordAccepted)
         else:
             self._clock.callLater(0, self._outcome, decision, passwordAccepted)
-        if passwordAccepted and decision.verdict is Verdict.ACCEPT:
+        if succeeded:
             return avatarId
         raise UnauthorizedLogin()
 
-
-    def _outcome(self, decision: Decision, passwordAccepted: bool) -> None:
+    def _outcome(self, decision: Decision, passwordAccepted: bool) -> Any:
+        recorded = None
         try:
             recorded = self.policy.outcome(decision, passwordAccepted)
         except Exception:
@@ -140,6 +172,7 @@ class ClientIDChecker:
                 recorded.addErrback(
                     lambda f: self.log.failure("the CLIENTID policy failed to record", f)
                 )
+        return recorded
 
 
 def _firstError(reason: Failure) -> Failure:

@@ -154,7 +154,20 @@ def assembleServer(
     smtpFactory.domain = hostname.encode("idna")
     smtpFactory.identityHasher = hasher
 
-    imapFactory = MailIMAP4Factory(portal, context=tlsOptions, limits=limits, limiter=limiter)
+    if gateway.imapBackend is not None:
+        from clientid_twisted.gateway.imap import gatewayIMAPFactory
+
+        imapFactory: MailIMAP4Factory = gatewayIMAPFactory(
+            gateway,
+            authentication.policy,
+            hostname,
+            mailNotices=authentication.config.alerts.mailAccount,
+            context=tlsOptions,
+            limits=limits,
+            limiter=limiter,
+        )
+    else:
+        imapFactory = MailIMAP4Factory(portal, context=tlsOptions, limits=limits, limiter=limiter)
     imapFactory.identityHasher = hasher
 
     return MailServer(

@@ -1,0 +1,349 @@
+# -*- test-case-name: tests.test_gateway_imap -*-
+"""
+The IMAP gateway: our IMAP front (L{MailIMAP4Server}: TLS, STARTTLS,
+CAPABILITY with CLIENTID, CLIENTID, LOGIN, AUTHENTICATE, limits, logging)
+until the login, then the backend's session, relayed byte for byte.
+
+The password is checked by the backend: L{IMAPBackendChecker} logs in
+there with the user's credentials, under
+L{clientid_twisted.policy.checker.ClientIDChecker}, which asks the device
+policy first (L{IPasswordForwardingChecker}).  The authenticated backend
+connection is the avatar; L{GatewayIMAP4Server} answers the login with the
+backend's capabilities, APPENDs pending notices on that connection, and
+then relays.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, task
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.mail import imap4
+from twisted.python.failure import Failure
+
+from clientid_twisted.gateway.backend import Backend
+from clientid_twisted.gateway.config import GatewayConfig
+from clientid_twisted.gateway.imapbackend import BackendIMAPSession, loginToBackend
+from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IPasswordForwardingChecker
+from clientid_twisted.policy.checker import ClientIDChecker
+from clientid_twisted.policy.alerts import Alert
+from clientid_twisted.policy.decision import accountName
+from clientid_twisted.policy.mailnotice import noticeLines
+from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
+
+__all__ = [
+    "GatewayIMAP4Factory",
+    "GatewayIMAP4Server",
+    "GatewayRealm",
+    "IMAPBackendChecker",
+    "PendingNotices",
+    "gatewayIMAPFactory",
+]
+
+_log = Logger()
+
+
+@implementer(IPasswordForwardingChecker)
+class IMAPBackendChecker:
+    """
+    Checks a password by logging in to the IMAP backend with it; the
+    avatar ID is the authenticated L{BackendIMAPSession}.
+
+    A refusal by the device policy never reaches the backend
+    (L{refuseUnchecked}); it waits as long as the backend's recent
+    refusals took (the median of the last few, C{initialRefusalSeconds}
+    until the backend has refused once), so the time of the answer does
+    not tell the two apart.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, backend: Backend, clock: Any = None, initialRefusalSeconds: float = 2.0) -> None:
+        """
+        @param initialRefusalSeconds: The estimate before any refusal was
+            seen: Dovecot's default C{auth_failure_delay}.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.backend = backend
+        self._initialRefusalSeconds = initialRefusalSeconds
+        self._refusals: collections.deque[float] = collections.deque(maxlen=9)
+        self._clock = clock
+
+    @property
+    def refusalSeconds(self) -> float:
+        """
+        How long a refusal by the backend takes now (the median of the
+        last nine).
+        """
+        if not self._refusals:
+            return self._initialRefusalSeconds
+        return sorted(self._refusals)[len(self._refusals) // 2]
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+        username = _bytes(credentials.username)
+        password = _bytes(credentials.password)
+        started = self._clock.seconds()
+        d = loginToBackend(
+            self.backend,
+            username,
+            password,
+            getattr(credentials, "peer", None),
+            getattr(credentials, "host", None),
+        )
+
+        def refused(reason: Failure) -> Failure:
+            if reason.check(UnauthorizedLogin):
+                self._refusals.append(self._clock.seconds() - started)
+            return reason
+
+        d.addErrback(refused)
+        return d
+
+    def refuseUnchecked(self, credentials: Any) -> defer.Deferred[None]:
+        d = task.deferLater(self._clock, self.refusalSeconds, lambda: None)
+        d.addCallback(lambda ignored: Failure(UnauthorizedLogin()))
+        return d
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
+
+
+@implementer(IRealm)
+class GatewayRealm:
+    """
+    The avatar of a gateway login is the authenticated backend session
+    (the checker's avatar ID); logging out closes it.
+    """
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
+        if imap4.IAccount not in interfaces or not isinstance(avatarId, BackendIMAPSession):
+            raise NotImplementedError("the IMAP gateway's realm gives IMAP backend sessions")
+        return imap4.IAccount, avatarId, avatarId.close
+
+
+@implementer(IAlertObserver)
+class PendingNotices:
+    """
+    Holds the notices for an account's INBOX until the account's next
+    gateway login, which APPENDs them on its backend connection (the
+    gateway has no access to the backend's mailboxes otherwise).
+
+    Bounded: at most C{perAccount} notices per account and C{accounts}
+    accounts (login names come from the network; the oldest go first).
+    """
+
+    def __init__(self, hostname: str, accounts: int = 10000, perAccount: int = 5) -> None:
+        self.hostname = hostname
+        self._accounts = accounts
+        self._perAccount = perAccount
+        self._pending: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
+
+    def alertRaised(self, alert: Alert) -> None:
+        if not alert.forAccount or alert.account is None:
+            return
+        messageID = email.utils.make_msgid("clientid")
+        message = b"".join(line + b"\r\n" for line in noticeLines(alert, self.hostname, messageID))
+        notices = self._pending.setdefault(alert.account, [])
+        notices.append(message)
+        del notices[: -self._perAccount]
+        while len(self._pending) > self._accounts:
+            self._pending.popitem(last=False)
+
+    def take(self, account: str) -> list[bytes]:
+        """
+        Remove and return C{account}'s notices.
+        """
+        key = accountName(account)
+        return self._pending.pop(key, []) if key is not None else []
+
+    def putBack(self, account: str, notices: list[bytes]) -> None:
+        """
+        Keep notices that could not be APPENDed for the next login.
+        """
+        key = accountName(account)
+        if key is not None and notices:
+            self._pending.setdefault(key, [])[:0] = notices
+
+
+class GatewayIMAP4Server(MailIMAP4Server):
+    """
+    The front of the IMAP gateway: the standalone server's front until a
+    login succeeds, then a relay to the backend's authenticated session.
+
+    @ivar notices: Where pending notices wait (L{PendingNotices}), or
+        L{None}.
+    """
+
+    notices: PendingNotices | None = None
+    _relay: BackendIMAPSession | None = None
+
+    def isAuthenticated(self) -> bool:
+        return self._relay is not None or super().isAuthenticated()
+
+    def _cbClientIDLogin(
+        self, result: Any, tag: bytes, fields: dict[str, Any], okMessage: bytes
+    ) -> Any:
+        iface, session, logout = result
+        if self._connectionGone or not isinstance(session, BackendIMAPSession):
+            logout()
+            if not self._connectionGone:
+                super()._cbClientIDLogin(result, tag, fields, okMessage)
+            return None
+        self._onLogout = logout
+        _log.info(
+            "{command} succeeded for {username} from {peer} through the IMAP gateway "
+            "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
+            authEvent="succeeded",
+            **fields,
+        )
+        d = self._appendNotices(session)
+        d.addCallback(lambda ignored: self._startRelay(session, tag, okMessage))
+        return d
+
+    def _appendNotices(self, session: BackendIMAPSession) -> defer.Deferred[None]:
+        """
+        APPEND the account's pending notices on the backend connection
+        before the client sees it.  A failure is logged; the session goes
+        on (the notice waits for the next login).
+        """
+        if self.notices is None:
+            return defer.succeed(None)
+        pending = self.notices.take(session.username)
+        notices = self.notices
+
+        async def appendAll() -> None:
+            while pending:
+                reply = await session.append(pending[0])
+                if reply.status != b"OK":
+                    raise RuntimeError(f"APPEND answered {reply.status!r}")
+                pending.pop(0)
+
+        d = defer.Deferred.fromCoroutine(appendAll())
+
+        def failed(reason: Failure) -> None:
+            notices.putBack(session.username, pending)
+            _log.warn(
+                "could not APPEND a notice for {account}: {why}",
+                account=session.username,
+                why=reason.getErrorMessage(),
+            )
+
+        return d.addErrback(failed)
+
+    def _startRelay(self, session: BackendIMAPSession, tag: bytes, okMessage: bytes) -> None:
+        if self._connectionGone or self.closing:
+            session.close()
+            return
+        self._relay = session
+        self.state = "auth"
+        capabilities = b" ".join(session.capabilities)
+        self.sendPositiveResponse(tag, b"[CAPABILITY " + capabilities + b"] " + okMessage)
+        # What the client pipelined after its login is for the backend's
+        # session: the lines queued while the login ran, then the rest.
+        pending = b"".join(line + b"\r\n" for line in self.blocked or []) + self._buffer
+        self.blocked = [] if self.blocked is not None else None
+        self._buffer = b""
+        session.protocol.startRelay(self.transport.write, self._backendClosed)
+        # Backpressure both ways: a side whose outgoing buffer fills pauses
+        # reading from the other.
+        self.transport.registerProducer(session.transport, True)
+        session.transport.registerProducer(self.transport, True)
+        if pending:
+            session.transport.write(pending)
+        self.setTimeout(self.limits.imapIdleTimeout)
+
+    def _unblock(self) -> None:
+        if self._relay is not None:
+            self.blocked = None
+            return
+        super()._unblock()
+
+    def dataReceived(self, data: bytes) -> Any:
+        if self._relay is not None:
+            self.resetTimeout()
+            self._relay.transport.write(data)
+            return None
+        return super().dataReceived(data)
+
+    def _backendClosed(self, reason: Failure) -> None:
+        """
+        The backend ended the session (LOGOUT, BYE, a crash): end the
+        client's connection too, once what the backend sent is written.
+        """
+        self._onLogout = None
+        if not self._connectionGone:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        relay = self._relay
+        if relay is not None:
+            relay.transport.unregisterProducer()
+        super().connectionLost(reason)
+        if relay is not None:
+            relay.close()
+
+
+class GatewayIMAP4Factory(MailIMAP4Factory):
+    """
+    Builds L{GatewayIMAP4Server} fronts.
+
+    @ivar notices: Given to every front (L{PendingNotices}), or L{None}.
+    """
+
+    protocol = GatewayIMAP4Server
+    notices: PendingNotices | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = super().buildProtocol(addr)
+        if p is not None and hasattr(p, "notices"):
+            p.notices = self.notices
+        return p
+
+
+def gatewayIMAPFactory(
+    config: GatewayConfig,
+    policy: IClientIDPolicy,
+    hostname: str,
+    mailNotices: bool = True,
+    reactor: Any = None,
+    **factoryArguments: Any,
+) -> GatewayIMAP4Factory:
+    """
+    The IMAP gateway's factory: logins checked by C{config.imapBackend}
+    under the device policy, sessions relayed to it.
+
+    @param mailNotices: C{[alerts] mail_account}: APPEND the account's
+        notices to its backend INBOX at its next login.  The notices are
+        heard from C{policy}'s C{alertObservers} list (the built-in
+        L{clientid_twisted.policy.engine.DevicePolicy} has one).
+    @param factoryArguments: For L{GatewayIMAP4Factory} (C{context},
+        C{limits}, C{limiter}).
+    @raise ValueError: If C{[gateway] backend_ca} cannot be read.
+    """
+    assert config.imapBackend is not None
+    backend = Backend(config.imapBackend, config, reactor, "IMAP")
+    checker = ClientIDChecker(IMAPBackendChecker(backend, reactor), policy)
+    factory = GatewayIMAP4Factory(Portal(GatewayRealm(), [checker]), **factoryArguments)
+    observers = getattr(policy, "alertObservers", None)
+    if mailNotices and isinstance(observers, list):
+        factory.notices = PendingNotices(hostname)
+        observers.append(factory.notices)
+    _log.info(
+        "IMAP gateway: logins and sessions go to {endpoint}",
+        endpoint=config.imapBackend.description,
+    )
+    return factory
