@@ -342,12 +342,16 @@ async def _login(
         text, literals = _loginCommand(capabilities, username, password)
         reply = await protocol.command(text, *literals)
         if reply.status == b"NO" and not reply.text.upper().startswith(_TEMPORARY_CODES):
+            protocol.transport.write(b"G0 LOGOUT\r\n")
+            protocol.transport.loseConnection()
             raise UnauthorizedLogin()
         _check(reply, "the login")
         after = reply.capabilities()
         if after is None:
             after = _check(await protocol.command(b"CAPABILITY"), "CAPABILITY").capabilities() or []
         return BackendIMAPSession(protocol, after, username.decode("utf-8", "replace"), backend)
+    except UnauthorizedLogin:
+        raise
     except BaseException:
         protocol.transport.abortConnection()
         raise
