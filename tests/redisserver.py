@@ -98,6 +98,7 @@ class RedisServer:
         users: Sequence[Sequence[str]] = (),
         bind: Sequence[str] = ("127.0.0.1",),
         replicaOf: RedisServer | None = None,
+        cluster: bool = False,
     ) -> None:
         """
         @param users: ACL users, each as the words of a C{user} directive
@@ -105,6 +106,8 @@ class RedisServer:
         @param bind: Loopback addresses to listen on.
         @param replicaOf: The master this one replicates (logging in with
             C{password}, which must be the master's).
+        @param cluster: Run in cluster mode (a lone node, serving no slot:
+            for C{CLUSTER KEYSLOT}).
         """
         self.program = requireRedisServer()
         self.port = port if port is not None else _freePort()
@@ -116,6 +119,7 @@ class RedisServer:
         self.users = [list(user) for user in users]
         self.bind = list(bind)
         self.replicaOf = replicaOf
+        self.cluster = cluster
         self.certificate: Any = None
         self.caFile: str | None = None
         if tls:
@@ -170,6 +174,14 @@ class RedisServer:
             arguments += ["--user", *user]
         if self.replicaOf is not None:
             arguments += ["--replicaof", "127.0.0.1", str(self.replicaOf.port)]
+        if self.cluster:
+            nodes = str(Path(self.directory) / "nodes.conf")
+            arguments += [
+                "--cluster-enabled", "yes", "--cluster-config-file", nodes,
+                # Its bus port, by default PORT + 10000 (maybe taken, or
+                # beyond 65535).
+                "--cluster-port", str(_freePort()),
+            ]
         return arguments
 
     def start(self, timeout: float = 10.0) -> RedisServer:

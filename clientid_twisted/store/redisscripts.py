@@ -5,7 +5,8 @@ atomically by Redis in one round trip, so frontends updating the same
 counters at once cannot interleave.
 
 Every script takes no C{KEYS} (the keys are built from the prefix, so this
-store does not run on Redis Cluster) and starts with the same C{ARGV}:
+store does not run on Redis Cluster: docs/frontends.md says what it
+would need) and starts with the same C{ARGV}:
 
     1. the key prefix;
     2. the time, or an empty string to use Redis's own clock (C{TIME}), so

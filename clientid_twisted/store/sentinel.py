@@ -125,8 +125,9 @@ class SentinelLocator:
     @defer.inlineCallbacks
     def locate(self) -> Any:
         """
-        @return: A L{Deferred} firing with the master's L{RedisAddress}, or
-            failing with L{StoreError} if no Sentinel names one.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing
+            with the master's L{RedisAddress}, or failing with
+            L{StoreError} if no Sentinel names one.
         """
         reasons = []
         for sentinel in list(self._order):
