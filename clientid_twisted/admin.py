@@ -17,6 +17,10 @@ C{clientid-admin}: manage the runnable server's data directory::
     clientid-admin [...] tokens unlock TYPE TOKEN
     clientid-admin [...] events [--account ADDRESS] [--limit N] [--json]
 
+    clientid-admin [--data-dir DIR] queue list [--json]
+    clientid-admin [--data-dir DIR] queue flush
+    clientid-admin [--data-dir DIR] queue remove ID
+
 Changes take effect on a running server at its next login: it re-reads the
 files and the store.  Each command group is registered by one function in
 L{COMMANDS}.  The device, token and event commands need only the CLIENTID
@@ -637,11 +641,124 @@ def _addEventCommands(commands: Any) -> None:
     events.set_defaults(run=_events)
 
 
+# queue: the relay queue (DATA_DIR/queue)
+
+
+def _relayQueue(context: _Context) -> Any:
+    """
+    The data directory's relay queue, read from disk (no reactor).
+    """
+    from clientid_twisted.server.relayqueue import RelayQueue
+
+    if not context.dataDir.is_dir():
+        raise UsageError(f"no data directory {context.dataDir}: give --data-dir DIR")
+    directory = context.dataDir / "queue"
+    if not directory.is_dir():
+        return None
+    return RelayQueue(directory, clock=_WallClock())
+
+
+def _queueList(context: _Context) -> None:
+    queue = _relayQueue(context)
+    entries = sorted(queue.entries.values(), key=lambda e: e.queued) if queue else []
+    if context.arguments.json:
+        context.say(
+            json.dumps(
+                [
+                    {
+                        "id": e.id,
+                        "queued": _isoTime(e.queued),
+                        "from": e.sender,
+                        "to": e.recipient,
+                        "account": e.account,
+                        "size": _size(queue.dataPath(e.id)),
+                        "attempts": e.attempts,
+                        "next_attempt": _isoTime(e.nextAttempt),
+                        "last_error": e.lastError,
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not entries:
+        context.say("the relay queue is empty")
+        return
+    _table(
+        context,
+        ["ID", "QUEUED", "FROM", "TO", "SIZE", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR"],
+        [
+            [
+                e.id,
+                _time(e.queued),
+                e.sender or "<>",
+                e.recipient,
+                str(_size(queue.dataPath(e.id))),
+                str(e.attempts),
+                _time(e.nextAttempt),
+                e.lastError or "",
+            ]
+            for e in entries
+        ],
+    )
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _queueFlush(context: _Context) -> None:
+    queue = _relayQueue(context)
+    if queue is None or not queue.entries:
+        context.say("the relay queue is empty")
+        return
+    queue.requestFlush()
+    context.say(
+        f"asked the server to try {len(queue.entries)} queued message(s) now: "
+        "a running server does within a few seconds, a stopped one when it starts"
+    )
+
+
+def _queueRemove(context: _Context) -> None:
+    from clientid_twisted.server.relayqueue import isMessageID
+
+    messageID = context.arguments.id
+    if not isMessageID(messageID):
+        raise UsageError(f"{messageID!r} is not a queue ID (see 'queue list')")
+    queue = _relayQueue(context)
+    entry = queue.entries.get(messageID) if queue is not None else None
+    if queue is None or not queue.remove(messageID):
+        raise UsageError(f"no message {messageID} in the relay queue")
+    described = f" ({entry.sender or '<>'} to {entry.recipient})" if entry else ""
+    context.say(f"removed {messageID}{described} from the relay queue; no bounce is sent")
+
+
+def _addQueueCommands(commands: Any) -> None:
+    queue = commands.add_parser("queue", help="the relay queue of mail for the smarthost")
+    actions = queue.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="the queued messages")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    listing.set_defaults(run=_queueList)
+
+    flush = actions.add_parser("flush", help="have the server try every queued message now")
+    flush.set_defaults(run=_queueFlush)
+
+    remove = actions.add_parser("remove", help="delete a queued message without a bounce")
+    remove.add_argument("id", metavar="ID", help="its ID, from 'queue list'")
+    remove.set_defaults(run=_queueRemove)
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     _addUserCommands,
     _addDeviceCommands,
     _addTokenCommands,
     _addEventCommands,
+    _addQueueCommands,
 ]
 """
 Functions that each add one command group to the subparsers object they are

@@ -31,6 +31,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.server.delivery import deliverToInbox
 from clientid_twisted.server.dsn import DeliveryFailure, bounceLines, originalHeaders
 from clientid_twisted.server.relayqueue import QueueEntry, RelayQueue
@@ -55,10 +56,6 @@ def retryDelay(failedAttempts: int) -> float:
     """
     exponent = min(max(failedAttempts, 1) - 1, 16)
     return min(RETRY_FIRST_SECONDS * 2**exponent, RETRY_MAX_SECONDS)
-
-
-def _printable(text: str) -> str:
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
 class InboxBouncer:
@@ -229,8 +226,8 @@ class RelayService(service.Service):
         self.log.info(
             "relayed {id} for {account} to <{recipient}> via {smarthost}",
             id=entry.id,
-            account=entry.account,
-            recipient=_printable(entry.recipient),
+            account=escapeForLog(entry.account),
+            recipient=escapeForLog(entry.recipient),
             smarthost=self.smarthost,
         )
 
@@ -259,7 +256,7 @@ class RelayService(service.Service):
                 "relay of {id} to <{recipient}> failed ({error}); attempt {attempts}, "
                 "next in {delay:.0f} s",
                 id=entry.id,
-                recipient=_printable(entry.recipient),
+                recipient=escapeForLog(entry.recipient),
                 error=error,
                 attempts=updated.attempts,
                 delay=updated.nextAttempt - now,
@@ -282,7 +279,7 @@ class RelayService(service.Service):
         self.log.warn(
             "relay of {id} to <{recipient}> failed for good ({error}); {outcome}",
             id=entry.id,
-            recipient=_printable(entry.recipient),
+            recipient=escapeForLog(entry.recipient),
             error=error,
-            outcome=f"bounced to {entry.account}" if bounced else "no bounce (null sender or no account)",
+            outcome=f"bounced to {escapeForLog(entry.account)}" if bounced else "no bounce (null sender or no account)",
         )
