@@ -2,6 +2,7 @@
 """
 C{clientid-admin}: manage the runnable server's data directory::
 
+    clientid-admin [--data-dir DIR | --store URL] init
     clientid-admin [--data-dir DIR] user add ADDRESS --password-stdin
     clientid-admin [--data-dir DIR] user passwd ADDRESS --password-stdin
     clientid-admin [--data-dir DIR] user remove ADDRESS [--keep-mail]
@@ -28,9 +29,14 @@ store (C{--store URL}); with a data directory they also check that the
 account exists, unless the configuration names a gateway backend
 (C{[gateway] imap_backend} / C{smtp_backend}), whose accounts live there.
 
+Every command but C{init} needs an existing data directory (or store): only
+the server's first start or C{init} makes one, so a command run from the
+wrong directory says where it looked (exit 2) instead of writing elsewhere.
+
 Exit status: 0 success, 1 the data directory or store is unusable (a
-corrupt or unreadable file), 2 a usage error (bad arguments, invalid
-address, unknown or existing user, empty password).
+corrupt or unreadable file), 2 a usage error (bad arguments, a missing data
+directory or store, an invalid configuration, invalid address, unknown or
+existing user, empty password).
 """
 
 from __future__ import annotations
@@ -50,9 +56,9 @@ from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.policy.decision import accountName
 from clientid_twisted.policy.manage import DeviceManager, DeviceView, resultOf
-from clientid_twisted.server.config import configPath, getTable, loadConfig
+from clientid_twisted.server.config import checkConfig, configPath, getTable, loadConfig
 from clientid_twisted.server.secret import KEY_FILE, loadOrCreateKey
-from clientid_twisted.store import StoreError, openStore, storeScheme
+from clientid_twisted.store import StoreError, StoreMissing, openStore, storeScheme
 from clientid_twisted.server.users import (
     ALIASES_FILE,
     AliasDatabase,
@@ -113,16 +119,53 @@ class _Context:
     def dataDir(self) -> Path:
         return Path(self.arguments.data_dir or DEFAULT_DATA_DIR)
 
+    def existingDataDir(self) -> Path:
+        """
+        The data directory, which must exist: only the server's first start
+        or C{clientid-admin init} makes one, so a command run from the wrong
+        directory says where it looked instead of writing elsewhere.
+
+        @raise UsageError: If it does not exist.
+        """
+        dataDir = self.dataDir
+        if not dataDir.is_dir():
+            raise UsageError(
+                f"no data directory at {dataDir.absolute()}: give --data-dir DIR "
+                "(the server's first start, or 'clientid-admin init', makes one)"
+            )
+        return dataDir
+
+    def config(self) -> tuple[Path | None, dict[str, Any]]:
+        """
+        The configuration file and its checked contents: C{--config}, else
+        the data directory's C{clientid.toml} (if the command uses the data
+        directory and it has one).  Checked by the validator the server
+        runs, so both refuse the same files.
+        """
+        arguments = self.arguments
+        configFile: Path | None
+        if getattr(arguments, "config", None):
+            configFile = Path(arguments.config)
+            config = loadConfig(configFile, required=True)
+        elif _usesDataDir(self):
+            configFile = configPath(self.existingDataDir())
+            config = loadConfig(configFile)
+        else:
+            configFile, config = None, {}
+        checkConfig(config, configFile, self.existingDataDir() if _usesDataDir(self) else None)
+        return configFile, config
+
     def users(self) -> UserDatabase:
-        return UserDatabase(usersPath(self.dataDir))
+        self.config()
+        return UserDatabase(usersPath(self.existingDataDir()))
 
     def aliases(self) -> AliasDatabase:
         """
         The alias file, with the configuration's aliases (which it cannot
         change) beside.
         """
-        configFile = configPath(self.dataDir)
-        table = getTable(loadConfig(configFile), "users", configFile)
+        configFile, config = self.config()
+        table = getTable(config, "users", configFile)
         return AliasDatabase(self.dataDir / ALIASES_FILE, aliasesFromConfig(table, configFile))
 
     def say(self, message: str) -> None:
@@ -308,32 +351,19 @@ def _usesDataDir(context: _Context) -> bool:
     return arguments.data_dir is not None or not arguments.store
 
 
-def _config(context: _Context) -> tuple[Path | None, dict[str, Any]]:
-    """
-    The configuration file the arguments name (C{--config}, else the data
-    directory's), and its contents.
-    """
-    if context.arguments.config:
-        configFile = Path(context.arguments.config)
-        return configFile, loadConfig(configFile, required=True)
-    if _usesDataDir(context):
-        configFile = configPath(context.dataDir)
-        return configFile, loadConfig(configFile)
-    return None, {}
-
-
-def _manager(context: _Context) -> DeviceManager:
+def _manager(context: _Context, create: bool = False) -> DeviceManager:
     """
     Open the store the arguments name, blocking, with the key its devices
     are hashed with.
+
+    @param create: Whether a missing store may be made (only C{init}).
     """
     from clientid_twisted.policy.setup import configuredKey
     from clientid_twisted.policy.config import parsePolicyConfig
 
     arguments = context.arguments
-    usesDataDir = _usesDataDir(context)
-    dataDir = context.dataDir if usesDataDir else None
-    configFile, config = _config(context)
+    dataDir = context.existingDataDir() if _usesDataDir(context) else None
+    configFile, config = context.config()
     settings = parsePolicyConfig(config, configFile)
     url = arguments.store or settings.store.url
     if storeScheme(url) == "memory":
@@ -341,21 +371,12 @@ def _manager(context: _Context) -> DeviceManager:
             "a memory: store lives inside one server process: "
             "clientid-admin cannot reach it"
         )
-    if dataDir is not None and not dataDir.is_dir():
-        raise UsageError(
-            f"no data directory {dataDir}: give --data-dir DIR or --store URL"
-        )
-    # A store named on the command line must exist (a typo must not make a
-    # new, empty one); the data directory's may be made before the server
-    # first runs.
+    # The store must exist (a typo must not make a new, empty one): only
+    # the server's first start or 'clientid-admin init' makes it.
     try:
-        store = openStore(
-            url, dataDir, clock=_WallClock(), blocking=True, create=not arguments.store
-        )
-    except StoreError as e:
-        if arguments.store and "no SQLite store" in str(e):
-            raise UsageError(str(e)) from None
-        raise
+        store = openStore(url, dataDir, clock=_WallClock(), blocking=True, create=create)
+    except StoreMissing as e:
+        raise UsageError(f"{e} (the server's first start, or 'clientid-admin init', makes it)") from None
     context.closeLater(store.close)
     key = configuredKey(settings, dataDir)
     if key is None:
@@ -390,7 +411,7 @@ def _accountsOnBackend(context: _Context) -> bool:
     """
     from clientid_twisted.gateway.config import parseGatewayConfig
 
-    configFile, config = _config(context)
+    configFile, config = context.config()
     return parseGatewayConfig(config, configFile).enabled
 
 
@@ -650,9 +671,7 @@ def _relayQueue(context: _Context) -> Any:
     """
     from clientid_twisted.server.relayqueue import RelayQueue
 
-    if not context.dataDir.is_dir():
-        raise UsageError(f"no data directory {context.dataDir}: give --data-dir DIR")
-    directory = context.dataDir / "queue"
+    directory = context.existingDataDir() / "queue"
     if not directory.is_dir():
         return None
     return RelayQueue(directory, clock=_WallClock())
@@ -753,7 +772,29 @@ def _addQueueCommands(commands: Any) -> None:
     remove.set_defaults(run=_queueRemove)
 
 
+def _init(context: _Context) -> None:
+    """
+    Make the data directory, its installation key and the CLIENTID store,
+    as the server's first start would, so users can be added before it
+    runs.
+    """
+    if _usesDataDir(context):
+        context.dataDir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _manager(context, create=True)
+    where = context.dataDir.absolute() if _usesDataDir(context) else context.arguments.store
+    context.say(f"initialised {where}")
+
+
+def _addInitCommand(commands: Any) -> None:
+    init = commands.add_parser(
+        "init", help="make the data directory and store (the server's first start does it too)"
+    )
+    _storeOptions(init)
+    init.set_defaults(run=_init)
+
+
 COMMANDS: list[Callable[[Any], None]] = [
+    _addInitCommand,
     _addUserCommands,
     _addDeviceCommands,
     _addTokenCommands,

@@ -21,6 +21,8 @@ class AdminTestMixin:
     def setUp(self) -> None:
         self.dataDir = Path(self.mktemp())  # type: ignore[attr-defined]
         self.users = UserDatabase(usersPath(self.dataDir))
+        status, _, err = self.admin("init")
+        assert status == 0, err
 
     def admin(self, *arguments: str, stdin: str = "") -> tuple[int, str, str]:
         stdout, stderr = io.StringIO(), io.StringIO()
@@ -210,7 +212,6 @@ class UserCommandTests(AdminTestMixin, SynchronousTestCase):
         """
         Unusable data exits 1 with the file named, and the file is kept.
         """
-        self.dataDir.mkdir()
         self.users.path.write_text("{oops")
         for arguments in [("user", "list"), ("user", "remove", "a@b.example")]:
             with self.subTest(arguments=arguments):
@@ -219,6 +220,98 @@ class UserCommandTests(AdminTestMixin, SynchronousTestCase):
                 self.assertIn(str(self.users.path), err)
                 self.assertNotIn("Traceback", err)
         self.assertEqual(self.users.path.read_text(), "{oops")
+
+
+class DataDirectoryTests(SynchronousTestCase):
+    """
+    Only C{init} (or the server's first start) makes a data directory or a
+    store; every other command says where it looked and exits 2.
+    """
+
+    def setUp(self) -> None:
+        self.missing = Path(self.mktemp()).absolute() / "nonexistent"
+
+    def run_(self, *arguments: str, stdin: str = "") -> tuple[int, str, str]:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        status = main(list(arguments), stdin=io.StringIO(stdin), stdout=stdout, stderr=stderr)
+        return status, stdout.getvalue(), stderr.getvalue()
+
+    def test_missingDataDir(self) -> None:
+        for command in [
+            ("user", "list"),
+            ("user", "add", "alice@example.org", "--password-stdin"),
+            ("user", "passwd", "alice@example.org", "--password-stdin"),
+            ("user", "remove", "alice@example.org"),
+            ("devices", "list", "alice@example.org"),
+            ("events",),
+        ]:
+            with self.subTest(command=command):
+                status, out, err = self.run_("--data-dir", str(self.missing), *command, stdin="pw\n")
+                self.assertEqual((status, out), (2, ""), err)
+                self.assertIn(f"no data directory at {self.missing}", err)
+                self.assertFalse(self.missing.exists())
+                self.assertFalse(self.missing.parent.exists() and any(self.missing.parent.iterdir()))
+
+    def test_defaultDataDirMissing(self) -> None:
+        """
+        Run from another directory without C{--data-dir}, C{user add} names
+        the C{./clientid-data} it looked for and creates nothing there.
+        """
+        here = Path(self.mktemp()).absolute()
+        here.mkdir()
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(here)
+        status, _, err = self.run_("user", "add", "alice@example.org", "--password-stdin", stdin="pw\n")
+        self.assertEqual(status, 2)
+        self.assertIn(str(here / "clientid-data"), err)
+        self.assertEqual(list(here.iterdir()), [])
+
+    def test_missingStoreDirectory(self) -> None:
+        url = f"sqlite://{self.missing}/dir/x.sqlite3"
+        status, _, err = self.run_("--store", url, "events")
+        self.assertEqual(status, 2, err)
+        self.assertIn(f"{self.missing}/dir/x.sqlite3", err)
+        self.assertFalse(self.missing.exists())
+
+    def test_init(self) -> None:
+        status, out, err = self.run_("--data-dir", str(self.missing), "init")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, f"initialised {self.missing}\n")
+        self.assertEqual(self.missing.stat().st_mode & 0o777, 0o700)
+        self.assertTrue((self.missing / "clientid.sqlite3").exists())
+        self.assertTrue((self.missing / "clientid.key").exists())
+        status, out, err = self.run_(
+            "--data-dir", str(self.missing), "user", "add", "alice@example.org", "--password-stdin", stdin="pw\n"
+        )
+        self.assertEqual((status, err), (0, ""))
+
+
+class ConfigValidationTests(AdminTestMixin, SynchronousTestCase):
+    """
+    C{clientid-admin} refuses the configuration files the server refuses,
+    with the same message, for every command.
+    """
+
+    def test_sameErrorAsServer(self) -> None:
+        from clientid_twisted.server.tap import Options, makeService
+
+        for text, named in [
+            ("[server]\nmax_conections = 5\n", "[server] max_conections"),
+            ("[limit]\nlockout_seconds = 1\n", "unknown table [limit]"),
+            ("[policy]\ndevices = \"tofu\"\nlokout = 1\n", "'lokout'"),
+        ]:
+            with self.subTest(config=text):
+                configFile = self.dataDir / "clientid.toml"
+                configFile.write_text(text)
+                options = Options()
+                options.parseOptions(["--data-dir", str(self.dataDir), "--smtp", "tcp:0"])
+                serverError = str(self.assertRaises(SystemExit, makeService, options))
+                self.assertIn(named, serverError)
+                self.assertIn(str(configFile), serverError)
+                for command in [("user", "list"), ("events",)]:
+                    status, out, err = self.admin(*command)
+                    self.assertEqual((status, out), (2, ""))
+                    self.assertEqual(err, serverError.replace("clientid-mail:", "clientid-admin: error:") + "\n")
 
 
 class ArgumentTests(AdminTestMixin, SynchronousTestCase):
@@ -248,6 +341,7 @@ class ArgumentTests(AdminTestMixin, SynchronousTestCase):
         here.mkdir()
         self.addCleanup(os.chdir, os.getcwd())
         os.chdir(here)
+        self.assertEqual(main(["init"], stdout=io.StringIO(), stderr=io.StringIO()), 0)
         status = main(
             ["user", "add", "alice@example.org", "--password-stdin"],
             stdin=io.StringIO("pw\n"),
@@ -288,6 +382,8 @@ class ScriptTests(SynchronousTestCase):
                 timeout=60,
             )
 
+        initialised = admin("init")
+        self.assertEqual((initialised.returncode, initialised.stderr), (0, ""))
         added = admin(
             "user", "add", "alice@example.org", "--password-stdin", stdin="pw\n"
         )

@@ -32,6 +32,7 @@ TOKEN = "0f6a2c1e-3b7d-4e55-8f0a-6d2b9c1e7a44"
 class AdminDevicesTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.dataDir = Path(self.mktemp()).absolute()
+        self.assertEqual(main(["--data-dir", str(self.dataDir), "init"], stdout=io.StringIO()), 0)
         UserDatabase(usersPath(self.dataDir)).addUser(ALICE, "pw")
         self.storePath = self.dataDir / "clientid.sqlite3"
         self.hasher = IdentityHasher(loadOrCreateKey(self.dataDir / "clientid.key"))
@@ -177,8 +178,14 @@ class DevicesListTests(AdminDevicesTestCase):
 
     def test_configuredStore(self) -> None:
         (self.dataDir / "clientid.toml").write_text('[store]\nurl = "sqlite:elsewhere.sqlite3"\n')
+        self.storePath.unlink()
+        elsewhere = self.dataDir / "elsewhere.sqlite3"
+        # Only init (or the server's first start) makes the store.
+        self.assertUsageError(self.admin("devices", "approve", ALICE, "UUID", TOKEN), str(elsewhere))
+        self.assertFalse(elsewhere.exists())
+        self.assertEqual(self.admin("init")[0], 0)
         self.assertEqual(self.admin("devices", "approve", ALICE, "UUID", TOKEN)[0], 0)
-        self.assertTrue((self.dataDir / "elsewhere.sqlite3").exists())
+        self.assertTrue(elsewhere.exists())
         self.assertFalse(self.storePath.exists())
 
     def test_badConfig(self) -> None:

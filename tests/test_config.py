@@ -8,7 +8,14 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.server.config import ConfigError, configPath, getTable, loadConfig
+from clientid_twisted.server.config import (
+    CONFIG_TABLES,
+    ConfigError,
+    checkConfig,
+    configPath,
+    getTable,
+    loadConfig,
+)
 
 
 class LoadConfigTests(SynchronousTestCase):
@@ -110,3 +117,52 @@ class GetTableTests(SynchronousTestCase):
                     "/d/clientid.toml: 'policy' must be a table ([policy]), "
                     f"not {kind}",
                 )
+
+
+class CheckConfigTests(SynchronousTestCase):
+    """
+    L{checkConfig}: the one validator of a whole file, for the server and
+    C{clientid-admin} alike.
+    """
+
+    source = Path("/d/clientid.toml")
+
+    def test_unknownTable(self) -> None:
+        """
+        A misspelt table (C{[limit]} for C{[limits]}) is an error naming
+        the file and the table, not silently ignored.
+        """
+        e = self.assertRaises(ConfigError, checkConfig, {"limit": {"lockout_seconds": 1}}, self.source)
+        self.assertTrue(str(e).startswith("/d/clientid.toml: unknown table [limit] (known tables: "), str(e))
+        self.assertIn("[limits]", str(e))
+
+    def test_unknownTopLevelKey(self) -> None:
+        e = self.assertRaises(ConfigError, checkConfig, {"hostname": "mx.example.net"}, self.source)
+        self.assertTrue(str(e).startswith("/d/clientid.toml: unknown key 'hostname'"), str(e))
+
+    def test_unknownKeyInEveryTable(self) -> None:
+        """
+        Each registered table's checker runs: an unknown key in any of them
+        is an error naming the file, the table and the key.
+        """
+        for table in CONFIG_TABLES:
+            with self.subTest(table=table):
+                config = {table: {"no_such_key": 1}}
+                if table == "types":
+                    config = {"types": {"UUID": {"no_such_key": 1}}}
+                if table == "relay":
+                    config = {"relay": {"smarthost": "tcp:host=127.0.0.1:port=25", "no_such_key": 1}}
+                e = self.assertRaises(ConfigError, checkConfig, config, self.source)
+                self.assertIn("/d/clientid.toml", str(e))
+                self.assertIn("no_such_key", str(e))
+
+    def test_valid(self) -> None:
+        checkConfig(
+            {
+                "server": {"hostname": "mx.example.net", "max_connections": 10},
+                "policy": {"devices": "learn"},
+                "limits": {"lockout_seconds": 60},
+            },
+            self.source,
+        )
+        checkConfig({}, self.source)

@@ -14,6 +14,7 @@ from clientid_twisted.store import (
     STORE_FILE,
     MemoryStore,
     SQLiteStore,
+    StoreMissing,
     _SCHEMES,
     openStore,
     registerStoreScheme,
@@ -23,6 +24,7 @@ from clientid_twisted.store import (
 class OpenStoreTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dataDir = Path(self.mktemp()).absolute()
+        self.dataDir.mkdir()
         self.clock = Clock()
 
     def open(self, url: str | None) -> Any:
@@ -39,11 +41,29 @@ class OpenStoreTests(SynchronousTestCase):
 
     def test_absolute(self) -> None:
         path = Path(self.mktemp()).absolute() / "x" / "devices.sqlite3"
+        path.parent.mkdir(parents=True)
         store = self.open(f"sqlite://{path}")
         self.assertEqual(store.path, path)
         self.assertTrue(path.exists())
 
+    def test_missingDirectory(self) -> None:
+        """
+        A URL naming a directory that does not exist is refused, naming it,
+        and nothing is created: a typo must not make a tree somewhere.
+        """
+        top = Path(self.mktemp()).absolute()
+        for url, directory in [
+            (f"sqlite://{top}/dir/x.sqlite3", top / "dir"),
+            ("sqlite:stores/devices.sqlite3", self.dataDir / "stores"),
+        ]:
+            with self.subTest(url=url):
+                e = self.assertRaises(StoreMissing, openStore, url, self.dataDir, clock=self.clock, blocking=True)
+                self.assertIn(f"no directory {directory}", str(e))
+                self.assertFalse(directory.exists())
+        self.assertFalse(top.exists())
+
     def test_relativeToDataDir(self) -> None:
+        (self.dataDir / "stores").mkdir()
         store = self.open("sqlite:stores/devices.sqlite3")
         self.assertEqual(store.path, self.dataDir / "stores" / "devices.sqlite3")
 

@@ -121,6 +121,35 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("clientid.toml", str(error))
         self.assertTrue(str(error).startswith("clientid-mail: "))
 
+    def test_unknownTable(self) -> None:
+        """
+        A misspelt table stops start-up naming the file and the table,
+        instead of silently leaving its settings at their defaults.
+        """
+        dataDir = Path(self.mktemp())
+        dataDir.mkdir()
+        (dataDir / "clientid.toml").write_text("[limit]\nlockout_seconds = 3600\n")
+        options = Options()
+        options.parseOptions(["--data-dir", str(dataDir), "--smtp", "tcp:0"])
+        error = str(self.assertRaises(SystemExit, makeService, options))
+        self.assertTrue(error.startswith(f"clientid-mail: {dataDir / 'clientid.toml'}: unknown table [limit]"), error)
+
+    def test_storeInMissingDirectory(self) -> None:
+        """
+        C{--store} naming a missing directory stops start-up in one line
+        naming it; the server does not create the directories.
+        """
+        dataDir = Path(self.mktemp()).absolute()
+        missing = Path(self.mktemp()).absolute()
+        options = Options()
+        options.parseOptions(
+            ["--data-dir", str(dataDir), "--store", f"sqlite://{missing}/dir/x.sqlite3", "--smtp", "tcp:0"]
+        )
+        error = str(self.assertRaises(SystemExit, makeService, options))
+        self.assertIn(f"no directory {missing}/dir", error)
+        self.assertEqual(error.count("\n"), 0)
+        self.assertFalse(missing.exists())
+
 
 class PluginTests(SynchronousTestCase):
     """

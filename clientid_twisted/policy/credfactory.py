@@ -103,7 +103,7 @@ class ClientIDCheckerFactory:
         from clientid_twisted.policy.checker import ClientIDChecker
         from clientid_twisted.policy.config import parsePolicyConfig
         from clientid_twisted.policy.engine import DevicePolicy
-        from clientid_twisted.server.config import loadConfig
+        from clientid_twisted.server.config import checkConfig, loadConfig
         from clientid_twisted.store import openStore
 
         if reactor is None:
@@ -113,6 +113,7 @@ class ClientIDCheckerFactory:
         config: dict[str, Any] = {}
         if options.get("config"):
             config = loadConfig(Path(options["config"]), required=True)
+            checkConfig(config, options["config"])
         if options.get("mode"):
             config = dict(config)
             config["policy"] = dict(config.get("policy", {}), devices=options["mode"])

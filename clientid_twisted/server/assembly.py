@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.gateway.config import GatewayConfig, parseGatewayConfig
 from clientid_twisted.policy.setup import Authentication, buildAuthentication
-from clientid_twisted.server.config import ConfigError, getTable, loadConfig
+from clientid_twisted.server.config import ConfigError, checkConfig, getTable, loadConfig
 from clientid_twisted.server.connections import ConnectionLimiter
 from clientid_twisted.server.delivery import MailRealm, removeStaleTemporaryFiles
 from clientid_twisted.server.imapserver import MailIMAP4Factory
@@ -98,6 +98,7 @@ def assembleServer(
     dataDir.mkdir(mode=0o700, parents=True, exist_ok=True)
     configFile = configPath or dataDir / "clientid.toml"
     config = loadConfig(configFile, required=configPath is not None)
+    checkConfig(config, configFile, dataDir)
     serverConfig = getTable(config, "server", configFile)
     limits = ServerLimits.fromConfig(serverConfig, configFile)
     hostname = hostname or serverConfig.get("hostname") or "localhost"

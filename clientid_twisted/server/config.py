@@ -2,23 +2,37 @@
 """
 The server's optional configuration file, C{DATA_DIR/clientid.toml}.
 
-This module only reads TOML and reports errors well; what each table means
+This module reads TOML and reports errors well; what each table means
 (C{[server]}, C{[policy]}, C{[limits]}, ...) is checked by the part that uses
 it, with L{getTable} to fetch a table and L{ConfigError} to complain.
+
+L{checkConfig} is the one validator the server and C{clientid-admin} both
+run on a loaded file: a table nobody reads (C{[limit]} for C{[limits]}) or
+an unknown key in a known table is an error naming the file and the key,
+so a typo cannot silently weaken a setting.  A part that adds a table
+registers it in L{CONFIG_TABLES}.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "CONFIG_FILE", "configPath", "loadConfig", "getTable"]
+__all__ = [
+    "ConfigError",
+    "CONFIG_FILE",
+    "CONFIG_TABLES",
+    "configPath",
+    "loadConfig",
+    "checkConfig",
+    "getTable",
+]
 
 CONFIG_FILE = "clientid.toml"
 """The name of the configuration file inside the data directory."""
@@ -71,6 +85,87 @@ def loadConfig(path: Path | None, required: bool = False) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         # The message ends "(at line L, column C)".
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def checkConfig(config: Mapping[str, Any], source: object = None, dataDir: Path | None = None) -> None:
+    """
+    Check a whole loaded configuration: every top-level name is a known
+    table (L{CONFIG_TABLES}), and each table's checker accepts it.
+
+    @param source: The file, for error messages.
+    @param dataDir: The data directory, for paths in the file relative to
+        it (default: the file's directory).
+    @raise ConfigError: Naming the file and the first unknown table or key,
+        or the first bad value.
+    """
+    where = f"{source}: " if source is not None else ""
+    for name, value in config.items():
+        if name not in CONFIG_TABLES:
+            shown = f"table [{name}]" if isinstance(value, dict) else f"key {name!r}"
+            raise ConfigError(
+                f"{where}unknown {shown} (known tables: "
+                f"{', '.join(f'[{t}]' for t in sorted(CONFIG_TABLES))})"
+            )
+    if dataDir is None:
+        dataDir = Path(str(source)).parent if source is not None else Path(".")
+    checked: set[_Checker] = set()
+    for checker in CONFIG_TABLES.values():
+        if checker not in checked:
+            checked.add(checker)
+            checker(config, source, dataDir)
+
+
+# The checkers import their tables' owners when called: those modules
+# import this one for ConfigError and getTable.
+
+
+def _checkServer(config: Mapping[str, Any], source: object, dataDir: Path) -> None:
+    from clientid_twisted.server.limits import ServerLimits
+
+    ServerLimits.fromConfig(getTable(dict(config), "server", source), source)
+
+
+def _checkPolicy(config: Mapping[str, Any], source: object, dataDir: Path) -> None:
+    from clientid_twisted.policy.config import parsePolicyConfig
+
+    parsePolicyConfig(config, source)
+
+
+def _checkGateway(config: Mapping[str, Any], source: object, dataDir: Path) -> None:
+    from clientid_twisted.gateway.config import parseGatewayConfig
+
+    parseGatewayConfig(config, source)
+
+
+def _checkUsers(config: Mapping[str, Any], source: object, dataDir: Path) -> None:
+    from clientid_twisted.server.users import aliasesFromConfig
+
+    aliasesFromConfig(getTable(dict(config), "users", source), source)
+
+
+def _checkRelay(config: Mapping[str, Any], source: object, dataDir: Path) -> None:
+    from clientid_twisted.server.relayconfig import parseRelayConfig
+
+    parseRelayConfig(config, dataDir, source)
+
+
+_Checker = Callable[[Mapping[str, Any], object, Path], None]
+
+CONFIG_TABLES: dict[str, _Checker] = {
+    "server": _checkServer,
+    "policy": _checkPolicy,
+    "limits": _checkPolicy,
+    "types": _checkPolicy,
+    "alerts": _checkPolicy,
+    "store": _checkPolicy,
+    "gateway": _checkGateway,
+    "users": _checkUsers,
+    "relay": _checkRelay,
+}
+"""Every top-level table of C{clientid.toml}, with the function that
+checks it: C{f(config, source, dataDir)} takes the whole loaded file and
+raises L{ConfigError} for an unknown key or a bad value in its table(s).  A
+new table is a checker and one line here."""
 
 
 def getTable(

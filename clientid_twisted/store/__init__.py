@@ -25,7 +25,7 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store.errors import StoreError, StoreMissing
 from clientid_twisted.store.memory import MemoryStore
 from clientid_twisted.store.sqlite import STORE_FILE, SQLiteStore
 
@@ -34,6 +34,7 @@ __all__ = [
     "registerStoreScheme",
     "storeScheme",
     "StoreError",
+    "StoreMissing",
     "MemoryStore",
     "SQLiteStore",
     "STORE_FILE",
@@ -135,9 +136,13 @@ def _openSQLite(
     blocking: bool = False,
     create: bool = True,
 ) -> IClientIDStore:
-    return SQLiteStore(
-        _sqlitePath(url, dataDir), reactor=reactor, clock=clock, blocking=blocking, create=create
-    )
+    path = _sqlitePath(url, dataDir)
+    if create and not path.exists() and not path.parent.is_dir():
+        # A URL naming a missing directory is a typo to report (the server
+        # and clientid-admin alike), not a tree to create; the data
+        # directory the default store lives in exists by now.
+        raise StoreMissing(f"cannot create SQLite store {path}: no directory {path.parent}")
+    return SQLiteStore(path, reactor=reactor, clock=clock, blocking=blocking, create=create)
 
 
 def _openMemory(

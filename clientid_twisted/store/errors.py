@@ -5,7 +5,7 @@ How a store says it cannot answer.
 
 from __future__ import annotations
 
-__all__ = ["StoreError"]
+__all__ = ["StoreError", "StoreMissing"]
 
 
 class StoreError(OSError):
@@ -16,4 +16,12 @@ class StoreError(OSError):
 
     An L{OSError}, like the other "this file cannot be used" errors at
     start-up, so C{twistd} and C{clientid-admin} report it in one line.
+    """
+
+
+class StoreMissing(StoreError):
+    """
+    The store, or the directory it would live in, does not exist and may
+    not be made here: only the server's first start (or C{clientid-admin
+    init}) makes one.
     """

@@ -63,7 +63,7 @@ from twisted.logger import Logger
 
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.store import sqlops
-from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store.errors import StoreError, StoreMissing
 from clientid_twisted.store.records import (
     DecisionState,
     DeviceRecord,
@@ -170,7 +170,7 @@ class SQLiteStore:
         self._closed = False
         if not self.path.exists():
             if not create:
-                raise StoreError(f"no SQLite store at {self.path}")
+                raise StoreMissing(f"no SQLite store at {self.path}")
             self._createFile()
         try:
             setup = _connect(self.path, busySeconds=5.0)
