@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.identity import ClientIdentity
+from clientid_twisted.interfaces import IPasswordForwardingChecker
 from clientid_twisted.policy.checker import ClientIDChecker, attemptFromCredentials
 from clientid_twisted.policy.decision import Attempt, Decision, Verdict
 from clientid_twisted.testing import RecordingPolicy
@@ -219,3 +220,88 @@ class SameWorkTests(SynchronousTestCase):
         self.assertEqual(right, expected)
         self.assertEqual(wrong, expected)
         self.assertIn("device-refused", harness.observer.kinds())
+
+
+@implementer(IPasswordForwardingChecker)
+class ForwardingChecker:
+    """
+    Stands for a gateway's backend: records whom it was asked about.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.forwarded: list[Any] = []
+        self.refusedUnchecked: list[Any] = []
+        self.refusal: defer.Deferred[None] = defer.Deferred()
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+        self.forwarded.append(credentials)
+        if credentials.password == b"pw":
+            return defer.succeed(b"session")
+        return defer.fail(UnauthorizedLogin())
+
+    def refuseUnchecked(self, credentials: Any) -> defer.Deferred[None]:
+        self.refusedUnchecked.append(credentials)
+        return self.refusal
+
+
+class PasswordForwardingTests(SynchronousTestCase):
+    """
+    A checker that hands the password to another server is asked only
+    after the policy accepted the device.
+    """
+
+    def setUp(self) -> None:
+        self.inner = ForwardingChecker()
+        self.policy = ScriptedPolicy()
+        self.checker = ClientIDChecker(self.inner, self.policy)
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IPasswordForwardingChecker, self.inner))
+
+    def test_accepted(self) -> None:
+        self.assertEqual(self.successResultOf(self.checker.requestAvatarId(identified())), b"session")
+        self.assertEqual(len(self.inner.forwarded), 1)
+        [(decision, accepted)] = self.policy.outcomes
+        self.assertTrue(accepted)
+
+    def test_wrongPassword(self) -> None:
+        self.failureResultOf(self.checker.requestAvatarId(identified(password=b"no")), UnauthorizedLogin)
+        [(decision, accepted)] = self.policy.outcomes
+        self.assertFalse(accepted)
+
+    def test_refusedNeverForwarded(self) -> None:
+        """
+        A refused device's password is not forwarded; the refusal waits
+        for C{refuseUnchecked} (as long as the other server's refusal) and
+        is the wrong password's refusal.
+        """
+        self.policy.verdict = Verdict.REJECT
+        d = self.checker.requestAvatarId(identified())
+        self.assertNoResult(d)
+        self.assertEqual(self.inner.forwarded, [])
+        self.assertEqual(len(self.inner.refusedUnchecked), 1)
+        self.inner.refusal.errback(UnauthorizedLogin())
+        refused = self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual(str(refused.value), str(UnauthorizedLogin()))
+        [(decision, accepted)] = self.policy.outcomes
+        self.assertFalse(accepted)
+
+    def test_tempfailNeverForwarded(self) -> None:
+        self.policy.verdict = Verdict.TEMPFAIL
+        self.failureResultOf(self.checker.requestAvatarId(identified()), TemporaryAuthenticationFailure)
+        self.assertEqual(self.inner.forwarded, [])
+        self.assertEqual(self.inner.refusedUnchecked, [])
+
+    def test_successWaitsForTheRecord(self) -> None:
+        """
+        A success is answered once the policy has recorded it, so its
+        alerts (a new device's notice) are out before the session starts.
+        """
+        recorded: defer.Deferred[None] = defer.Deferred()
+        self.policy.outcome = lambda decision, accepted: recorded  # type: ignore[method-assign]
+        d = self.checker.requestAvatarId(identified())
+        self.assertNoResult(d)
+        recorded.callback(None)
+        self.assertEqual(self.successResultOf(d), b"session")

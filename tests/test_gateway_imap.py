@@ -40,6 +40,13 @@ class GatewayTestCase(TestCase):
     devices = "learn"
     useOption = False
     timeoutSeconds = 10
+    dovecotSSL = False
+
+    def backendSettings(self) -> str:
+        """
+        The C{[gateway]} lines naming the backend.
+        """
+        return f'imap_backend = "{self.backend}"\n'
 
     def setUp(self) -> None:
         requireDovecot()
@@ -48,7 +55,9 @@ class GatewayTestCase(TestCase):
         self.addCleanup(
             lambda: imaplib.Commands.pop("CLIENTID") if previous is None else None
         )
-        self.dovecot = DovecotServer(USERS)
+        self.work = Path(self.mktemp()).resolve()
+        self.work.mkdir(parents=True)
+        self.dovecot = DovecotServer(USERS, ssl=self.dovecotSSL)
         self.addCleanup(self.dovecot.cleanUp)
         self.backend = f"tcp:host=127.0.0.1:port={self.dovecot.port}"
         config = (
@@ -59,8 +68,7 @@ class GatewayTestCase(TestCase):
         if self.useOption:
             arguments = ("--imap-backend", self.backend)
         else:
-            config += f'[gateway]\nimap_backend = "{self.backend}"\nbackend_timeout_seconds = {self.timeoutSeconds}\n'
-        self.work = Path(self.mktemp()).resolve()
+            config += f"[gateway]\n{self.backendSettings()}backend_timeout_seconds = {self.timeoutSeconds}\n"
         self.server = RunningServer(self.work, config, protocols=("imap", "imaps"), arguments=arguments)
         self.addCleanup(self.server.stop)
 
@@ -176,6 +184,49 @@ class OptionTests(GatewayTestCase):
         client = self.login()
         self.assertEqual(client.select("INBOX")[0], "OK")
         self.assertIn("IMAP gateway: logins and sessions go to " + self.backend, self.server.log())
+
+
+class BackendSTARTTLSTests(GatewayTestCase):
+    """
+    C{backend_starttls} with C{backend_ca}: the credentials cross an
+    encrypted, verified connection.
+    """
+
+    dovecotSSL = True
+
+    def backendSettings(self) -> str:
+        self.backend = f"tcp:host=localhost:port={self.dovecot.port}"
+        return (
+            f'imap_backend = "{self.backend}"\nbackend_starttls = true\n'
+            f'backend_ca = "{self.dovecot.caFile}"\n'
+        )
+
+    def test_starttlsVerified(self) -> None:
+        client = self.login()
+        self.assertEqual(client.select("INBOX")[0], "OK")
+        self.assertRegex(self.dovecot.log(), r"Login: user=<alice@example\.org>.* TLS")
+
+
+class BackendImplicitTLSTests(GatewayTestCase):
+    """
+    A C{tls:} backend whose certificate does not chain to C{backend_ca}:
+    a temporary failure, and the password is never sent.
+    """
+
+    dovecotSSL = True
+
+    def backendSettings(self) -> str:
+        other = self.work.parent / "other-ca.pem"
+        from clientid_twisted.server.tls import selfSignedCertificate
+
+        other.write_bytes(selfSignedCertificate("localhost")[0])
+        self.backend = f"tls:localhost:{self.dovecot.tlsPort}"
+        return f'imap_backend = "{self.backend}"\nbackend_ca = "{other}"\n'
+
+    def test_untrusted(self) -> None:
+        self.assertEqual(self.refusal(self.connect()), UNAVAILABLE)
+        self.assertNotIn("auth failed", self.dovecot.log())
+        self.assertNotIn("Login: user=<", self.dovecot.log())
 
 
 class RelayTests(GatewayTestCase):

@@ -166,10 +166,9 @@ class Backend:
         return result
 
     def _unreachable(self, reason: Failure) -> Failure:
-        if reason.check(UnauthorizedLogin, BackendUnavailable):
-            if reason.check(UnauthorizedLogin):
-                # The backend answered: it is up.
-                self._reached(None)
+        if reason.check(UnauthorizedLogin):
+            # The backend answered: it is up.
+            self._reached(None)
             return reason
         why = reason.getErrorMessage() or reason.type.__name__  # type: ignore[union-attr]
         if reason.check(defer.TimeoutError, defer.CancelledError):
@@ -184,4 +183,6 @@ class Backend:
                 why=why,
                 backendEvent="down",
             )
+        if reason.check(BackendUnavailable):
+            return reason
         return Failure(BackendUnavailable(f"{self.name} backend unavailable: {why}"))

@@ -129,6 +129,7 @@ class BackendIMAPProtocol(Protocol):
         self._pending = (tag, d, list(literals))
         self._untagged = []
         self.transport.write(tag + b" " + text + b"\r\n")
+        self._parse()
         return d
 
     def dataReceived(self, data: bytes) -> None:
@@ -136,7 +137,14 @@ class BackendIMAPProtocol(Protocol):
             self._sink(data)
             return
         self._buffer += data
-        while self._buffer and self._sink is None:
+        self._parse()
+
+    def _parse(self) -> None:
+        # Only while a reply is awaited: what follows the last reply stays
+        # buffered, for the next command or for the relay.
+        while self._buffer and self._sink is None and (
+            not self.greeting.called or self._pending is not None
+        ):
             if self._literal:
                 taken = self._buffer[: self._literal]
                 self._line += taken
@@ -175,9 +183,9 @@ class BackendIMAPProtocol(Protocol):
             return
         if line.startswith(b"+"):
             if self._pending is not None and self._pending[2]:
-                self.transport.write(self._pending[2].pop(0))
-                if not self._pending[2]:
-                    self.transport.write(b"\r\n")
+                # A literal body (ending with the next one's marker, or the
+                # end of the command), or a SASL response: each ends a line.
+                self.transport.write(self._pending[2].pop(0) + b"\r\n")
             return
         if line.startswith(b"* "):
             self._untagged.append(line[2:])
