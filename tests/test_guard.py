@@ -723,3 +723,97 @@ class IMAPRobustnessTests(_Sessions, SynchronousTestCase):
         client.protocol._unblock()
         self.assertIn(b"c OK Mailbox created\r\n", client.transport.value())
         self.assertTrue((self.dataDir / "mail" / "bob@example.test" / ".Fuzz").exists())
+
+
+class BackpressureTests(_Sessions, SynchronousTestCase):
+    """
+    A session whose client does not read stops reading at
+    C{outputHighWater} of unsent output, reads again once the output is
+    down to a quarter, and meanwhile its idle timer counts the time without
+    progress in writing.  The in-memory transport gets the write buffer of
+    Twisted's TCP transport to say how much is unsent; real sockets are in
+    C{test_backpressure}.
+    """
+
+    def unsent(self, client: LineExchange, kib: int) -> None:
+        client.transport.dataBuffer = b"x" * (kib * 1024)  # type: ignore[attr-defined]
+        client.transport._tempDataLen = 0  # type: ignore[attr-defined]
+
+    def test_smtpPausedUntilRead(self) -> None:
+        client = self.smtp()
+        client.exchange(b"EHLO c")
+        self.unsent(client, 300)
+        client.transport.clear()
+        client.protocol.dataReceived(b"NOOP\r\nNOOP\r\nNOOP\r\n")
+        self.assertEqual(client.transport.value(), b"250 OK\r\n")
+        self.assertTrue(client.protocol.backlogged)
+        self.assertEqual(client.transport.producerState, "paused")
+        for kib in (250, 200, 150, 100):
+            # The client reads a little at a time: not idle.
+            self.clock.advance(9)
+            self.unsent(client, kib)
+        self.clock.advance(9)
+        self.assertFalse(self.closed(client))
+        self.unsent(client, 60)
+        self.clock.advance(0.05)
+        self.assertFalse(client.protocol.backlogged)
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(client.transport.value(), b"250 OK\r\n" * 3)
+
+    def test_smtpIdleWithoutProgress(self) -> None:
+        client = self.smtp()
+        client.exchange(b"EHLO c")
+        self.unsent(client, 300)
+        client.protocol.dataReceived(b"NOOP\r\nNOOP\r\n")
+        client.transport.clear()
+        self.clock.advance(9.9)
+        self.assertFalse(self.closed(client))
+        self.clock.advance(0.1)
+        self.assertTrue(self.closed(client))
+        self.assertEqual(client.transport.value(), b"421 4.4.2 mail.example.test Idle timeout, closing connection\r\n")
+
+    def test_imapPausedUntilRead(self) -> None:
+        client = self.imap()
+        self.unsent(client, 300)
+        client.transport.clear()
+        client.protocol.dataReceived(b"a NOOP\r\nb NOOP\r\n")
+        self.assertEqual(client.transport.value(), b"a OK NOOP No operation performed\r\n")
+        self.assertTrue(client.protocol.backlogged)
+        self.assertEqual(client.transport.producerState, "paused")
+        self.clock.advance(5)
+        self.assertFalse(self.closed(client))
+        self.unsent(client, 0)
+        self.clock.advance(0.05)
+        self.assertEqual(
+            client.transport.value(),
+            b"a OK NOOP No operation performed\r\nb OK NOOP No operation performed\r\n",
+        )
+        self.assertEqual(client.transport.producerState, "producing")
+
+    def test_imapQueuedLinesCount(self) -> None:
+        """
+        Lines queued behind a running command count too.
+        """
+        client = self.imap()
+        self.unsent(client, 0)
+        client.protocol.blocked = []
+        line = b"n NOOP " + b"z" * 8000
+        client.protocol.dataReceived((line + b"\r\n") * 40)
+        self.assertTrue(client.protocol.backlogged)
+        # Queuing stopped at the first line past the mark.
+        self.assertEqual(client.protocol.queuedInputBytes(), len(line) * (256 * 1024 // len(line) + 1))
+        self.assertEqual(client.transport.producerState, "paused")
+
+    def test_loginHoldAndBacklog(self) -> None:
+        """
+        The end of a login does not resume reading while the client is
+        backlogged, nor the end of the backlog while a login is decided.
+        """
+        client = self.smtp()
+        protocol = client.protocol
+        protocol.holdInput()
+        protocol._holdReading("backlog")
+        protocol.releaseInput()
+        self.assertEqual(client.transport.producerState, "paused")
+        protocol._releaseReading("backlog")
+        self.assertEqual(client.transport.producerState, "producing")

@@ -418,6 +418,48 @@ shutdown_grace_seconds = 1
         [stored] = self.maildir()["new"]
         self.assertTrue(stored.endswith(b"fits\r\n"))
 
+    def flood(self, port: int, source: str, greeting: bytes, line: bytes) -> int:
+        """
+        Connect with small socket buffers, read the greeting, then send
+        C{line} again and again without reading: up to C{PAYLOAD // 4}
+        bytes or 10 seconds, stopping when a send blocks for a second.
+
+        @return: The bytes sent.
+        """
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(s.close)  # type: ignore[attr-defined]
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        s.bind((source, 0))
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        readUntil(s, greeting)
+        s.settimeout(1)
+        batch = line * (65536 // len(line))
+        sent = 0
+        deadline = time.monotonic() + 10
+        while sent < self.PAYLOAD // 4 and time.monotonic() < deadline:
+            try:
+                sent += s.send(batch)
+            except socket.timeout:
+                break
+        time.sleep(0.5)
+        return sent
+
+    def test_unreadReplies(self) -> None:
+        """
+        A client that sends C{EHLO x} (SMTP) or C{a CAPABILITY} (IMAP) in a
+        loop without reading the replies (no login needed) does not make
+        the server's memory grow: it stops reading from that client (goal:
+        under 5 MB per connection).
+        """
+        before = self.warmUp("127.0.0.29")
+        sent = self.flood(self.server.ports["smtp"], "127.0.0.29", SMTP_REPLY, b"EHLO x\r\n")
+        sent += self.flood(self.server.ports["imap"], "127.0.0.30", rb"\r\n", b"a CAPABILITY\r\n")
+        grown = self.server.rss() - before
+        self.assertGreater(sent, 256 * 1024)
+        self.assertLess(grown, 2 * 5 * 1024 * 1024, f"RSS grew by {grown} bytes after {sent} sent")
+
     def test_errorBudgetSMTP(self) -> None:
         """
         The sixth error of a session with a budget of five ends it with

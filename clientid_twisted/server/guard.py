@@ -4,7 +4,9 @@ What the runnable server's SMTP and IMAP sessions share to survive hostile
 clients: idle timeouts that depend on the session's stage, a deadline per
 command line and per transfer (so a client trickling a byte at a time is
 cut), a cap on the TLS handshake, an error budget, a delay before a failed
-login is answered, connection counting, and a graceful end on shutdown.
+login is answered, connection counting, a graceful end on shutdown, and
+backpressure: a client that sends commands but does not read their replies
+is not read from until it does (so replies cannot pile up in memory).
 
 L{SessionGuardMixin} goes first in the bases of a protocol that has
 C{TimeoutMixin}'s C{setTimeout}/C{callLater} and an C{isEncrypted()}; the
@@ -29,6 +31,7 @@ from clientid_twisted.server.connections import (
     ConnectionLimiter,
 )
 from clientid_twisted.server.limits import ServerLimits
+from clientid_twisted.server.outgoing import pendingOutput
 
 __all__ = ["SessionGuardMixin"]
 
@@ -48,6 +51,16 @@ class SessionGuardMixin:
     @ivar closing: Whether the session was told to end (goodbye sent).
     @ivar draining: Whether a shutdown is waiting for this session's
         current command.
+    @ivar backlogged: Whether reading is paused because the client does not
+        read what was written to it (or its queued commands pile up).
+    @ivar outputHighWater: Bytes of unsent output (or of commands queued
+        behind a running one) past which the session stops reading; it
+        reads again once the output is down to a quarter of it.
+    @ivar backlogPollInterval: Seconds between looks at the output while
+        backlogged.
+    @ivar paused: Whether the line loop must stop after the current line
+        (Twisted's C{LineReceiver} flag; L{BoundedLineOnlyReceiver}
+        honours it too).
     """
 
     limits = ServerLimits()
@@ -56,8 +69,13 @@ class SessionGuardMixin:
     closing = False
     draining = False
     handshaking = False
+    backlogged = False
+    outputHighWater = 256 * 1024
+    backlogPollInterval = 0.05
+    paused = False
 
     _commandSinceTLS = False
+    _lastPending = 0
     _guardGone = False
 
     # Provided by the protocol.
@@ -106,6 +124,13 @@ class SessionGuardMixin:
         rather than when the connection is finally gone (a TLS close may
         wait for the client).
         """
+
+    def queuedInputBytes(self) -> int:
+        """
+        Bytes of command lines read and queued behind a running command
+        (IMAP's FETCH): they count against L{outputHighWater} too.
+        """
+        return 0
 
     def authenticatedIdleTimeout(self) -> float:
         """
@@ -219,7 +244,10 @@ class SessionGuardMixin:
         if self.isEncrypted():
             self._commandSinceTLS = True
         result = super().lineReceived(line)  # type: ignore[misc]
-        self.refreshIdleTimeout()
+        if not self.backlogged:
+            # (Backlogged, only progress in writing restarts the timer.)
+            self.refreshIdleTimeout()
+        self._checkBacklog()
         return result
 
     def _updateDeadlines(self) -> None:
@@ -234,11 +262,62 @@ class SessionGuardMixin:
                 self._startTimer("transfer", self.limits.dataTimeout, lambda: self.closeSession("data-timeout"))
             return
         self._cancelTimer("transfer")
+        if self.backlogged:
+            # What waits in the buffer is not being sent slowly: it is not
+            # being read.  The idle timer counts that time.
+            self._cancelTimer("command")
+            return
         if self.hasPartialLine():
             if "command" not in self._timers:
                 self._startTimer("command", self.limits.commandTimeout, lambda: self.closeSession("command-timeout"))
         else:
             self._cancelTimer("command")
+
+    # -- backpressure --------------------------------------------------------------
+
+    def _backlog(self) -> tuple[int, int] | None:
+        pending = pendingOutput(self.transport)
+        if pending is None:
+            return None
+        return pending, self.queuedInputBytes()
+
+    def _checkBacklog(self) -> None:
+        """
+        After each command line: past L{outputHighWater}, stop reading (and
+        stop running the lines of this read) until the client has read.
+        """
+        if self.backlogged or self.closing or self._guardGone:
+            return
+        backlog = self._backlog()
+        if backlog is None:
+            return
+        pending, queued = backlog
+        if pending <= self.outputHighWater and queued <= self.outputHighWater:
+            return
+        self.backlogged = True
+        self.paused = True
+        self._lastPending = pending
+        self._cancelTimer("command")
+        self._holdReading("backlog")
+        self._startTimer("backlog", self.backlogPollInterval, self._pollBacklog)
+
+    def _pollBacklog(self) -> None:
+        if self.closing or self._guardGone:
+            return
+        backlog = self._backlog()
+        pending, queued = backlog if backlog is not None else (0, 0)
+        if pending <= self.outputHighWater // 4 and queued <= self.outputHighWater:
+            self.backlogged = False
+            self.paused = False
+            self._releaseReading("backlog")
+            # Run the lines that waited in this session's buffer.
+            self.dataReceived(b"")
+            return
+        if pending < self._lastPending:
+            # The client reads: progress in writing counts as activity.
+            self.refreshIdleTimeout()
+        self._lastPending = pending
+        self._startTimer("backlog", self.backlogPollInterval, self._pollBacklog)
 
     # -- TLS handshakes -----------------------------------------------------------
 
@@ -355,22 +434,43 @@ class SessionGuardMixin:
         self._startTimer(f"auth-delay-{id(d)}", delay, fire)
         return d
 
+    @property
+    def _readingHeld(self) -> set[str]:
+        # Why reading is paused now ("login", "backlog"): it resumes when
+        # no reason is left.
+        return self.__dict__.setdefault("_readingHeldFor", set())  # type: ignore[no-any-return]
+
+    def _holdReading(self, reason: str) -> None:
+        held = self._readingHeld
+        if not held and not self._guardGone:
+            pause = getattr(self.transport, "pauseProducing", None)
+            if pause is not None:
+                pause()
+        held.add(reason)
+
+    def _releaseReading(self, reason: str) -> None:
+        held = self._readingHeld
+        if reason not in held:
+            return
+        held.discard(reason)
+        if not held and not self._guardGone and not self.closing:
+            resume = getattr(self.transport, "resumeProducing", None)
+            if resume is not None:
+                resume()
+
     def holdInput(self) -> None:
         """
         Stop reading from the client (while a login is decided), so that
         what it pipelines meanwhile stays in the kernel, not in memory.
         """
-        pause = getattr(self.transport, "pauseProducing", None)
-        if pause is not None and not self._guardGone:
-            pause()
+        self._holdReading("login")
 
     def releaseInput(self, result: object = None) -> object:
         """
-        Read from the client again; passes C{result} through.
+        Read from the client again (unless it is backlogged); passes
+        C{result} through.
         """
-        resume = getattr(self.transport, "resumeProducing", None)
-        if resume is not None and not self._guardGone and not self.closing:
-            resume()
+        self._releaseReading("login")
         return result
 
     # -- shutdown -------------------------------------------------------------------

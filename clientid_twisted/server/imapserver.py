@@ -132,6 +132,9 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
     def isAuthenticated(self) -> bool:
         return self.state in ("auth", "select")
 
+    def queuedInputBytes(self) -> int:
+        return sum(len(line) for line in self.blocked or ())
+
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         super().sendBadResponse(tag, message)
         self.countError()

@@ -28,9 +28,12 @@ class BoundedLineOnlyReceiver(LineOnlyReceiver):
 
     @ivar overlong: Whether the line being received is already too long
         (its bytes are being discarded until its CRLF).
+    @ivar paused: Whether lines must wait in the buffer instead of being
+        handled (set by the session while its client does not read).
     """
 
     overlong = False
+    paused = False
 
     def maxLineLength(self) -> int:
         """
@@ -46,6 +49,11 @@ class BoundedLineOnlyReceiver(LineOnlyReceiver):
             if transport is None or getattr(transport, "disconnecting", False):
                 # A line told the connection to close: ignore the rest.
                 self._buffer = b""
+                return
+            if self.paused:
+                # Reading is paused (the client does not read its
+                # replies): the rest waits for dataReceived(b"").
+                self._buffer = buffer[start:]
                 return
             end = buffer.find(self.delimiter, start)
             if end < 0:
