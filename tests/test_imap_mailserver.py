@@ -51,10 +51,10 @@ class _AccountRealm:
         return imap4.IAccount, MaildirAccount(self.root), lambda: None
 
 
-class ProtocolFixTests(SynchronousTestCase):
+class _LoggedInSession:
     """
-    What L{MailIMAP4Server} changes in Twisted's IMAP4Server, over an
-    in-memory transport marked as TLS.
+    A logged-in L{MailIMAP4Server} session over an in-memory transport
+    marked as TLS, with two messages in INBOX.
     """
 
     def setUp(self) -> None:
@@ -79,6 +79,12 @@ class ProtocolFixTests(SynchronousTestCase):
     def flags(self, n: int) -> bytes:
         reply = self.send(b"f FETCH %d (FLAGS)" % (n,))
         return reply.split(b"FLAGS (", 1)[1].split(b")", 1)[0]
+
+
+class ProtocolFixTests(_LoggedInSession, SynchronousTestCase):
+    """
+    What L{MailIMAP4Server} changes in Twisted's IMAP4Server.
+    """
 
     def test_fetchBodySetsSeen(self) -> None:
         self.send(b"s SELECT INBOX")
@@ -127,6 +133,107 @@ class ProtocolFixTests(SynchronousTestCase):
         self.protocol.connectionLost(Exception("gone"))
         self.assertNotIn(self.protocol, mbox._listeners)
         self.assertIsNone(self.protocol.mbox)
+
+
+class ReviewFixTests(_LoggedInSession, SynchronousTestCase):
+    """
+    Replies the outside review of issue 15 found wrong (items 6 and 15).
+    """
+
+    def test_selectSendsRequiredResponses(self) -> None:
+        """
+        SELECT and EXAMINE send the OK responses RFC 3501 section 6.3.1
+        requires: UNSEEN, PERMANENTFLAGS (none when read-only), UIDVALIDITY
+        and UIDNEXT.
+        """
+        reply = self.send(b"s SELECT INBOX")
+        self.assertIn(b"* OK [UNSEEN 1] ", reply)
+        self.assertIn(
+            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] ", reply
+        )
+        self.assertIn(b"* OK [UIDNEXT 3] ", reply)
+        self.assertIn(b"* OK [UIDVALIDITY ", reply)
+        self.assertTrue(reply.endswith(b"s OK [READ-WRITE] SELECT successful\r\n"))
+        reply = self.send(b"e EXAMINE INBOX")
+        self.assertIn(b"* OK [PERMANENTFLAGS ()] ", reply)
+        self.assertIn(b"* OK [UIDNEXT 3] ", reply)
+        self.assertTrue(reply.endswith(b"e OK [READ-ONLY] EXAMINE successful\r\n"))
+
+    def test_headerFieldsEndWithBlankLine(self) -> None:
+        self.send(b"s SELECT INBOX")
+        reply = self.send(b"h FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        self.assertIn(b"BODY[HEADER.FIELDS (Subject)] {22}\r\nSubject: Message 1\r\n\r\n)", reply)
+        reply = self.send(b"h FETCH 1 (BODY.PEEK[HEADER.FIELDS (X-NONE)])")
+        self.assertIn(b"{2}\r\n\r\n)", reply)
+
+    def test_missingSectionIsEmpty(self) -> None:
+        """
+        A section that does not exist is the empty string (RFC 3501 section
+        6.4.5); Twisted raised in the middle of the response and the
+        connection was dropped.
+        """
+        self.send(b"s SELECT INBOX")
+        reply = self.send(b"f FETCH 1:* (BODY[1.2.3.4.5.6.7.8.9.10])")
+        self.assertEqual(
+            reply,
+            b'* 1 FETCH (BODY[1.2.3.4.5.6.7.8.9.10] "")\r\n'
+            b'* 2 FETCH (BODY[1.2.3.4.5.6.7.8.9.10] "")\r\n'
+            b"f OK FETCH completed\r\n",
+        )
+        self.assertFalse(self.transport.disconnecting)
+        self.assertIn(b"Body 1", self.send(b"b FETCH 1 (BODY[1])"))
+
+    def test_deepSearchIsBAD(self) -> None:
+        """
+        Deeply nested criteria get BAD, counted against the error budget,
+        with one log line and no traceback.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.send(b"s SELECT INBOX")
+        self.assertEqual(self.send(b"n SEARCH NOT NOT ALL"), b"* SEARCH 1 2\r\nn OK SEARCH completed\r\n")
+        before = self.protocol.errors
+        for query in (b"NOT " * 1000 + b"ALL", b"OR ALL " * 1000 + b"ALL"):
+            reply = self.send(b"d SEARCH " + query)
+            self.assertEqual(reply, b"d BAD SEARCH failed: invalid search criteria\r\n")
+        self.assertEqual(self.protocol.errors, before + 2)
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+
+    def test_searchFailureLoggedAsOneLine(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.send(b"s SELECT INBOX")
+        self.patch(self.protocol.mbox, "search", lambda query, uid: 1 / 0)
+        self.assertEqual(self.send(b"x SEARCH ALL"), b"x NO [SERVERBUG] SEARCH failed\r\n")
+        [event] = [e for e in events if e.get("command") == "SEARCH"]
+        self.assertEqual(event["errorType"], "ZeroDivisionError")
+        self.assertIsNone(event.get("log_failure"))
+
+    def test_id(self) -> None:
+        """
+        ID (RFC 2971) is listed and answered in every state; the client's
+        values are logged escaped.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertIn(b" ID", self.send(b"c CAPABILITY").split(b"\r\n")[0])
+        reply = self.send(b'i ID ("name" "Thunder\\"bird" "version" "115\x01")')
+        self.assertEqual(
+            reply, b'* ID ("name" "clientid-twisted" "version" "0.1.0")\r\ni OK ID completed\r\n'
+        )
+        [event] = [e for e in events if e.get("imapEvent") == "id"]
+        self.assertEqual(event["clientID"], 'name=Thunder"bird version=115\\x01')
+        self.assertTrue(self.send(b"n ID NIL").endswith(b"n OK ID completed\r\n"))
+        self.assertTrue(self.send(b'b ID ("name")').startswith(b"b BAD "))
 
 
 def _message(n: int) -> Any:

@@ -28,6 +28,8 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from clientid_twisted import __version__
+from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.imap import ClientIDIMAP4Factory, ClientIDIMAP4Server, namesClientID
 from clientid_twisted.server.connections import LimitedFactoryMixin
 from clientid_twisted.server.guard import SessionGuardMixin
@@ -115,7 +117,74 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
         cap = super().capabilities()
         # RFC 7889: the largest APPEND we take.
         cap[b"APPENDLIMIT"] = [b"%d" % (self.limits.maxLiteralBytes,)]
+        cap[b"ID"] = None
         return cap
+
+    # -- ID (RFC 2971) --------------------------------------------------------------
+
+    def do_ID(self, tag: bytes, line: bytes) -> None:
+        """
+        Say who we are, and log who the client says it is (each value
+        escaped: it is the client's text).  Thunderbird and other clients
+        send ID when it is listed.
+        """
+        try:
+            parsed = imap4.parseNestedParens(line.strip())
+        except Exception:
+            parsed = None
+        fields = parsed[0] if parsed and len(parsed) == 1 else False
+        if fields is not None and not _isIDList(fields):
+            self.sendBadResponse(tag, b"ID needs NIL or a list of field and value strings")
+            return
+        if fields:
+            _log.info(
+                "IMAP client ID: {clientID}",
+                clientID=" ".join(
+                    f"{escapeForLog(fields[i])}={escapeForLog(fields[i + 1])}"
+                    for i in range(0, len(fields), 2)
+                ),
+                imapEvent="id",
+            )
+        self.sendUntaggedResponse(
+            b'ID ("name" "clientid-twisted" "version" "%s")' % (__version__.encode("ascii"),)
+        )
+        self.sendPositiveResponse(tag, b"ID completed")
+
+    unauth_ID = (do_ID, imap4.IMAP4Server.arg_line)
+    auth_ID = select_ID = unauth_ID
+
+    # -- SELECT and EXAMINE ---------------------------------------------------------
+
+    def _cbSelectWork(self, mbox: Any, cmdName: bytes, tag: bytes) -> None:
+        """
+        Twisted's, with the untagged answers RFC 3501 section 6.3.1 requires
+        and Twisted leaves out: C{OK [UNSEEN n]}, C{OK [PERMANENTFLAGS
+        (...)]} and C{OK [UIDNEXT n]}.
+        """
+        if mbox is None or "\\noselect" in [f.lower() for f in mbox.getFlags()]:
+            super()._cbSelectWork(mbox, cmdName, tag)
+            return
+        flags = [flag.encode("ascii") if isinstance(flag, str) else flag for flag in mbox.getFlags()]
+        self.sendUntaggedResponse(b"%d EXISTS" % (mbox.getMessageCount(),))
+        self.sendUntaggedResponse(b"%d RECENT" % (mbox.getRecentCount(),))
+        self.sendUntaggedResponse(b"FLAGS (" + b" ".join(flags) + b")")
+        firstUnseen = getattr(mbox, "firstUnseen", lambda: None)()
+        if firstUnseen is not None:
+            self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % (firstUnseen,))
+        if mbox.isWriteable():
+            # Keywords are stored (the uidlist), and new ones may be made.
+            self.sendPositiveResponse(
+                None, b"[PERMANENTFLAGS (" + b" ".join(flags + [b"\\*"]) + b")] Flags permitted"
+            )
+        else:
+            self.sendPositiveResponse(None, b"[PERMANENTFLAGS ()] Read-only mailbox")
+        self.sendPositiveResponse(None, b"[UIDVALIDITY %d] UIDs valid" % (mbox.getUIDValidity(),))
+        self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % (mbox.getUIDNext(),))
+        mode = b"READ-WRITE" if mbox.isWriteable() else b"READ-ONLY"
+        mbox.addListener(self)
+        self.sendPositiveResponse(tag, b"[" + mode + b"] " + cmdName + b" successful")
+        self.state = "select"
+        self.mbox = mbox
 
     def sendGoodbye(self, event: str) -> None:
         self.sendLine(b"* BYE " + _GOODBYES[event])
@@ -323,6 +392,38 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
 
     select_FETCH: Any = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
+    def spew_body(self, part: Any, id: int, msg: Any, _w: Any = None, _f: Any = None) -> Any:
+        """
+        A body section that does not exist (C{BODY[2]} of a message that
+        is not multipart, a part number past the last) is the empty string:
+        RFC 3501 section 6.4.5 makes it no error.  Twisted raised a
+        C{TypeError} (or C{IndexError}) in the middle of the FETCH response
+        and dropped the connection.
+        """
+        if _w is None:
+            _w = self.transport.write
+        target = msg
+        for number in part.part:
+            if target.isMultipart():
+                try:
+                    target = target.getSubPart(number)
+                except (IndexError, TypeError):
+                    target = None
+            elif number > 0:
+                target = None
+            if target is None:
+                _w(part.__bytes__() + b' ""')
+                return None
+        if part.header or part.mime:
+            if part.header:
+                headers = target.getHeaders(part.header.negate, *part.header.fields)
+            else:
+                headers = target.getHeaders(True)
+            data = _headerSection(headers)
+            _w(part.__bytes__() + b" {%d}\r\n" % (len(data),) + data)
+            return None
+        return super().spew_body(part, id, msg, _w, _f)
+
     def _cbAppendGotMailbox(self, mbox: Any, tag: bytes, flags: Any, date: Any, message: Any) -> None:
         if not mbox:
             self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
@@ -343,7 +444,7 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
         if reason.check(imap4.MailboxException):
             self.sendNegativeResponse(tag, b"APPEND failed: " + str(reason.value).encode("ascii", "replace"))
             return
-        _log.failure("APPEND failed", reason)
+        _logFailed("APPEND", reason)
         self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed")
 
     def _cbStatusGotMailbox(self, mbox: Any, tag: bytes, mailbox: str, names: list[str]) -> None:
@@ -369,7 +470,7 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
         if reason.check(KeyError):
             self.sendBadResponse(tag, b"STATUS failed: unknown status item")
             return
-        _log.failure("STATUS failed", reason)
+        _logFailed("STATUS", reason)
         self.sendNegativeResponse(tag, b"[SERVERBUG] STATUS failed")
 
     def _IMAP4Server__ebSearch(self, reason: Failure, tag: bytes) -> None:
@@ -379,7 +480,7 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
         if reason.check(imap4.IllegalQueryError, imap4.IllegalClientResponse):
             self.sendBadResponse(tag, b"SEARCH failed: invalid search criteria")
             return
-        _log.failure("SEARCH failed", reason)
+        _logFailed("SEARCH", reason)
         self.sendNegativeResponse(tag, b"[SERVERBUG] SEARCH failed")
 
     def _cbCopySelectedMailbox(self, mbox: Any, tag: bytes, messages: Any, mailbox: Any, uid: int) -> None:
@@ -387,6 +488,49 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
             self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
             return
         super()._cbCopySelectedMailbox(mbox, tag, messages, mailbox, uid)
+
+
+def _isIDList(fields: Any) -> bool:
+    """
+    An ID parameter list as RFC 2971 section 3.3 bounds it: at most 30
+    field-value pairs, fields strings of at most 30 octets, values strings
+    (or NIL) of at most 1024.
+    """
+    return (
+        isinstance(fields, list)
+        and len(fields) % 2 == 0
+        and len(fields) <= 60
+        and all(isinstance(f, bytes) and len(f) <= 30 for f in fields[::2])
+        and all(v is None or (isinstance(v, bytes) and len(v) <= 1024) for v in fields[1::2])
+    )
+
+
+def _headerSection(headers: dict[str, str]) -> bytes:
+    """
+    Header fields as a FETCH header section: each field on its (folded)
+    lines, then the blank line that ends a header, which RFC 3501 section
+    6.4.5 keeps in C{HEADER}, C{HEADER.FIELDS} and C{MIME} sections
+    (Twisted left it out).
+    """
+    lines = [
+        f"{name.title()}: " + "\r\n".join(value.splitlines())
+        for name, value in headers.items()
+    ]
+    return "".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape") + b"\r\n"
+
+
+def _logFailed(command: str, reason: Failure) -> None:
+    """
+    One line for a command a client's request made fail: the exception's
+    type and text, never a traceback (a client can repeat a command
+    thousands of times; a traceback each filled the disk).
+    """
+    _log.error(
+        "{command} failed: {errorType}: {error}",
+        command=command,
+        errorType=reason.type.__name__,
+        error=str(reason.value)[:200],
+    )
 
 
 def _checkMailboxName(parsed: tuple[bytes, bytes]) -> tuple[bytes, bytes]:

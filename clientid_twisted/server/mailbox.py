@@ -1129,6 +1129,11 @@ def _fileContains(f: BinaryIO, needle: bytes) -> bool:
             tail = window[-(len(needle) - 1) :] if len(needle) > 1 else b""
 
 
+MAX_SEARCH_DEPTH = 64
+"""Deepest nesting of SEARCH criteria (C{NOT}, C{OR}, parentheses) taken;
+deeper gets BAD.  Real clients nest a few levels."""
+
+
 class _Search:
     """
     One SEARCH: Twisted's parsed query (words as L{bytes}, parenthesized
@@ -1150,20 +1155,40 @@ class _Search:
         return self._sets[key]
 
     def matches(
-        self, query: list[Any], sequence: int, entry: _Entry, message: MaildirMessage
+        self,
+        query: list[Any],
+        sequence: int,
+        entry: _Entry,
+        message: MaildirMessage,
+        depth: int = 0,
     ) -> bool:
+        """
+        @raise imap4.IllegalQueryError: Also for criteria nested (C{NOT},
+            C{OR}, parentheses) deeper than L{MAX_SEARCH_DEPTH}: each level
+            is a Python call, and a thousand of them end in a
+            C{RecursionError}.
+        """
+        if depth > MAX_SEARCH_DEPTH:
+            raise imap4.IllegalQueryError("Search criteria nested too deeply")
         terms = list(query)
         while terms:
-            if not self._one(terms, sequence, entry, message):
+            if not self._one(terms, sequence, entry, message, depth):
                 return False
         return True
 
     def _one(
-        self, terms: list[Any], sequence: int, entry: _Entry, message: MaildirMessage
+        self,
+        terms: list[Any],
+        sequence: int,
+        entry: _Entry,
+        message: MaildirMessage,
+        depth: int,
     ) -> bool:
+        if depth > MAX_SEARCH_DEPTH:
+            raise imap4.IllegalQueryError("Search criteria nested too deeply")
         term = terms.pop(0)
         if isinstance(term, list):
-            return self.matches(term, sequence, entry, message)
+            return self.matches(term, sequence, entry, message, depth + 1)
         key = _word(term).upper()
 
         def argument() -> Any:
@@ -1225,10 +1250,10 @@ class _Search:
         if key == "UID":
             return entry.uid in self._set(argument(), True)
         if key == "NOT":
-            return not self._one(terms, sequence, entry, message)
+            return not self._one(terms, sequence, entry, message, depth + 1)
         if key == "OR":
-            first = self._one(terms, sequence, entry, message)
-            second = self._one(terms, sequence, entry, message)
+            first = self._one(terms, sequence, entry, message, depth + 1)
+            second = self._one(terms, sequence, entry, message, depth + 1)
             return first or second
         raise imap4.IllegalQueryError(f"Unknown search key {key}")
 
@@ -1488,6 +1513,16 @@ class MaildirMailbox:
 
     def getRecentCount(self) -> int:
         return sum(1 for entry in self._entries if entry.recent)
+
+    def firstUnseen(self) -> int | None:
+        """
+        The sequence number of the first message without C{\\Seen}, or
+        L{None} (SELECT's C{OK [UNSEEN n]}).
+        """
+        for sequence, entry in enumerate(self._entries, 1):
+            if not entry.vanished and "\\Seen" not in entry.flags:
+                return sequence
+        return None
 
     def getUnseenCount(self) -> int:
         return sum(
