@@ -131,8 +131,9 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
         try:
             parsed = imap4.parseNestedParens(line.strip())
         except Exception:
-            parsed = None
-        fields = parsed[0] if parsed and len(parsed) == 1 else False
+            parsed = []
+        # NIL, or one list; anything else (b"") is refused.
+        fields: Any = parsed[0] if len(parsed) == 1 else b""
         if fields is not None and not _isIDList(fields):
             self.sendBadResponse(tag, b"ID needs NIL or a list of field and value strings")
             return
@@ -528,7 +529,7 @@ def _logFailed(command: str, reason: Failure) -> None:
     _log.error(
         "{command} failed: {errorType}: {error}",
         command=command,
-        errorType=reason.type.__name__,
+        errorType=type(reason.value).__name__,
         error=str(reason.value)[:200],
     )
 
