@@ -26,6 +26,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, TestCase
 
 import clientid_twisted
+from tests.dovecotserver import DovecotServer, requireDovecot
 from tests.postfixserver import PostfixServer
 from tests.runningserver import PASSWORD, RunningServer, canRunServer
 
@@ -35,12 +36,13 @@ MESSAGE = (
 )
 
 
-def relayConfig(postfix: PostfixServer) -> str:
+def relayConfig(postfix: PostfixServer, port: int | None = None, login: str = "") -> str:
     return (
         "[relay]\n"
-        f'smarthost = "tcp:host=localhost:port={postfix.smtpPort}"\n'
+        f'smarthost = "tcp:host=localhost:port={port or postfix.smtpPort}"\n'
         "starttls = true\n"
         f'ca = "{postfix.caFile}"\n'
+        + login
     )
 
 
@@ -148,6 +150,47 @@ class RelayProcessTests(TestCase):
         log = self.postfix.waitForLog("ehlo=2 starttls=1 mail=1 rcpt=1 data=1")
         self.assertIn("from=<alice@example.test>", log)
         waitUntil(lambda: not list((self.work / "data" / "queue").glob("*-D")), what="queue empty")
+
+    def test_relayedWithLogin(self) -> None:
+        """
+        Through Postfix's submission port: STARTTLS (required there), then
+        AUTH as the relay account (checked by Dovecot), then the message;
+        Postfix's log names the SASL login.
+        """
+        requireDovecot()
+        self.postfix.cleanUp()
+        dovecot = DovecotServer(
+            {"relay-user": "smarthost secret"},
+            extra="service auth {\n  unix_listener postfix-auth {\n    mode = 0666\n  }\n}\n",
+        )
+        self.addCleanup(dovecot.cleanUp)
+        senders = Path(self.mktemp()).resolve()
+        senders.mkdir()
+        senders.chmod(0o755)
+        (senders / "senders").write_text("alice@example.test relay-user\n")
+        (senders / "senders").chmod(0o644)
+        self.postfix = PostfixServer(
+            saslSocket=str(dovecot.directory / "run" / "postfix-auth"),
+            main={"smtpd_sender_login_maps": f"texthash:{senders / 'senders'}"},
+        ).start()
+        self.addCleanup(self.postfix.cleanUp)
+        passwordFile = Path(self.mktemp()).resolve()
+        passwordFile.write_text("smarthost secret\n")
+        server = self.server(
+            relayConfig(
+                self.postfix,
+                self.postfix.submissionPort,
+                f'username = "relay-user"\npassword_file = "{passwordFile}"\n',
+            )
+        )
+        results = submit(server, ["bob@test.example"])
+        finish(results)
+        self.assertEqual(results["data"], 250)
+        [stored] = self.postfix.waitForMessages("bob", timeout=30)
+        self.assertIn(b"Hello over Postfix.", stored)
+        log = self.postfix.waitForLog("sasl_username=relay-user")
+        self.assertIn("starttls=1", log)
+        self.assertNotIn("smarthost secret", server.log())
 
     def test_killedAfterAcknowledgement(self) -> None:
         """

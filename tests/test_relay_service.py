@@ -328,3 +328,23 @@ class BounceLinesTests(SynchronousTestCase):
 def _report(bounce: Any) -> dict[str, str]:
     status = bounce.get_payload()[1]
     return dict(status.get_payload()[1].items())
+
+
+class QueueGaugeTests(ServiceTestMixin, SynchronousTestCase):
+    """
+    With C{--metrics}, C{clientid_relay_queue_messages} is the queue's
+    length at each scrape.
+    """
+
+    def test_gauge(self) -> None:
+        from clientid_twisted.server.metrics import ServerMetrics
+
+        metrics = ServerMetrics()
+        metrics.relayQueueLength(self.service.queueLength)
+        self.service.startService()
+        queueMessage(self.queue)
+        queueMessage(self.queue, recipient="dan@remote.test")
+        self.assertIn(b"clientid_relay_queue_messages 2.0", metrics.scrape())
+        self.clock.advance(0)
+        self.smarthost.attempts[0][1].callback(None)
+        self.assertIn(b"clientid_relay_queue_messages 1.0", metrics.scrape())

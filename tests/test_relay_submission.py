@@ -236,3 +236,22 @@ class UnauthenticatedDeliveryTests(SynchronousTestCase):
         self.assertTrue(callable(signedIn.validateTo(user)))
         withoutRelay = SubmissionDelivery(dataDir, users, "mail.example.test", "alice@example.test")
         self.assertRaises(smtp.SMTPBadRcpt, withoutRelay.validateTo, user)
+
+
+class AssemblyTests(SynchronousTestCase):
+    def test_queueGauge(self) -> None:
+        """
+        The assembled server reports its relay queue to C{--metrics}.
+        """
+        from clientid_twisted.server.metrics import ServerMetrics
+
+        dataDir = Path(self.mktemp())
+        dataDir.mkdir()
+        (dataDir / "clientid.toml").write_text(relayConfig(dataDir, 2525))
+        metrics = ServerMetrics()
+        server = assembleServer(dataDir, metrics=metrics)
+        self.addCleanup(server.authentication.store.close)
+        self.assertIn(b"clientid_relay_queue_messages 0.0", metrics.scrape())
+        message = server.relay.queue.newMessage("a@example.test", "b@remote.test", "a@example.test")
+        message.eomReceived()
+        self.assertIn(b"clientid_relay_queue_messages 1.0", metrics.scrape())

@@ -515,6 +515,7 @@ class SubmissionDelivery:
         recipient = bytes(user.dest).decode("ascii")
         sender = bytes(user.orig).decode("ascii", "replace")
         account = self.avatarId
+        self._transaction.append(address)
 
         def startMessage() -> Any:
             return queue.newMessage(sender, recipient, account)
