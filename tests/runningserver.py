@@ -10,6 +10,7 @@ C{test_hardening} and C{test_fuzz}.
 
 from __future__ import annotations
 
+import imaplib
 import re
 import signal
 import socket
@@ -32,6 +33,7 @@ __all__ = [
     "readAll",
     "closedWithin",
     "canRunServer",
+    "fetchInbox",
 ]
 
 PASSWORD = "correct horse battery"
@@ -221,3 +223,23 @@ def canRunServer() -> str | None:
     except OSError:
         return "needs 127.0.0.2 on loopback"
     return None
+
+
+def fetchInbox(port: int, context: ssl.SSLContext, user: str, password: str) -> list[bytes]:
+    """
+    Every message in C{user}'s INBOX, read with C{imaplib} over STARTTLS
+    (an independent IMAP client), without setting C{\\Seen}.
+    """
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    try:
+        client.starttls(ssl_context=context)
+        client.login(user, password)
+        client.select("INBOX")
+        _, numbers = client.search(None, "ALL")
+        messages = []
+        for number in numbers[0].split():
+            _, data = client.fetch(number, "(BODY.PEEK[])")
+            messages.append(data[0][1])
+        return messages
+    finally:
+        client.logout()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import imaplib
 import json
 import os
 import smtplib
@@ -28,7 +27,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 import clientid_twisted
 from tests.dovecotserver import DovecotServer, requireDovecot
 from tests.postfixserver import PostfixServer
-from tests.runningserver import PASSWORD, RunningServer, canRunServer
+from tests.runningserver import PASSWORD, RunningServer, canRunServer, fetchInbox
 
 MESSAGE = (
     b"From: alice@example.test\r\nSubject: through the smarthost\r\n"
@@ -74,22 +73,7 @@ def finish(results: dict[str, Any]) -> None:
 
 
 def inbox(server: RunningServer) -> list[bytes]:
-    """
-    Alice's INBOX over IMAP with STARTTLS.
-    """
-    client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
-    try:
-        client.starttls(ssl_context=server.context)
-        client.login("alice@example.test", PASSWORD)
-        client.select("INBOX")
-        _, numbers = client.search(None, "ALL")
-        messages = []
-        for number in numbers[0].split():
-            _, data = client.fetch(number, "(BODY.PEEK[])")
-            messages.append(data[0][1])
-        return messages
-    finally:
-        client.logout()
+    return fetchInbox(server.ports["imap"], server.context, "alice@example.test", PASSWORD)
 
 
 def waitUntil(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:

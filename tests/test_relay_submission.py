@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import imaplib
 import smtplib
 import ssl
 from pathlib import Path
@@ -24,6 +23,7 @@ from clientid_twisted.server.assembly import MailServer, assembleServer
 from clientid_twisted.server.delivery import SubmissionDelivery
 from clientid_twisted.server.relayqueue import RelayQueue
 from clientid_twisted.testing import ConnectionTracker, throwawayCertificate
+from tests.runningserver import fetchInbox
 from tests.services import freePort
 from tests.smarthost import SMARTHOST_PASSWORD, SMARTHOST_USER, CaptureSmarthost
 
@@ -110,22 +110,7 @@ class RelaySubmissionTests(TestCase):
         return results
 
     def readInbox(self) -> list[bytes]:
-        """
-        Alice's INBOX over IMAP (blocking).
-        """
-        client = imaplib.IMAP4("127.0.0.1", self.imapPort, timeout=10)
-        try:
-            client.starttls(ssl_context=self.context)
-            client.login("alice@example.test", PASSWORD)
-            client.select("INBOX")
-            _, numbers = client.search(None, "ALL")
-            messages = []
-            for number in numbers[0].split():
-                _, data = client.fetch(number, "(BODY.PEEK[])")
-                messages.append(data[0][1])
-            return messages
-        finally:
-            client.logout()
+        return fetchInbox(self.imapPort, self.context, "alice@example.test", PASSWORD)
 
     @defer.inlineCallbacks
     def test_relayed(self) -> Any:
