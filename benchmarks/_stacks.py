@@ -163,12 +163,20 @@ def writeRSACertificate(dataDir: Path, hostname: str) -> None:
     (directory / "selfsigned.pem").write_bytes(certificatePEM)
 
 
-def buildFactory(stack: str, protocol: str, dataDir: Path, checker: str) -> tuple[Any, Any]:
+def buildFactory(
+    stack: str, protocol: str, dataDir: Path, checker: str, imapBackend: str | None = None
+) -> tuple[Any, Any]:
     """
     Build the listening factory for one stack.
 
+    @param imapBackend: For the "gateway" stack: the IMAP backend's
+        endpoint (C{--imap-backend}); its logins and sessions go there.
     @return: (factory, the assembled server).
     """
+    if stack == "gateway":
+        # The runnable server's IMAP gateway, exactly as twistd builds it.
+        server = assembleServer(dataDir, hostname="bench.test", imapBackend=imapBackend)
+        return server.imapFactory, server
     server = assembleServer(dataDir, hostname="bench.test")
     for user in USERS:
         if not server.users.exists(user):
@@ -194,7 +202,8 @@ def buildFactory(stack: str, protocol: str, dataDir: Path, checker: str) -> tupl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stack", choices=["ours", "protocol", "bare"], required=True)
+    parser.add_argument("--stack", choices=["ours", "protocol", "bare", "gateway"], required=True)
+    parser.add_argument("--imap-backend", default=None, help="the gateway stack's backend endpoint")
     parser.add_argument("--protocol", choices=["smtp", "imap"], required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--port-file", type=Path, required=True)
@@ -212,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(logFile)])
     if args.certificate == "rsa2048":
         writeRSACertificate(args.data_dir, "bench.test")
-    factory, server = buildFactory(args.stack, args.protocol, args.data_dir, args.checker)
+    factory, server = buildFactory(
+        args.stack, args.protocol, args.data_dir, args.checker, args.imap_backend
+    )
     if args.implicit_tls:
         factory = TLSMemoryBIOFactory(server.tlsOptions, False, factory)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=512)

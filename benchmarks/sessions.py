@@ -16,6 +16,15 @@ the rounds measure known devices (a device's first login also writes its
 owner a notice, removed again so both INBOXes hold the same one message).
 C{--breakdown} adds a third stack, ours without the policy.
 
+C{--gateway} (IMAP) compares instead a client talking to a private Dovecot
+directly (STARTTLS at Dovecot) with the same client going through our IMAP
+gateway (C{--imap-backend}, STARTTLS and CLIENTID at the gateway, the
+login checked and the session relayed by Dovecot over loopback): stacks
+"gateway" and "dovecot"; the JSON adds cpu_ms_dovecot_direct and
+cpu_ms_dovecot_behind (Dovecot's processes, reaped ones included) and
+cpu_ms_added: what the gateway adds per session, its own CPU plus
+Dovecot's behind it minus Dovecot's alone.
+
 By default the servers run as an operator's would: each logs to a file
 with the observer C{twistd --logfile} installs (Twisted's text format, a
 L{twisted.python.logfile.LogFile}; C{--log none}: events stay in memory,
@@ -70,11 +79,13 @@ class ServerProcess:
     def __init__(
         self, stack: str, protocol: str, checker: str, work: Path,
         logToFile: bool = False, certificate: str = "ec256",
+        extra: tuple[str, ...] = (),
     ) -> None:
         """
         @param logToFile: Log to C{WORK/STACK.log} as C{twistd --logfile}
             does; otherwise events only fill the in-memory buffer.
         @param certificate: C{ec256} or C{rsa2048}.
+        @param extra: More arguments for C{benchmarks._stacks}.
         """
         work = work.resolve()  # the child runs from the source tree
         self.stack = stack
@@ -87,7 +98,7 @@ class ServerProcess:
                 sys.executable, "-m", "benchmarks._stacks",
                 "--stack", stack, "--protocol", protocol, "--checker", checker,
                 "--data-dir", str(self.dataDir), "--port-file", str(portFile),
-                "--certificate", certificate, *logging,
+                "--certificate", certificate, *logging, *extra,
             ],
             cwd=Path(__file__).resolve().parent.parent,
         )
@@ -208,6 +219,60 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+class DovecotStack:
+    """
+    A private Dovecot as a stack: the client talks to it directly (its
+    STARTTLS); its CPU is its master's, with the children it reaped
+    (login and mail processes end with their sessions) and those alive.
+    """
+
+    stack = "dovecot"
+
+    def __init__(self) -> None:
+        from tests.dovecotserver import DovecotServer
+
+        self.server = DovecotServer(
+            {user: PASSWORD for user in USERS},
+            ssl=True,
+            extra="default_process_limit = 1000\ndefault_client_limit = 4000\n"
+            "mail_max_userip_connections = 1000\n",
+        )
+        for user in USERS:
+            self.server.deliver(user, BODY)
+        self.port = self.server.port
+        assert self.server.caFile is not None
+        self.context = ssl.create_default_context(cafile=str(self.server.caFile))
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def cpuSeconds(self) -> float:
+        assert self.server.process is not None
+        total = 0
+        for pid in [self.server.process.pid, *_children(self.server.process.pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime, stime, cutime, cstime: fields 14-17 of stat(5).
+            total += sum(int(f) for f in fields[11:15])
+        return total / self._tick
+
+    def stop(self) -> None:
+        self.server.cleanUp()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocol", choices=["smtp", "imap"], default="smtp")
@@ -220,6 +285,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="file: each server logs as twistd --logfile does (default)")
     parser.add_argument("--certificate", choices=["rsa2048", "ec256"], default="rsa2048")
     parser.add_argument(
+        "--gateway", action="store_true",
+        help="IMAP through our gateway vs straight to a private Dovecot (stacks gateway, dovecot)",
+    )
+    parser.add_argument(
         "--breakdown", action="store_true",
         help="also run ours without the device policy (keys protocol_per_s, cpu_ms_protocol)",
     )
@@ -227,12 +296,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.rounds, args.sessions = 2, 10
 
+    if args.gateway:
+        args.protocol = "imap"
     session = smtpSession if args.protocol == "smtp" else imapSession
     work = Path(tempfile.mkdtemp(prefix="clientid-bench-"))
-    servers: dict[str, ServerProcess] = {}
+    servers: dict[str, Any] = {}
+    dovecotBehind: list[float] = []
     try:
-        stacks = ("ours", "protocol", "bare") if args.breakdown else ("ours", "bare")
+        stacks: tuple[str, ...] = ("ours", "protocol", "bare") if args.breakdown else ("ours", "bare")
+        if args.gateway:
+            stacks = ("gateway", "dovecot")
+            dovecot = DovecotStack()
+            servers["dovecot"] = dovecot
+            servers["gateway"] = ServerProcess(
+                "gateway", "imap", args.checker, work,
+                logToFile=args.log == "file", certificate=args.certificate,
+                extra=("--imap-backend", f"tcp:host=127.0.0.1:port={dovecot.port}"),
+            )
         for stack in stacks:
+            if args.gateway:
+                break
             if args.protocol == "imap":
                 seedMailboxes(work / stack)
             servers[stack] = ServerProcess(
@@ -244,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # known devices, not each device's first login.
         for server in servers.values():
             runRound(server, session, DEVICES, args.concurrency, 0)
-        if args.protocol == "imap":
+        if args.protocol == "imap" and not args.gateway:
             # The learn policy mailed each account a new-device notice
             # per device; back to the same one-message INBOX as bare.
             for stack in stacks:
@@ -256,9 +339,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in range(args.rounds):
             order = stacks if r % 2 == 0 else stacks[::-1]
             for stack in order:
+                dovecotBefore = servers["dovecot"].cpuSeconds() if args.gateway else 0.0
                 wall, cpu, latencies = runRound(
                     servers[stack], session, args.sessions, args.concurrency, r * args.sessions
                 )
+                if stack == "gateway":
+                    dovecotBehind.append(servers["dovecot"].cpuSeconds() - dovecotBefore)
                 t = totals[stack]
                 t["wall"] += wall
                 t["cpu"] += cpu
@@ -285,6 +371,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result[f"{stack}_per_s"] = round(t["sessions"] / t["wall"], 1)
         result[f"p99_ms_{stack}"] = round(1000 * percentile(t["latencies"], 0.99), 2)
         result[f"cpu_ms_{stack}"] = round(1000 * t["cpu"] / t["sessions"], 3)
+    if args.gateway:
+        sessions = totals["gateway"]["sessions"]
+        behind = round(1000 * sum(dovecotBehind) / sessions, 3)
+        result["cpu_ms_dovecot_direct"] = result.pop("cpu_ms_dovecot")
+        result["cpu_ms_dovecot_behind"] = behind
+        result["cpu_ms_added"] = round(
+            result["cpu_ms_gateway"] + behind - result["cpu_ms_dovecot_direct"], 3
+        )
+        print(f"through the gateway: {result['gateway_per_s']} sessions/s, "
+              f"p99 {result['p99_ms_gateway']} ms, gateway CPU {result['cpu_ms_gateway']} ms "
+              f"+ Dovecot behind it {behind} ms per session")
+        print(f"straight to Dovecot: {result['dovecot_per_s']} sessions/s, "
+              f"p99 {result['p99_ms_dovecot']} ms, Dovecot CPU "
+              f"{result['cpu_ms_dovecot_direct']} ms per session")
+        print(f"CPU added per session: {result['cpu_ms_added']} ms")
+        print(json.dumps(result))
+        return result
     result["ratio"] = round(result["ours_per_s"] / result["bare_per_s"], 3)
     result["cpu_ratio"] = round(result["cpu_ms_ours"] / result["cpu_ms_bare"], 3)
     print(f"{'':>5} {'':>5} {'ours':>11} {'bare':>10}")

@@ -110,6 +110,37 @@ class BenchmarkSmokeTests(TestCase):
             )
 
 
+class GatewayBenchmarkSmokeTests(TestCase):
+    """
+    The IMAP gateway's figures against a private Dovecot.
+    """
+
+    def setUp(self) -> None:
+        from tests.dovecotserver import requireDovecot
+
+        requireDovecot()
+
+    def test_sessionsThroughTheGateway(self) -> None:
+        result = runBenchmark("sessions", "--gateway")
+        self.assertTrue(
+            {
+                "gateway_per_s",
+                "dovecot_per_s",
+                "cpu_ms_gateway",
+                "cpu_ms_dovecot_direct",
+                "cpu_ms_dovecot_behind",
+                "cpu_ms_added",
+            }
+            <= set(result),
+            result,
+        )
+
+    def test_memoryPerIdleSession(self) -> None:
+        result = runBenchmark("gatewaymemory")
+        self.assertEqual(result["sessions"], 10)
+        self.assertTrue({"rss_before_kib", "rss_after_kib", "kib_per_session"} <= set(result), result)
+
+
 class SessionStackTests(SynchronousTestCase):
     """
     What the session benchmark's stacks check logins with, how they log and
