@@ -5,6 +5,7 @@ durable, with JSON envelopes that carry the retry state.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -14,7 +15,7 @@ from typing import Any
 from zope.interface.verify import verifyObject
 
 from twisted.internet.task import Clock
-from twisted.mail import relaymanager
+from twisted.mail import relaymanager, smtp
 from twisted.mail.interfaces import IMessageSMTP
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -85,6 +86,26 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(len(fired), 1)
         base = str(self.directory / message.entry.id)
         self.assertEqual(synced, [base + "-C", base + "-T", str(self.directory)])
+
+    def test_diskFull(self) -> None:
+        """
+        A full disk while the message arrives is C{452 4.3.1} (temporary,
+        as for local delivery), and the partial file is gone.
+        """
+        message = self.queue.newMessage("a@example.test", "b@remote.test", None)
+
+        class FullDisk:
+            def write(self, data: bytes) -> None:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def close(self) -> None:
+                pass
+
+        message._file = FullDisk()  # type: ignore[assignment]
+        error = self.assertRaises(smtp.SMTPServerError, message.lineReceived, b"x")
+        self.assertEqual(error.code, 452)
+        self.assertEqual(list(self.directory.iterdir()), [])
+        self.assertEqual(self.queue.entries, {})
 
     def test_lostConnection(self) -> None:
         message = self.queue.newMessage("a@example.test", "b@remote.test", None)

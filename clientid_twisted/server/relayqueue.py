@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.mail import relaymanager
 from twisted.mail.interfaces import IMessageSMTP
 
+from clientid_twisted.server.delivery import storageError
 from clientid_twisted.server.files import fsyncDirectory
 
 __all__ = ["QueueEntry", "RelayQueue", "QueuedMessage", "FLUSH_MARKER", "isMessageID"]
@@ -159,13 +160,27 @@ class QueuedMessage:
         self.temporaryPath = base.with_name(entry.id + "-C")
         self.finalPath = base.with_name(entry.id + "-D")
         self.envelopePath = base.with_name(entry.id + "-H")
-        fd = os.open(self.temporaryPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(self.temporaryPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise storageError(e) from None
         self._file = os.fdopen(fd, "wb")
 
     def lineReceived(self, line: bytes) -> None:
+        """
+        Store a line.
+
+        @raise twisted.mail.smtp.SMTPServerError: C{452} when the disk is
+            full, C{451} for another failed write (the partial file is
+            removed): temporary, as for a local delivery.
+        """
         # A folded header (our Received:) arrives as one line with LF in it.
         pieces = line.split(b"\n")
-        self._file.write(b"\n".join(p.rstrip(b"\r") for p in pieces) + b"\n")
+        try:
+            self._file.write(b"\n".join(p.rstrip(b"\r") for p in pieces) + b"\n")
+        except OSError as e:
+            self.connectionLost()
+            raise storageError(e) from None
 
     def eomReceived(self) -> defer.Deferred[str]:
         """
@@ -191,7 +206,10 @@ class QueuedMessage:
         """
         Forget the partial message.
         """
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass
         for path in (self.temporaryPath, self.envelopePath):
             try:
                 os.unlink(path)
