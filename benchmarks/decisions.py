@@ -27,8 +27,10 @@ password (learn mode: the device record is updated); one in ten an unknown
 token with a wrong password (counters are bumped).
 
 The last line printed is one JSON object: C{results} maps each N to
-C{decisions_per_s}, C{p50_ms}, C{p99_ms} (with C{--concurrency} in flight)
-and C{p99_ms_sequential}.
+C{decisions_per_s}, C{p50_ms}, C{p99_ms} (with C{--concurrency} in flight),
+C{p99_ms_sequential} and C{cpu_us_per_decision}: this process's CPU time
+(user and system, all its threads; with Redis, not the server's) per
+decision with C{--concurrency} in flight.
 """
 
 from __future__ import annotations
@@ -244,7 +246,9 @@ async def measure(
     await driver.run(min(2000, decisions), 1)  # warm-up: caches, first commits
     await driver.run(decisions, 1)
     sequential = list(driver.latencies)
+    cpuBefore = time.process_time()
     wall = await driver.run(decisions, concurrency)
+    cpu = time.process_time() - cpuBefore
     concurrent, queued = list(driver.latencies), list(driver.queued)
     await store.close()
     return {
@@ -260,6 +264,7 @@ async def measure(
         "p99_ms_queued": round(1000 * percentile(queued, 0.99), 3),
         "p50_ms_sequential": round(1000 * percentile(sequential, 0.50), 3),
         "p99_ms_sequential": round(1000 * percentile(sequential, 0.99), 3),
+        "cpu_us_per_decision": round(1e6 * cpu / decisions, 1),
         "errors": driver.errors,
     }
 
@@ -346,7 +351,7 @@ def _header(concurrency: int) -> str:
     return (
         f"{'devices':>9} {'fill s':>7} {'decisions/s':>12} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'max ms':>8} {'seq p50':>8} {'seq p99':>8} {'queued p50':>10} {'queued p99':>10}"
-        f" {'errors':>6}"
+        f" {'CPU us':>7} {'errors':>6}"
     )
 
 
@@ -355,7 +360,7 @@ def _row(r: dict[str, Any], concurrency: int) -> str:
         f"{r['devices']:>9} {r['fill_s']:>7} {r['decisions_per_s']:>12} {r['p50_ms']:>8}"
         f" {r['p99_ms']:>8} {r['max_ms']:>8} {r['p50_ms_sequential']:>8}"
         f" {r['p99_ms_sequential']:>8} {r['p50_ms_queued']:>10} {r['p99_ms_queued']:>10}"
-        f" {r['errors']:>6}"
+        f" {r['cpu_us_per_decision']:>7} {r['errors']:>6}"
     )
 
 

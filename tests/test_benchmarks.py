@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_KEYS = {"honest_success_rate", "compromised_accounts", "attacker_logins", "alerts_raised"}
-DECISION_KEYS = {"decisions_per_s", "p50_ms", "p99_ms", "p99_ms_sequential"}
+DECISION_KEYS = {"decisions_per_s", "p50_ms", "p99_ms", "p99_ms_sequential", "cpu_us_per_decision"}
 
 
 def runBenchmark(name: str, *arguments: str, timeout: float = 120) -> dict[str, Any]:
@@ -77,6 +77,19 @@ class BenchmarkSmokeTests(TestCase):
         for figures in result["results"].values():
             self.assertTrue(DECISION_KEYS <= set(figures), figures)
             self.assertEqual(figures["errors"], 0)
+
+    def test_decisionsRedis(self) -> None:
+        """
+        The Redis run, on a throwaway C{redis-server} the benchmark starts.
+        """
+        from tests.redisserver import requireRedisServer
+
+        requireRedisServer()
+        result = runBenchmark("decisions", "--store", "redis")
+        for figures in result["results"].values():
+            self.assertTrue(DECISION_KEYS <= set(figures), figures)
+            self.assertEqual(figures["errors"], 0)
+            self.assertGreater(figures["cpu_us_per_decision"], 0)
 
     def test_connections(self) -> None:
         result = runBenchmark("connections")
