@@ -43,12 +43,12 @@ from clientid_twisted.store.redis import (
 )
 from clientid_twisted.store.resp import (
     CommandPrefix,
+    ProtocolError,
     RedisProtocol,
     ReplyError,
-    _Incomplete,
     encodeArguments,
     encodeCommand,
-    parseReply,
+    replyReader,
 )
 from tests.redisserver import RedisServer, requireRedisServer, sharedRedisServer, uniquePrefix
 from tests.storesuite import START, StoreTestsMixin, update
@@ -135,13 +135,28 @@ class URLTests(SynchronousTestCase):
         self.assertNotIn("hunter2", str(e))
 
 
+def parseAll(data: bytes) -> list[Any]:
+    """
+    Every whole reply in C{data}, through a fresh L{replyReader}.
+    """
+    reader = replyReader()
+    reader.feed(data)
+    replies = []
+    while (reply := reader.gets()) is not False:
+        replies.append(reply)
+    return replies
+
+
+def parseOne(data: bytes) -> Any:
+    [reply] = parseAll(data)
+    return reply
+
+
 class RESPTests(SynchronousTestCase):
     def test_roundTrip(self) -> None:
         self.assertEqual(encodeCommand(["SET", b"k", 1, 2.5]), b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n$3\r\n2.5\r\n")
-        reply = b"*5\r\n$3\r\nabc\r\n$-1\r\n:42\r\n+OK\r\n*1\r\n-ERR no\r\n"
-        value, end = parseReply(reply)
-        self.assertEqual(end, len(reply))
-        self.assertEqual(value[:4], [b"abc", None, 42, "OK"])
+        value = parseOne(b"*5\r\n$3\r\nabc\r\n$-1\r\n:42\r\n+OK\r\n*1\r\n-ERR no\r\n")
+        self.assertEqual(value[:4], [b"abc", None, 42, b"OK"])
         self.assertIsInstance(value[4][0], ReplyError)
 
 
@@ -183,8 +198,13 @@ def _resp(value: Any) -> bytes:
 
 
 def _comparable(value: Any) -> Any:
+    """
+    A reply as the parser gives it back: status replies as bytes too.
+    """
     if isinstance(value, ReplyError):
         return ("error", str(value))
+    if isinstance(value, str):
+        return value.encode()
     if isinstance(value, list):
         return [_comparable(v) for v in value]
     return value
@@ -258,8 +278,9 @@ class RESPEncodingTests(SynchronousTestCase):
 
 class RESPParsingTests(SynchronousTestCase):
     """
-    L{parseReply}: every kind of reply, nested, several in one buffer, and
-    any prefix of a buffer (a read that stopped anywhere) is incomplete.
+    L{replyReader}: every kind of reply, nested, several in one buffer, and
+    any prefix of a buffer (a read that stopped anywhere) gives the replies
+    wholly in it and then, with the rest, the others.
     """
 
     def test_scalars(self) -> None:
@@ -269,43 +290,41 @@ class RESPParsingTests(SynchronousTestCase):
             (b"$4\r\na\r\nb\r\n", b"a\r\nb"),
             (b"$-1\r\n", None),
             (b":-12\r\n", -12),
-            (b"+PONG\r\n", "PONG"),
+            (b"+PONG\r\n", b"PONG"),
             (b"*0\r\n", []),
             (b"*-1\r\n", None),
         ]:
             with self.subTest(data=data):
-                self.assertEqual(parseReply(data), (expected, len(data)))
-        error, end = parseReply(b"-NOSCRIPT No matching script\r\n")
+                self.assertEqual(parseAll(data), [expected])
+        error = parseOne(b"-NOSCRIPT No matching script\r\n")
         self.assertIsInstance(error, ReplyError)
-        self.assertEqual((str(error), end), ("NOSCRIPT No matching script", 30))
+        self.assertEqual(str(error), "NOSCRIPT No matching script")
 
     def test_nested(self) -> None:
         """
-        Arrays in arrays, empty and nil ones among them, and the position
-        after the whole reply.
+        Arrays in arrays, empty and nil ones among them, then the next
+        reply.
         """
-        value = [[b"a", [], None, [[1, [b"", [2]]], "OK"]], [None], [], 3]
+        value = [[b"a", [], None, [[1, [b"", [2]]], b"OK"]], [None], [], 3]
         data = _resp(value) + b":7\r\n"
-        self.assertEqual(parseReply(data), (value, len(data) - 4))
-        self.assertEqual(parseReply(data, len(data) - 4), (7, len(data)))
-        self.assertEqual(parseReply(b"*3\r\n*0\r\n*-1\r\n$-1\r\n")[0], [[], None, None])
+        self.assertEqual(parseAll(data), [value, 7])
+        self.assertEqual(parseOne(b"*3\r\n*0\r\n*-1\r\n$-1\r\n"), [[], None, None])
 
     def test_deep(self) -> None:
         """
-        Nesting deeper than Python's recursion limit: the parser keeps its
-        own stack.
+        Nesting as deep as a reply may go is parsed; deeper than hiredis
+        allows (no Redis reply is) is a L{ProtocolError}, not a crash.
         """
-        depth = 5000
-        data = b"*1\r\n" * depth + b":1\r\n"
-        value, end = parseReply(data)
-        self.assertEqual(end, len(data))
-        for _ in range(depth):
+        data = b"*1\r\n" * 7 + b":1\r\n"
+        value = parseOne(data)
+        for _ in range(7):
             self.assertEqual(len(value), 1)
             value = value[0]
         self.assertEqual(value, 1)
+        self.assertRaises(ProtocolError, parseAll, b"*1\r\n" * 5000 + b":1\r\n")
 
     def test_errorsInArrays(self) -> None:
-        value, _ = parseReply(_resp([ReplyError("ERR a"), [ReplyError("ERR b"), b"x"]]))
+        value = parseOne(_resp([ReplyError("ERR a"), [ReplyError("ERR b"), b"x"]]))
         self.assertEqual(_comparable(value), [("error", "ERR a"), [("error", "ERR b"), b"x"]])
 
     def test_random(self) -> None:
@@ -317,16 +336,15 @@ class RESPParsingTests(SynchronousTestCase):
         for _ in range(200):
             replies = [_randomReply(rng) for _ in range(rng.randrange(1, 4))]
             data = b"".join(_resp(r) for r in replies)
-            position = 0
-            for reply in replies:
-                value, position = parseReply(data, position)
-                self.assertEqual(_comparable(value), _comparable(reply))
-            self.assertEqual(position, len(data))
+            self.assertEqual(
+                [_comparable(v) for v in parseAll(data)], [_comparable(r) for r in replies]
+            )
 
     def test_incompleteAtEveryByte(self) -> None:
         """
         Cut anywhere, a buffer gives the replies wholly before the cut and
-        L{_Incomplete} for the one it splits, never a wrong value.
+        nothing for the one it splits, never a wrong value; the rest of the
+        bytes give the others.
         """
         replies = [
             [b"{\"s\":\"approved\"}", 3, [], [b"k", b"1.5"], 0, None, b"a\r\nb"],
@@ -338,27 +356,27 @@ class RESPParsingTests(SynchronousTestCase):
             b"",
             [],
         ]
-        data = b"".join(_resp(r) for r in replies)
-        ends = []
-        position = 0
-        for _ in replies:
-            position = parseReply(data, position)[1]
-            ends.append(position)
+        expected = [_comparable(r) for r in replies]
+        encoded = [_resp(r) for r in replies]
+        data = b"".join(encoded)
+        ends = [sum(len(e) for e in encoded[: i + 1]) for i in range(len(encoded))]
         for cut in range(len(data) + 1):
-            buffer = data[:cut]
-            position = 0
-            for reply, end in zip(replies, ends):
-                if end > cut:
-                    self.assertRaises(_Incomplete, parseReply, buffer, position)
-                    break
-                value, position = parseReply(buffer, position)
-                self.assertEqual(_comparable(value), _comparable(reply))
-                self.assertEqual(position, end)
+            reader = replyReader()
+            reader.feed(data[:cut])
+            got = []
+            while (reply := reader.gets()) is not False:
+                got.append(_comparable(reply))
+            whole = sum(1 for end in ends if end <= cut)
+            self.assertEqual(got, expected[:whole], cut)
+            reader.feed(data[cut:])
+            while (reply := reader.gets()) is not False:
+                got.append(_comparable(reply))
+            self.assertEqual(got, expected, cut)
 
     def test_notRESP(self) -> None:
         for data in [b"?1\r\n", b"$x\r\nab\r\n", b"*y\r\n", b":\r\n", b"*2\r\n:1\r\n!\r\n"]:
             with self.subTest(data=data):
-                self.assertRaises(ValueError, parseReply, data)
+                self.assertRaises(ProtocolError, parseAll, data)
 
 
 class RESPProtocolTests(SynchronousTestCase):
