@@ -42,7 +42,6 @@ from clientid_twisted.store.redis import (
     parseRedisURL,
 )
 from clientid_twisted.store.resp import (
-    CommandPrefix,
     ProtocolError,
     RedisProtocol,
     ReplyError,
@@ -227,8 +226,8 @@ def _randomReply(rng: random.Random, depth: int = 0) -> Any:
 
 class RESPEncodingTests(SynchronousTestCase):
     """
-    L{encodeCommand}, L{encodeArguments} and L{CommandPrefix} give the
-    bytes of the first, plain encoding for every kind of argument.
+    L{encodeCommand} and L{encodeArguments} give the bytes of the first,
+    plain encoding for every kind of argument.
     """
 
     values: list[Any] = [
@@ -254,26 +253,13 @@ class RESPEncodingTests(SynchronousTestCase):
         self.assertEqual(header + encodeArguments(self.values), _referenceEncode(self.values))
         self.assertEqual(encodeArguments(iter(["a", 1])), _referenceEncode(["a", 1])[4:])
 
-    def test_commandPrefix(self) -> None:
+    def test_unpackable(self) -> None:
         """
-        A prefix encoded once, then arguments encoded already, then the
-        rest: the same bytes as the whole command encoded at once.
+        Arguments hiredis does not pack (C{bool}s) give the same bytes the
+        Python way, among others it would.
         """
-        prefix = CommandPrefix(["EVALSHA", b"f" * 40, 0, "clientid:"])
-        self.assertEqual(prefix.count, 4)
-        rest = ["alice", "caf\u00e9", 3, 0.5, b"\r\n"]
-        self.assertEqual(
-            prefix.command(rest),
-            _referenceEncode(["EVALSHA", b"f" * 40, 0, "clientid:", *rest]),
-        )
-        middle = encodeArguments(["1700000000.25", "100000"])
-        self.assertEqual(
-            prefix.command(rest, middle, 2),
-            _referenceEncode(
-                ["EVALSHA", b"f" * 40, 0, "clientid:", "1700000000.25", "100000", *rest]
-            ),
-        )
-        self.assertEqual(prefix.command(()), _referenceEncode(["EVALSHA", b"f" * 40, 0, "clientid:"]))
+        values = ["EVALSHA", True, 3, False, b"x"]
+        self.assertEqual(encodeCommand(values), _referenceEncode(values))
 
 
 class RESPParsingTests(SynchronousTestCase):
@@ -393,11 +379,10 @@ class RESPProtocolTests(SynchronousTestCase):
 
     def test_byteByByte(self) -> None:
         protocol, transport = self.connect()
-        prefix = CommandPrefix(["EVALSHA", b"f" * 40, 0])
         results: list[Any] = []
         for d in [
             protocol.execute("GET", "k"),
-            protocol.executeEncoded(prefix.command(["a"])),
+            protocol.executeEncoded(encodeCommand(["EVALSHA", b"f" * 40, 0, "a"])),
             protocol.execute("LRANGE", "l", 0, -1),
             protocol.execute("BAD"),
             protocol.execute("GET", "missing"),
@@ -477,20 +462,22 @@ class RedisJSONTests(SynchronousTestCase):
 
     def test_encodeRecord(self) -> None:
         """
-        The record's JSON leaves out absent values; its events are numbers
-        whose JSON and account follow it as arguments, in order.
+        The record's arguments, flat: the events it may record (seven fields
+        each, absent ones empty, present ones after C{=}), then the device
+        update, the operations and the events always recorded, each event
+        by its number.
         """
         new = Event("device-new", "alice", "UUID", "fp", "192.0.2.1", "imap")
         locked = Event("token-locked", None, "UUID", "fp", detail="too many")
         closed = Event("account-closed", "alice")
-        login = Event("login", "alice", detail=None)
+        login = Event("login", "alice", detail="")
         record = OutcomeRecord(
             device=DeviceUpdate("alice", "d" * 64, "UUID", "fp", None, "imap", False,
                                 promote=APPROVED, promoteFrom=("pending",), event=new),
             operations=(
                 AddMember("token-accounts:d", "alice", 600.0, 3, "token-locked:d", 900.0, locked),
                 Bump("unknown-failures:alice", 600.0, 5, "account-closed:alice", 900.0, closed),
-                Bump("attack", 60.0),
+                Bump("attack", 60),
                 Reset("device-failures:d"),
                 Once("alerted:x", 3600.0, new),
             ),
@@ -499,38 +486,26 @@ class RedisJSONTests(SynchronousTestCase):
         argv, events = _encodeRecord(record)
         self.assertEqual(events, [new, locked, closed, new, login])
         self.assertEqual(
-            argv[1:],
+            argv,
             [
-                json.dumps(["device-new", "alice", "UUID", "fp", "192.0.2.1", "imap", None],
-                           separators=(",", ":")), "alice",
-                json.dumps(["token-locked", None, "UUID", "fp", None, None, "too many"],
-                           separators=(",", ":")), "",
-                json.dumps(["account-closed", "alice", None, None, None, None, None],
-                           separators=(",", ":")), "alice",
-                json.dumps(["device-new", "alice", "UUID", "fp", "192.0.2.1", "imap", None],
-                           separators=(",", ":")), "alice",
-                json.dumps(["login", "alice", None, None, None, None, None],
-                           separators=(",", ":")), "alice",
+                "5",
+                "device-new", "=alice", "=UUID", "=fp", "=192.0.2.1", "=imap", "",
+                "token-locked", "", "=UUID", "=fp", "", "", "=too many",
+                "account-closed", "=alice", "", "", "", "", "",
+                "device-new", "=alice", "=UUID", "=fp", "=192.0.2.1", "=imap", "",
+                "login", "=alice", "", "", "", "", "=",
+                "1", "alice", "d" * 64, "UUID", "fp", "", "=imap", "", "", APPROVED, "0",
+                "1", "pending",
+                "5",
+                "m", "token-accounts:d", "alice", "600.0", "3", "token-locked:d", "900.0", "1",
+                "b", "unknown-failures:alice", "600.0", "5", "account-closed:alice", "900.0", "2",
+                "b", "attack", "60.0", "0", "", "0.0", "",
+                "r", "device-failures:d",
+                "o", "alerted:x", "3600.0", "3",
+                "1", "4",
             ],
         )
-        self.assertEqual(
-            json.loads(argv[0]),
-            {
-                "d": {"a": "alice", "g": "d" * 64, "t": "UUID", "f": "fp", "p": "imap",
-                      "ok": False, "pr": APPROVED, "pf": ["pending"], "ev": 0},
-                "o": [
-                    {"k": "m", "s": "token-accounts:d", "m": "alice", "w": 600.0, "l": 3,
-                     "lk": "token-locked:d", "ls": 900.0, "ev": 1},
-                    {"k": "b", "c": "unknown-failures:alice", "w": 600.0, "l": 5,
-                     "lk": "account-closed:alice", "ls": 900.0, "ev": 2},
-                    {"k": "b", "c": "attack", "w": 60.0, "l": 0, "ls": 0.0},
-                    {"k": "r", "c": "device-failures:d"},
-                    {"k": "o", "mk": "alerted:x", "s": 3600.0, "ev": 3},
-                ],
-                "e": [4],
-            },
-        )
-        self.assertEqual(_encodeRecord(OutcomeRecord()), (["{}"], []))
+        self.assertEqual(_encodeRecord(OutcomeRecord()), (["0", "", "0", "0"], []))
         self.assertRaises(TypeError, _encodeRecord, OutcomeRecord(operations=("x",)))  # type: ignore[arg-type]
 
 

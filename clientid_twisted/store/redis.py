@@ -77,12 +77,11 @@ from clientid_twisted.store.sentinel import (
 )
 from clientid_twisted.store.resp import (
     BlockingRedisConnection,
-    CommandPrefix,
     RedisAddress,
     RedisConnection,
     RedisProtocol,
     ReplyError,
-    encodeArguments,
+    encodeCommand,
 )
 
 __all__ = ["RedisStore", "RedisSettings", "parseRedisURL", "openRedisStore"]
@@ -367,112 +366,133 @@ def _locks(flat: list[bytes]) -> dict[str, float]:
     }
 
 
-def _addEvent(event: Event, events: list[Event], argv: list[str]) -> int:
+def _value(text: str | None) -> str:
     """
-    Number an event of a record, so the script can say which it kept; its
-    JSON and account go in C{argv} (the script's C{ARGV[7 + 2 i]} and
-    C{ARGV[8 + 2 i]}).
+    An optional argument of C{recordOutcome}: C{""} for none, else C{"="}
+    and the value (so an empty value stays one).
     """
+    return "" if text is None else "=" + text
+
+
+def _eventNumber(event: Event | None, events: list[Event], fields: list[str]) -> str:
+    """
+    Number an event the C{recordOutcome} script may record; its fields go
+    in C{fields}.  C{""} for no event.
+    """
+    if event is None:
+        return ""
     events.append(event)
-    argv.append(_eventJSON(event))
-    argv.append(event.account or "")
-    return len(events) - 1
-
-
-def _without(*fields: tuple[str, Any]) -> dict[str, Any]:
-    """
-    The fields that are not L{None}: the scripts read an absent one as nil.
-    """
-    return {name: value for name, value in fields if value is not None}
+    fields += (
+        event.kind, _value(event.account), _value(event.typeName), _value(event.fingerprint),
+        _value(event.address), _value(event.protocol), _value(event.detail),
+    )
+    return str(len(events) - 1)
 
 
 def _encodeRecord(record: OutcomeRecord) -> tuple[list[str], list[Event]]:
     """
-    The arguments of the C{recordOutcome} script: the record as JSON
-    (absent fields are L{None}s left out: the script reads them as nil),
-    then each event's JSON and account.
+    The arguments of the C{recordOutcome} script, flat (what it may need
+    of each event is only encoded as JSON by the script, if it records
+    it): the number of events and their fields, seven each; then the
+    device update (C{"1"} and its fields, or C{""}); the number of
+    operations and each one's kind and fields; the number of events to
+    record whatever happens and their numbers.
 
-    @return: The arguments and the events, numbered as in the JSON.
+    @return: The arguments and the events, numbered as in them.
     """
     events: list[Event] = []
-    argv: list[str] = [""]
-    encoded: dict[str, Any] = {}
+    fields: list[str] = []
+    body: list[str] = []
     u = record.device
-    if u is not None:
-        d: dict[str, Any] = _without(
-            ("a", u.account), ("g", u.digest), ("t", u.typeName), ("f", u.fingerprint),
-            ("ad", u.address), ("p", u.protocol), ("ok", u.succeeded), ("c", u.create),
-            ("pr", u.promote),
+    if u is None:
+        body.append("")
+    else:
+        body += (
+            "1", u.account, u.digest, u.typeName, u.fingerprint, _value(u.address),
+            _value(u.protocol), "1" if u.succeeded else "", u.create or "", u.promote or "",
+            _eventNumber(u.event, events, fields), str(len(u.promoteFrom)), *u.promoteFrom,
         )
-        if u.promoteFrom:
-            d["pf"] = list(u.promoteFrom)
-        if u.event is not None:
-            d["ev"] = _addEvent(u.event, events, argv)
-        encoded["d"] = d
-    if record.operations:
-        operations: list[dict[str, Any]] = []
-        for op in record.operations:
-            o: dict[str, Any]
-            if isinstance(op, Reset):
-                operations.append({"k": "r", "c": op.counter})
-                continue
-            if isinstance(op, Once):
-                o = {"k": "o", "mk": op.marker, "s": op.seconds}
-                if op.event is not None:
-                    o["ev"] = _addEvent(op.event, events, argv)
-                operations.append(o)
-                continue
-            if isinstance(op, Bump):
-                o = {"k": "b", "c": op.counter, "w": op.window, "l": op.limit}
-            elif isinstance(op, AddMember):
-                o = {"k": "m", "s": op.key, "m": op.member, "w": op.window, "l": op.limit}
-            else:
-                raise TypeError(f"unknown operation {op!r}")
-            if op.lock is not None:
-                o["lk"] = op.lock
-            o["ls"] = op.lockSeconds
-            if op.event is not None:
-                o["ev"] = _addEvent(op.event, events, argv)
-            operations.append(o)
-        encoded["o"] = operations
-    if record.events:
-        encoded["e"] = [_addEvent(e, events, argv) for e in record.events]
-    argv[0] = _encodeJSON(encoded)
-    return argv, events
+    body.append(str(len(record.operations)))
+    for op in record.operations:
+        if isinstance(op, Reset):
+            body += ("r", op.counter)
+        elif isinstance(op, Once):
+            body += ("o", op.marker, repr(float(op.seconds)), _eventNumber(op.event, events, fields))
+        elif isinstance(op, Bump):
+            body += (
+                "b", op.counter, repr(float(op.window)), str(int(op.limit)), op.lock or "",
+                repr(float(op.lockSeconds)), _eventNumber(op.event, events, fields),
+            )
+        elif isinstance(op, AddMember):
+            body += (
+                "m", op.key, op.member, repr(float(op.window)), str(int(op.limit)),
+                op.lock or "", repr(float(op.lockSeconds)), _eventNumber(op.event, events, fields),
+            )
+        else:
+            raise TypeError(f"unknown operation {op!r}")
+    body.append(str(len(record.events)))
+    body += [_eventNumber(e, events, fields) for e in record.events]
+    return [str(len(events)), *fields, *body], events
 
 
-def _parseState(query: StateQuery, reply: bytes) -> DecisionState:
+def _fieldsDevice(account: str, digest: str, reply: list[Any], at: int) -> DeviceRecord:
     """
-    The C{loadState} script's answer: one JSON array (the device record
-    inside it as it is stored), decoded in one call.
+    A device record from the fields a decision's script answers with
+    (from C{reply[at]}: type, fingerprint, state, first and last seen, last
+    address and protocol, logins, failures; L{None} for absent ones).
     """
-    raw, approved, locks, size, has, now = _decodeJSON(reply)
+    t, f, state, firstSeen, lastSeen, address, protocol, logins, failures = reply[at : at + 9]
+    return DeviceRecord(
+        account,
+        digest,
+        "" if t is None else t.decode("utf-8"),
+        "" if f is None else f.decode("utf-8"),
+        state.decode("utf-8"),
+        None if firstSeen is None else float(firstSeen),
+        None if lastSeen is None else float(lastSeen),
+        None if address is None else address.decode("utf-8"),
+        None if protocol is None else protocol.decode("utf-8"),
+        0 if logins is None else int(float(logins)),
+        0 if failures is None else int(float(failures)),
+    )
+
+
+def _parseState(query: StateQuery, reply: list[Any]) -> DecisionState:
+    """
+    The C{loadState} script's answer: the approved count, the live locks
+    (flat), the set's size and membership, the time, then the device's
+    fields if it has one.
+    """
+    approved, locks, size, has, now = reply[:5]
     device = None
-    if raw is not None and query.account is not None and query.digest is not None:
-        device = _device(query.account, query.digest, raw)
+    if len(reply) > 5 and query.account is not None and query.digest is not None:
+        device = _fieldsDevice(query.account, query.digest, reply, 5)
     return DecisionState(
         device,
         approved,
-        {locks[i]: float(locks[i + 1]) for i in range(0, len(locks), 2)} if locks else {},
+        _locks(locks),
         size,
         bool(has),
     )
 
 
-def _parseOutcome(record: OutcomeRecord, events: list[Event], reply: bytes) -> OutcomeResult:
+def _parseOutcome(record: OutcomeRecord, events: list[Event], reply: list[Any]) -> OutcomeResult:
     """
-    The C{recordOutcome} script's answer: one JSON array.
+    The C{recordOutcome} script's answer: the time, the locks newly set,
+    the numbers of the events recorded, then the device's fields if
+    there is a device.
     """
-    raw, now, locked, recorded = _decodeJSON(reply)
+    now, locked, recorded = reply[:3]
     device = None
-    if raw is not None and record.device is not None:
-        device = _device(record.device.account, record.device.digest, raw)
+    if len(reply) > 3 and record.device is not None:
+        device = _fieldsDevice(record.device.account, record.device.digest, reply, 3)
+    lockedKeys = tuple([key.decode("utf-8") for key in locked]) if locked else ()
     if recorded:
         time = float(now)
         return OutcomeResult(
-            tuple([evolve(events[i], time=time) for i in recorded]), tuple(locked), device
+            tuple([evolve(events[i], time=time) for i in recorded]), lockedKeys, device
         )
-    return OutcomeResult((), tuple(locked), device)
+    return OutcomeResult((), lockedKeys, device)
 
 
 def _same(value: Any) -> Any:
@@ -525,11 +545,10 @@ class RedisStore:
         # caller's time, only the prefix: the time is encoded per call).
         self._localTime = not settings.serverTime
         fixed = self._common[:1] if self._localTime else self._common
-        self._prefixes = {
-            name: CommandPrefix(["EVALSHA", script.sha, 0, *fixed])
-            for name, script in SCRIPTS.items()
+        self._heads = {
+            name: ("EVALSHA", script.sha, 0, *fixed) for name, script in SCRIPTS.items()
         }
-        self._constants = encodeArguments(self._common[2:])
+        self._constants = tuple(self._common[2:])
         self._where = settings.description
         if blocking:
             self._connection: Any = None
@@ -696,15 +715,13 @@ class RedisStore:
         if self.blocking:
             d = self._runBlocking(script, self._arguments(script, arguments))
             return d if parse is None else d.addCallback(parse)
-        prefix = self._prefixes[script.name]
+        head = self._heads[script.name]
         now = None
         if self._localTime:
             now = repr(float(self._clock.seconds()))
-            command = prefix.command(
-                arguments, encodeArguments((now,)) + self._constants, 4
-            )
+            command = encodeCommand((*head, now, *self._constants, *arguments))
         else:
-            command = prefix.command(arguments)
+            command = encodeCommand((*head, *arguments))
         d = self._connection.executeEncoded(command)
         d.addCallbacks(
             _same if parse is None else parse,

@@ -26,12 +26,12 @@ The key layout (C{P} is the prefix, C{clientid:} by default):
     - C{P events}, C{P events:ACCOUNT}: lists, newest first, of
       C{"TIME JSON"} entries.
 
-The scripts a decision runs (C{loadState}, C{recordOutcome}) answer with
-one JSON array, built around the stored device record (already JSON),
-so that the client decodes the whole answer in one C{json} call rather
-than parsing a RESP array and then the record; they read with as few
-C{redis.call}s as they can (the locks in one C{MGET}, a set's window,
-size and membership in one C{HMGET}).
+The scripts a decision runs (C{loadState}, C{recordOutcome}) take their
+arguments flat and answer with a flat array (the device record's fields
+decoded from its JSON inside Redis), so that a login costs no JSON work
+in Python: the reply is read by hiredis's C parser into strings and
+numbers; they read with as few C{redis.call}s as they can (the locks in
+one C{MGET}, a set's window, size and membership in one C{HMGET}).
 
 Counters, sets and locks carry a Redis TTL that ends with their window
 (C{PEXPIRE}), so Redis forgets them by itself: nothing sweeps.  Their end
@@ -133,11 +133,28 @@ local function lock(key, seconds)
   return true
 end
 
--- A JSON array of strings (lock keys, digests...): cjson escapes each.
-local function jsonStrings(list)
-  local parts = {}
-  for i, v in ipairs(list) do parts[i] = cjson.encode(v) end
-  return '[' .. table.concat(parts, ',') .. ']'
+-- A stored device record (decoded) as the fields the client reads, after
+-- those already in OUT: type, fingerprint, state, first seen, last seen,
+-- last address, last protocol, logins, failures; each a string, or false
+-- (a nil reply) for one the record lacks.
+local function opt(v)
+  if v == nil or v == cjson.null then return false end
+  if type(v) == 'number' then return fmt(v) end
+  return v
+end
+
+local function deviceFields(dev, out)
+  local n = #out
+  out[n + 1] = opt(dev.t)
+  out[n + 2] = opt(dev.f)
+  out[n + 3] = opt(dev.s)
+  out[n + 4] = opt(dev.fs)
+  out[n + 5] = opt(dev.ls)
+  out[n + 6] = opt(dev.la)
+  out[n + 7] = opt(dev.lp)
+  out[n + 8] = opt(dev.n)
+  out[n + 9] = opt(dev.x)
+  return out
 end
 
 local function setApproved(account, digest, state)
@@ -196,120 +213,176 @@ if setKey ~= '' then
     if v[3] then has = 1 end
   end
 end
--- One JSON array, decoded by the client in one call: the device record
--- as stored (JSON already) or null, the approved-device count, the live
--- locks (key, end, key, end...), the set's size, whether it holds the
--- member (0 or 1), the time.
-return '[' .. (device or 'null') .. ',' .. approved .. ',' .. jsonStrings(locks) .. ','
-  .. size .. ',' .. has .. ',"' .. fmt(now) .. '"]'
+-- One array, which the client's C parser reads: the approved-device count,
+-- the live locks (key, end, key, end...), the set's size, whether it holds
+-- the member (0 or 1), the time; then the device's fields, if it has one.
+local reply = {approved, locks, size, has, fmt(now)}
+if device then deviceFields(cjson.decode(device), reply) end
+return reply
 """
 
 _RECORD_OUTCOME = r"""
--- ARGV[6]: the record (JSON); its events are numbers i, whose JSON and
--- account are ARGV[7 + 2 i] and ARGV[8 + 2 i].
-local r = cjson.decode(ARGV[6])
+-- The record, flat (no JSON to encode or decode on a login's path): first
+-- the events it may record, then the device update, the operations and
+-- the events to record whatever happens (see the store's _encodeRecord).
+-- An optional value is '' for none, else '=' then the value.
+local function value(s)
+  if s == '' then return nil end
+  return string.sub(s, 2)
+end
+local EVENTS = tonumber(ARGV[6])
+local at = 6 + 7 * EVENTS
+local function nxt()
+  at = at + 1
+  return ARGV[at]
+end
+-- A field that is absent when empty (a state, a lock, an event number).
+local function maybe()
+  local v = nxt()
+  if v == '' then return nil end
+  return v
+end
+
 local recorded = {}
 local locked = {}
 local device = false
 
+-- Event i: kind, account, type, fingerprint, address, protocol, detail.
 local function event(i)
   if i then
-    record(ARGV[7 + 2 * i], ARGV[8 + 2 * i])
+    i = tonumber(i)
+    local base = 7 + 7 * i
+    local fields = {ARGV[base]}
+    for k = 1, 6 do
+      local v = ARGV[base + k]
+      if v == '' then fields[k + 1] = cjson.null else fields[k + 1] = string.sub(v, 2) end
+    end
+    record(cjson.encode(fields), value(ARGV[base + 1]))
     recorded[#recorded + 1] = i
   end
 end
 
-local u = r.d
-if u then
-  local k = P .. 'devices:' .. u.a
-  local raw = redis.call('HGET', k, u.g)
+if nxt() == '1' then
+  local a = nxt()
+  local g = nxt()
+  local t = nxt()
+  local f = nxt()
+  local ad = value(nxt())
+  local p = value(nxt())
+  local ok = nxt() == '1'
+  local create = maybe()
+  local promote = maybe()
+  local ev = maybe()
+  local promoteFrom = {}
+  for j = 1, tonumber(nxt()) do promoteFrom[j] = nxt() end
+  local k = P .. 'devices:' .. a
+  local raw = redis.call('HGET', k, g)
   local dev, changed
   if not raw then
-    if u.c then
-      dev = {t = u.t, f = u.f, s = u.c, fs = fmt(now), ls = fmt(now), la = u.ad, lp = u.p,
-             n = u.ok and 1 or 0, x = u.ok and 0 or 1}
+    if create then
+      dev = {t = t, f = f, s = create, fs = fmt(now), ls = fmt(now), la = ad, lp = p,
+             n = ok and 1 or 0, x = ok and 0 or 1}
       changed = true
     end
   else
     dev = cjson.decode(raw)
     changed = false
-    if u.pr then
-      for _, s in ipairs(u.pf or {}) do
+    if promote then
+      for _, s in ipairs(promoteFrom) do
         if s == dev.s then changed = true end
       end
     end
-    if changed then dev.s = u.pr end
+    if changed then dev.s = promote end
     if not dev.fs then dev.fs = fmt(now) end
     dev.ls = fmt(now)
-    dev.la = u.ad
-    dev.lp = u.p
-    if u.ok then dev.n = dev.n + 1 else dev.x = dev.x + 1 end
+    dev.la = ad
+    dev.lp = p
+    if ok then dev.n = dev.n + 1 else dev.x = dev.x + 1 end
   end
   if dev then
-    device = cjson.encode(dev)
-    redis.call('HSET', k, u.g, device)
-    setApproved(u.a, u.g, dev.s)
-    if changed then event(u.ev) end
+    redis.call('HSET', k, g, cjson.encode(dev))
+    setApproved(a, g, dev.s)
+    device = dev
+    if changed then event(ev) end
   end
 end
 
-for _, op in ipairs(r.o or {}) do
-  if op.k == 'b' then
-    local k = P .. 'n:' .. op.c
+for _ = 1, tonumber(nxt()) do
+  local kind = nxt()
+  if kind == 'b' then
+    local counter = nxt()
+    local window = tonumber(nxt())
+    local limit = tonumber(nxt())
+    local lk = maybe()
+    local ls = tonumber(nxt())
+    local ev = maybe()
+    local k = P .. 'n:' .. counter
     local v = redis.call('HMGET', k, 'c', 'e')
     local count, ends = tonumber(v[1] or ''), num(v[2] or '')
     if not count or not ends or ends <= now then
-      count, ends = 0, now + op.w
+      count, ends = 0, now + window
     end
     count = count + 1
     redis.call('HSET', k, 'c', count, 'e', fmt(ends))
     expireAt(k, ends)
-    if op.l > 0 and count >= op.l and op.lk then
-      if lock(op.lk, op.ls) then
-        locked[#locked + 1] = op.lk
-        event(op.ev)
+    if limit > 0 and count >= limit and lk then
+      if lock(lk, ls) then
+        locked[#locked + 1] = lk
+        event(ev)
       end
     end
-  elseif op.k == 'r' then
-    redis.call('DEL', P .. 'n:' .. op.c)
-  elseif op.k == 'm' then
-    local k = P .. 'set:' .. op.s
-    local v = redis.call('HMGET', k, 'e', 'n', 'm:' .. op.m)
+  elseif kind == 'r' then
+    redis.call('DEL', P .. 'n:' .. nxt())
+  elseif kind == 'm' then
+    local key = nxt()
+    local member = nxt()
+    local window = tonumber(nxt())
+    local limit = tonumber(nxt())
+    local lk = maybe()
+    local ls = tonumber(nxt())
+    local ev = maybe()
+    local k = P .. 'set:' .. key
+    local v = redis.call('HMGET', k, 'e', 'n', 'm:' .. member)
     local ends, size = num(v[1] or ''), tonumber(v[2] or '')
     local known = false
     if not ends or not size or ends <= now then
       redis.call('DEL', k)
-      ends, size = now + op.w, 0
+      ends, size = now + window, 0
     else
       known = v[3] ~= false
     end
     if not known then
-      if op.l <= 0 or size <= op.l then
-        redis.call('HSET', k, 'm:' .. op.m, '1')
+      if limit <= 0 or size <= limit then
+        redis.call('HSET', k, 'm:' .. member, '1')
         size = size + 1
       end
       redis.call('HSET', k, 'e', fmt(ends), 'n', size)
       expireAt(k, ends)
-      if op.l > 0 and size > op.l and op.lk then
-        if lock(op.lk, op.ls) then
-          locked[#locked + 1] = op.lk
-          event(op.ev)
+      if limit > 0 and size > limit and lk then
+        if lock(lk, ls) then
+          locked[#locked + 1] = lk
+          event(ev)
         end
       end
     end
-  elseif op.k == 'o' then
-    if not liveLock(op.mk) then
-      setLock(op.mk, now + op.s)
-      event(op.ev)
+  elseif kind == 'o' then
+    local marker = nxt()
+    local seconds = tonumber(nxt())
+    local ev = maybe()
+    if not liveLock(marker) then
+      setLock(marker, now + seconds)
+      event(ev)
     end
   end
 end
 
-for _, ev in ipairs(r.e or {}) do event(ev) end
--- One JSON array: the device record (or null), the time, the locks newly
--- set, the numbers of the events recorded.
-return '[' .. (device or 'null') .. ',"' .. fmt(now) .. '",' .. jsonStrings(locked) .. ',['
-  .. table.concat(recorded, ',') .. ']]'
+for _ = 1, tonumber(nxt()) do event(nxt()) end
+-- One array, which the client's C parser reads: the time, the locks newly
+-- set, the numbers of the events recorded; then the device's fields, if
+-- there is a device.
+local reply = {fmt(now), locked, recorded}
+if device then deviceFields(device, reply) end
+return reply
 """
 
 _SET_DEVICE_STATE = r"""
