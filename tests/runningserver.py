@@ -11,6 +11,7 @@ C{test_hardening} and C{test_fuzz}.
 from __future__ import annotations
 
 import imaplib
+import os
 import re
 import signal
 import socket
@@ -97,8 +98,16 @@ class RunningServer:
         command += list(arguments)
         for name in protocols:
             command += [f"--{name}", "tcp:0:interface=127.0.0.1"]
+        # The source tree first on the child's path, absolute: the child
+        # runs in WORK, where a relative PYTHONPATH (".") means nothing.
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            command, stdout=self._logFile, stderr=subprocess.STDOUT, cwd=work
+            command,
+            stdout=self._logFile,
+            stderr=subprocess.STDOUT,
+            cwd=work,
+            env=dict(os.environ, PYTHONPATH=path),
         )
         self.ports: dict[str, int] = {}
         deadline = time.monotonic() + 60
