@@ -534,8 +534,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
             clientIDEvent="accepted",
             protocol=self.protocolName,
             peer=self._peerHost(),
-            clientIDType=escapeForLog(identity.type),
-            clientIDFingerprint=self._fingerprint(identity),
+            **self._identityLogFields(identity),
         )
         self.sendPositiveResponse(tag, b"CLIENTID completed")
         return True
@@ -756,8 +755,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
             peer=self._peerHost(),
             username=escapeForLog(username),
             command=command,
-            clientIDType=escapeForLog(identity.type) if identity else None,
-            clientIDFingerprint=self._fingerprint(identity) if identity else None,
+            **self._identityLogFields(identity),
             **extra,
         )
 
@@ -852,6 +850,8 @@ class ClientIDIMAP4Factory(ServerFactory):
         CRAM-MD5 would need passwords stored in clear on the server.
     @ivar clientIDEnabled: Passed to each protocol.
     @ivar identityHasher: Passed to each protocol.
+    @ivar identityLogPolicy: Passed to each protocol: which types its log
+        lines may show (the policy's C{system-log} handling flag).
     @ivar timeOut: The not-authenticated idle timeout, or L{None} for
         Twisted's default.
     @ivar scheduler: How FETCH output is paced (C{IMAP4Server}'s
@@ -862,6 +862,7 @@ class ClientIDIMAP4Factory(ServerFactory):
     protocol = ClientIDIMAP4Server  # type: ignore[assignment]
     clientIDEnabled = True
     identityHasher: IdentityHasher | None = None
+    identityLogPolicy: Callable[[str], bool] | None = None
     timeOut: int | None = None
     scheduler: Any = None
 
@@ -885,6 +886,7 @@ class ClientIDIMAP4Factory(ServerFactory):
         p.portal = self.portal
         p.clientIDEnabled = self.clientIDEnabled
         p.identityHasher = self.identityHasher
+        p.identityLogPolicy = self.identityLogPolicy
         if self.timeOut is not None:
             p.timeOut = self.timeOut
         p.factory = self

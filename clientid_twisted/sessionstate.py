@@ -1,16 +1,17 @@
 # -*- test-case-name: tests.test_smtp_server,tests.test_imap_server -*-
 """
 What the SMTP and IMAP CLIENTID mixins ask of their connection alike:
-whether it is encrypted, who is at the other end, and the fingerprint
-their log lines show for an identity.
+whether it is encrypted, who is at the other end, and how their log
+lines show an identity.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import ISSLTransport
 
+from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 
@@ -22,9 +23,15 @@ class ClientIDSessionMixin:
     @ivar identityHasher: Gives the keyed fingerprints that logs show
         instead of tokens; an ephemeral one is made on first use if none
         was given.
+    @ivar identityLogPolicy: Whether log lines may show a (case-folded)
+        type and its fingerprint (the policy's handling flags:
+        L{PolicyConfig.showsInLog
+        <clientid_twisted.policy.config.PolicyConfig.showsInLog>}); L{None}
+        shows every identity.
     """
 
     identityHasher: IdentityHasher | None = None
+    identityLogPolicy: Callable[[str], bool] | None = None
     transport: Any
 
     def isEncrypted(self) -> bool:
@@ -37,6 +44,23 @@ class ClientIDSessionMixin:
         if self.identityHasher is None:
             self.identityHasher = IdentityHasher.ephemeral()
         return self.identityHasher.fingerprint(identity)
+
+    def _identityLogFields(self, identity: ClientIdentity | None) -> dict[str, Any]:
+        """
+        The C{clientIDType} and C{clientIDFingerprint} of a log event: both
+        L{None} without an identity, or for a type whose handling keeps it
+        out of the log (C{ignore}, or no C{system-log}).
+        """
+        shown = identity is not None and (
+            self.identityLogPolicy is None or self.identityLogPolicy(identity.typeKey)
+        )
+        if not shown:
+            return {"clientIDType": None, "clientIDFingerprint": None}
+        assert identity is not None
+        return {
+            "clientIDType": escapeForLog(identity.type),
+            "clientIDFingerprint": self._fingerprint(identity),
+        }
 
     def _peerHost(self) -> str:
         peer = self.transport.getPeer()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any
+from typing import Any, Callable
 
 
 from twisted.cred.error import UnauthorizedLogin
@@ -275,8 +275,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
             clientIDEvent="accepted",
             protocol="smtp",
             peer=self._peerHost(),
-            clientIDType=escapeForLog(identity.type),
-            clientIDFingerprint=self._fingerprint(identity),
+            **self._identityLogFields(identity),
         )
         self.sendCode(250, b"OK")
 
@@ -404,8 +403,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
             protocol="smtp",
             peer=self._peerHost(),
             username=escapeForLog(getattr(credentials, "username", None)),
-            clientIDType=escapeForLog(identity.type) if identity else None,
-            clientIDFingerprint=self._fingerprint(identity) if identity else None,
+            **self._identityLogFields(identity),
         )
 
     def _cbClientIDLogin(self, result: Any, credentials: Any) -> None:
@@ -447,12 +445,15 @@ class ClientIDESMTPFactory(smtp.SMTPFactory):
         CRAM-MD5 would need passwords stored in clear on the server.
     @ivar clientIDEnabled: Passed to each protocol.
     @ivar identityHasher: Passed to each protocol.
+    @ivar identityLogPolicy: Passed to each protocol: which types its log
+        lines may show (the policy's C{system-log} handling flag).
     """
 
     protocol = ClientIDESMTP
     context = None
     clientIDEnabled = True
     identityHasher: IdentityHasher | None = None
+    identityLogPolicy: Callable[[str], bool] | None = None
 
     def __init__(self, portal: Any = None, context: Any = None) -> None:
         smtp.SMTPFactory.__init__(self, portal)
@@ -470,6 +471,7 @@ class ClientIDESMTPFactory(smtp.SMTPFactory):
         p.ctx = self.context
         p.clientIDEnabled = self.clientIDEnabled
         p.identityHasher = self.identityHasher
+        p.identityLogPolicy = self.identityLogPolicy
         p.factory = self
         return p
 

@@ -367,3 +367,21 @@ class EndToEndTests(TestCase):
         self.assertIn("Hello Bob, over IMAP.", messages[1][0][2])
         yield client.logout()
 
+
+
+class HandlingFlagWiringTests(SynchronousTestCase):
+    """
+    The assembled server hands its policy's handling flags to both
+    protocols, so their log lines follow C{system-log} and C{ignore}.
+    """
+
+    def test_wired(self) -> None:
+        dataDir = Path(self.mktemp())
+        dataDir.mkdir()
+        (dataDir / "clientid.toml").write_text('[types.UUID]\nhandling = ["ignore"]\n')
+        server = assembleServer(dataDir, hostname="mail.example.test")
+        self.addCleanup(server.authentication.store.close)
+        for factory in (server.smtpFactory, server.imapFactory):
+            protocol = factory.buildProtocol(None)
+            self.assertFalse(protocol.identityLogPolicy("UUID"))
+            self.assertTrue(protocol.identityLogPolicy("OTHER"))

@@ -36,6 +36,7 @@ from clientid_twisted.imap import (
     ClientIDIMAP4Server,
 )
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
+from clientid_twisted.policy.config import parsePolicyConfig
 from clientid_twisted.testing import (
     LineExchange,
     connectedTransport,
@@ -684,6 +685,39 @@ class LoginTests(_Base):
         self.assertTrue(credentials.secure)
         self.assertEqual(credentials.peer.host, "192.0.2.7")
         self.assertEqual(credentials.username, b"alice")
+
+    def test_handlingKeepsTypeOutOfLog(self) -> None:
+        """
+        For a type whose handling is C{ignore}, or lacks C{system-log}, no
+        protocol log line names the device: neither type nor fingerprint;
+        a type with the default handling is named.
+        """
+        config = parsePolicyConfig(
+            {"types": {"UUID": {"handling": ["ignore"]}, "QUIET": {"handling": ["auth"]}}}
+        )
+        self.factory.identityLogPolicy = config.showsInLog
+        for typeName in (b"UUID", b"quiet", b"OTHER"):
+            self.events.clear()
+            self.connect()
+            self.capabilities()
+            self.assertEqual(
+                self.exchange(b"i CLIENTID " + typeName + b" " + TOKEN), b"i OK CLIENTID completed\r\n"
+            )
+            self.login(password=b"wrong")
+            self.login()
+            fingerprint = IdentityHasher(b"k" * 32).fingerprint(
+                ClientIdentity(typeName.decode(), TOKEN.decode())
+            )
+            named = [e for e in self.events if "clientIDType" in e]
+            self.assertEqual(len(named), 3)
+            shown = {(e["clientIDType"], e["clientIDFingerprint"]) for e in named}
+            text = "".join(formatEvent(e) for e in self.events)
+            if typeName == b"OTHER":
+                self.assertEqual(shown, {("OTHER", fingerprint)})
+            else:
+                self.assertEqual(shown, {(None, None)})
+                self.assertNotIn(typeName.decode(), text)
+                self.assertNotIn(fingerprint, text)
 
     def authenticatePlain(
         self, tag: bytes = b"p", password: bytes = b"secret"

@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IAgent
 
@@ -26,6 +26,7 @@ from clientid_twisted.policy.mailnotice import MailboxAlertObserver
 from clientid_twisted.policy.webhook import WebhookAlertObserver
 from clientid_twisted.server.users import UserDatabase, usersPath
 from clientid_twisted.store.records import Event
+from tests.policyharness import PolicyHarness
 
 ALERT = Alert(
     kind="device-new",
@@ -101,9 +102,45 @@ class LogAlertObserverTests(SynchronousTestCase):
             (event["alertKind"], event["account"], event["clientIDFingerprint"], event["address"]),
             ("device-new", "alice@example.test", "0123456789abcdef", "192.0.2.1"),
         )
-        from twisted.logger import formatEvent
-
         self.assertIn("a new device logged in", formatEvent(event))
+
+
+class SystemLogFlagTests(SynchronousTestCase):
+    def test_typeWithoutSystemLog(self) -> None:
+        """
+        An alert about a device whose type lacks C{system-log} carries type
+        and fingerprint to its observers (webhook, notice), but its log
+        line names neither; with the default handling it does.
+        """
+        harness = PolicyHarness(
+            self,
+            {
+                "types": {
+                    "QUIET": {"handling": ["auth", "alert-success"]},
+                    "UUID": {"handling": ["system-log", "auth", "alert-success"]},
+                }
+            },
+        )
+        self.assertEqual(harness.login(typeName="QUIET"), "ok")
+        self.assertEqual(harness.login(typeName="UUID", token="token-B"), "ok")
+        quiet = [a for a in harness.observer.alerts if a.typeName == "QUIET"]
+        loud = [a for a in harness.observer.alerts if a.typeName == "UUID"]
+        self.assertTrue(quiet and loud)
+        events: list[dict[str, Any]] = []
+        observer = LogAlertObserver(Logger(observer=events.append))
+        for alert in quiet:
+            self.assertFalse(alert.systemLog)
+            self.assertEqual(alert.asJSON()["type"], "QUIET")
+            observer.alertRaised(alert)
+        for event in events:
+            self.assertIsNone(event["clientIDType"])
+            self.assertIsNone(event["clientIDFingerprint"])
+            self.assertNotIn("QUIET", formatEvent(event))
+            self.assertNotIn(harness.fingerprint(typeName="QUIET"), formatEvent(event))
+        del events[:]
+        for alert in loud:
+            observer.alertRaised(alert)
+        self.assertIn("UUID", "".join(formatEvent(e) for e in events))
 
 
 class MailboxAlertObserverTests(SynchronousTestCase):

@@ -53,6 +53,8 @@ class Alert:
 
     @ivar account: Whom it concerns, or L{None} for the operator only.
     @ivar time: When, in seconds since the epoch (the store's time).
+    @ivar systemLog: Whether the system log may name the device (its type's
+        C{system-log} flag); the webhook and notices always carry it.
     """
 
     kind: str
@@ -63,6 +65,7 @@ class Alert:
     address: str | None = None
     protocol: str | None = None
     detail: str | None = None
+    systemLog: bool = True
 
     @classmethod
     def fromEvent(cls, event: Event) -> "Alert":
@@ -126,8 +129,8 @@ class LogAlertObserver:
             alertKind=alert.kind,
             account=escapeForLog(alert.account) if alert.account else "(server)",
             summary=alert.summary,
-            clientIDType=escapeForLog(alert.typeName) if alert.typeName else None,
-            clientIDFingerprint=alert.fingerprint,
+            clientIDType=escapeForLog(alert.typeName) if alert.typeName and alert.systemLog else None,
+            clientIDFingerprint=alert.fingerprint if alert.systemLog else None,
             address=alert.address,
             protocol=alert.protocol,
             detail=escapeForLog(alert.detail) if alert.detail else None,

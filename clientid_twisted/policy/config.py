@@ -133,6 +133,14 @@ class PolicyConfig:
         """
         return self.handling.get(typeKey, DEFAULT_HANDLING)
 
+    def showsInLog(self, typeKey: str) -> bool:
+        """
+        Whether log lines may name a device of this (case-folded) type by
+        type and fingerprint: C{system-log} or C{debug}, never C{ignore}.
+        The protocols' lines follow this as the policy's do.
+        """
+        return bool(self.handlingFor(typeKey) & {"system-log", "debug"})
+
 
 class _Table:
     """

@@ -577,7 +577,7 @@ class DevicePolicy:
         self.health.succeeded()
         for event in result.events:
             if self._alertable(event, context):
-                self._alert(Alert.fromEvent(event))
+                self._alert(evolve(Alert.fromEvent(event), systemLog=context.logged))
         if alertSuccess:
             self._alertLogin(decision, context)
 
@@ -593,7 +593,8 @@ class DevicePolicy:
 
     def _alertLogin(self, decision: Decision, context: _Context) -> None:
         event = self._event("login", decision, context)
-        self._alert(Alert.fromEvent(evolve(event, time=self._clock.seconds())))
+        alert = Alert.fromEvent(evolve(event, time=self._clock.seconds()))
+        self._alert(evolve(alert, systemLog=context.logged))
 
     def _alert(self, alert: Alert) -> None:
         notifyAll(self.alertObservers, alert, self.log)

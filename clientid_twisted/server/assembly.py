@@ -154,6 +154,8 @@ def assembleServer(
     smtpFactory = SubmissionFactory(portal, context=tlsOptions, limits=limits, limiter=limiter)
     smtpFactory.domain = hostname.encode("idna")
     smtpFactory.identityHasher = hasher
+    # The handling flags govern the protocols' log lines too.
+    smtpFactory.identityLogPolicy = authentication.config.showsInLog
 
     if gateway.imapBackend is not None:
         from clientid_twisted.gateway.imap import gatewayIMAPFactory
@@ -170,6 +172,7 @@ def assembleServer(
     else:
         imapFactory = MailIMAP4Factory(portal, context=tlsOptions, limits=limits, limiter=limiter)
     imapFactory.identityHasher = hasher
+    imapFactory.identityLogPolicy = authentication.config.showsInLog
 
     return MailServer(
         dataDir=dataDir,
