@@ -221,6 +221,30 @@ class RelayProcessTests(TestCase):
         self.assertEqual(self.postfix.messages("alice"), [])
         self.assertIn("1 message(s) waiting", restarted.log())
 
+    def test_flushReachesRunningServer(self) -> None:
+        """
+        After a failed attempt the next one is a minute away; C{queue
+        flush} makes the running server try at once.
+        """
+        server = self.server(relayConfig(self.postfix))
+        results = submit(server, ["bob@test.example"])
+        finish(results)
+        self.assertEqual(results["data"], 250)
+
+        def attempted() -> bool:
+            entries = json.loads(self.admin("queue", "list", "--json").stdout)
+            return bool(entries) and entries[0]["attempts"] == 1
+
+        waitUntil(attempted, what="a failed attempt")
+        [entry] = json.loads(self.admin("queue", "list", "--json").stdout)
+        self.assertIn("refused", entry["last_error"].lower())
+        self.postfix.start()
+        started = time.monotonic()
+        self.assertEqual(self.admin("queue", "flush").returncode, 0)
+        self.postfix.waitForMessages("bob", timeout=30)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertIn("relay queue flush requested: 1 message(s) due now", server.log())
+
     def test_refusedBouncesToInbox(self) -> None:
         """
         Postfix's 550 for an unknown mailbox comes back as an RFC 3464
