@@ -33,7 +33,7 @@ from clientid_twisted.imap import (
     loginWithClientID,
 )
 
-__version__ = "0.1.0"
+from clientid_twisted._version import __version__
 
 __all__ = [
     "ClientIdentity",

@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
+from clientid_twisted._version import __version__
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.policy.decision import accountName
@@ -812,6 +813,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="clientid-admin",
         description="Manage the data directory of a clientid-mail server.",
         epilog="Exit status: 0 success, 1 unusable data, 2 usage error.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"clientid-admin (clientid-twisted) {__version__}",
     )
     parser.add_argument(
         "--data-dir",

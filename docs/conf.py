@@ -20,7 +20,7 @@ from zope.interface.interface import InterfaceClass
 project = "clientid-twisted"
 author = "clientid-twisted developers"
 copyright = "clientid-twisted developers"
-release = version = "0.1.0"
+release = version = importlib.import_module("clientid_twisted._version").__version__
 
 extensions = ["myst_parser", "pydoctor.sphinx_ext.build_apidocs"]
 

@@ -18,7 +18,6 @@ from clientid_twisted.admin import main
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.policy import keys
-from clientid_twisted.policy.engine import policyFromConfig
 from clientid_twisted.policy.manage import DeviceManager, ManagementError, resultOf
 from clientid_twisted.server.secret import loadOrCreateKey
 from clientid_twisted.server.users import UserDatabase, usersPath

@@ -8,7 +8,6 @@ server built with a custom policy factory uses it.
 from __future__ import annotations
 
 import base64
-import os
 import signal
 import smtplib
 import ssl
@@ -17,14 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zope.interface import implementer
 
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.interfaces import IClientIDPolicy
 from clientid_twisted.policy.config import ConfigError
 from clientid_twisted.policy.decision import Verdict
 from clientid_twisted.policy.setup import PolicyFactoryContext

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory

@@ -12,11 +12,9 @@ import imaplib
 import io
 import re
 import socket
-import ssl
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
 
 from twisted.trial.unittest import TestCase
 

@@ -1,18 +1,30 @@
 # -*- test-case-name: tests.test_packaging -*-
 """
 The project's packaging hygiene, read from the source tree: the test tools
-are pinned, and the README's set-up keeps its two commands, the second of
-which runs the suite once, with pytest.
+are pinned; the README's set-up keeps its two commands, the second of which
+runs the suite once, with pytest; the licence, the version, the changelog
+fragments and the Python claim are each written once and hold; ruff finds
+nothing.  (tests/test_plugin_wheel.py builds and installs the package.)
 """
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import subprocess
+import sys
 import tomllib
+from contextlib import redirect_stdout
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from clientid_twisted import __version__
+from tests.test_typing import requireModules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +54,10 @@ class TestExtraTests(SynchronousTestCase):
     def test_everyToolPinned(self) -> None:
         requirements = [Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["test"]]
         names = {r.name.lower() for r in requirements}
-        for tool in ("pytest", "hypothesis", "build", "mypy", "mypy-zope", "sphinx", "myst-parser", "pydoctor"):
+        for tool in (
+            "pytest", "hypothesis", "build", "mypy", "mypy-zope", "sphinx", "myst-parser", "pydoctor", "ruff",
+            "towncrier",
+        ):
             self.assertIn(tool, names)
         for requirement in requirements:
             specifiers = list(requirement.specifier)
@@ -78,3 +93,136 @@ class ReadmeSetUpTests(SynchronousTestCase):
         self.assertTrue(command.startswith("python3 -m venv .venv && .venv/bin/pip install '.[test]' && "), command)
         self.assertEqual(len(re.findall(r"-m pytest\b", command)), 1, command)
         self.assertNotIn("trial", command)
+
+
+class MetadataTests(SynchronousTestCase):
+    """
+    The licence, version and Python claim in C{pyproject.toml}.
+    """
+
+    def setUp(self) -> None:
+        self.project = _pyproject()["project"]
+
+    def test_license(self) -> None:
+        """
+        An SPDX expression and the licence file it ships (setuptools'
+        C{license} table is deprecated); the file is the MIT licence.
+        """
+        self.assertEqual(self.project["license"], "MIT")
+        self.assertEqual(self.project["license-files"], ["LICENSE"])
+        self.assertTrue((ROOT / "LICENSE").read_text().startswith("MIT License\n"))
+        self.assertFalse([c for c in self.project["classifiers"] if c.startswith("License ::")])
+
+    def test_oneVersion(self) -> None:
+        """
+        The version is written once, in C{clientid_twisted/_version.py}:
+        the build, the package and the docs read it from there.
+        """
+        self.assertNotIn("version", self.project)
+        self.assertIn("version", self.project["dynamic"])
+        self.assertEqual(
+            _pyproject()["tool"]["setuptools"]["dynamic"]["version"],
+            {"attr": "clientid_twisted._version.__version__"},
+        )
+        Version(__version__)
+        written = re.compile(r"""(?<!\w)(version|release)\s*=\s*["']\d+\.\d+""")
+        for path in [ROOT / "pyproject.toml", ROOT / "docs" / "conf.py", *(ROOT / "clientid_twisted").rglob("*.py")]:
+            if path.name != "_version.py":
+                self.assertIsNone(written.search(path.read_text()), path)
+
+    def test_pythonClaim(self) -> None:
+        """
+        Only Pythons the tests run on are claimed: this one satisfies
+        C{requires-python}, whose lower bound is the oldest version
+        classifier (3.10 is not claimed: no job tests it).
+        """
+        requires = SpecifierSet(self.project["requires-python"])
+        running = f"{sys.version_info.major}.{sys.version_info.minor}"
+        self.assertIn(running, requires)
+        self.assertNotIn("3.10", requires)
+        versions = [
+            c.rsplit(" ", 1)[1] for c in self.project["classifiers"]
+            if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+        ]
+        self.assertTrue(versions)
+        for version in versions:
+            self.assertIn(version, requires)
+
+    def test_noObsoleteSetupCfg(self) -> None:
+        """
+        Tool settings live in C{pyproject.toml}; the C{setup.cfg} whose
+        C{[flake8]} nothing ran and C{universal=0} wheel flag are gone.
+        """
+        self.assertFalse((ROOT / "setup.cfg").exists())
+        tools = _pyproject()["tool"]
+        self.assertIn("mypy", tools)
+        self.assertIn("ruff", tools)
+
+
+class VersionOptionTests(SynchronousTestCase):
+    """
+    C{twistd clientid-mail --version} and C{clientid-admin --version} print
+    our version, not Twisted's alone.
+    """
+
+    def test_twistdPlugin(self) -> None:
+        from clientid_twisted.server.tap import Options
+
+        out = io.StringIO()
+        with redirect_stdout(out):
+            error = self.assertRaises(SystemExit, Options().parseOptions, ["--version"])
+        self.assertEqual(error.code, 0)
+        self.assertEqual(out.getvalue().splitlines()[0], f"clientid-mail (clientid-twisted) {__version__}")
+
+    def test_admin(self) -> None:
+        from clientid_twisted.admin import main
+
+        out = io.StringIO()
+        self.assertEqual(main(["--version"], stdout=out, stderr=io.StringIO()), 0)
+        self.assertEqual(out.getvalue(), f"clientid-admin (clientid-twisted) {__version__}\n")
+
+
+class ChangelogTests(SynchronousTestCase):
+    """
+    The CHANGELOG is kept with towncrier: every fragment is named
+    C{ISSUE.TYPE.md} with a configured type, and a draft release renders
+    them all.
+    """
+
+    def test_fragmentsRender(self) -> None:
+        config = _pyproject()["tool"]["towncrier"]
+        requireModules(self, "towncrier")
+        types = {t["directory"] for t in config["type"]}
+        fragments = sorted((ROOT / config["directory"]).iterdir())
+        self.assertTrue(fragments)
+        issues = set()
+        for fragment in fragments:
+            match = re.fullmatch(r"(\d+)\.([a-z]+)(\.\d+)?\.md", fragment.name)
+            self.assertIsNotNone(match, fragment.name)
+            assert match is not None
+            self.assertIn(match.group(2), types, fragment.name)
+            issues.add(match.group(1))
+        self.assertIn(config["start_string"].strip(), (ROOT / config["filename"]).read_text())
+        result = subprocess.run(
+            [sys.executable, "-m", "towncrier", "build", "--draft", "--version", __version__],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"clientid-twisted {__version__}", result.stdout)
+        for issue in issues:
+            self.assertIn(f"#{issue}", result.stdout)
+
+
+class RuffTests(SynchronousTestCase):
+    """
+    C{ruff check}, with the rules in C{pyproject.toml}, finds nothing.
+    """
+
+    def test_ruff(self) -> None:
+        _pyproject()
+        requireModules(self, "ruff")
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, NO_COLOR="1"),
+        )
+        self.assertEqual(result.returncode, 0, f"ruff check:\n{result.stdout}{result.stderr}")

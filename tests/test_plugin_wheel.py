@@ -1,7 +1,9 @@
 """
-The twistd dropin ships in the wheel: after a plain C{pip install} of a
-built wheel into a fresh virtualenv, C{twistd --help} lists C{clientid-mail}
-and the server starts and greets.
+The sdist and wheel built from the tree hold the licence (and the sdist the
+changelog) with SPDX licence metadata; the twistd dropin ships in the wheel:
+after a plain C{pip install} of the wheel into a fresh virtualenv, C{twistd
+--help} lists C{clientid-mail}, C{twistd clientid-mail --version} prints
+our version, and the server starts and greets.
 
 Slow (it builds a wheel and installs its dependencies), so marked; CI runs it.
 """
@@ -12,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import venv
 import zipfile
@@ -20,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from clientid_twisted import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,13 +65,32 @@ class WheelTests(SynchronousTestCase):
             ROOT,
             source,
             ignore=shutil.ignore_patterns(
-                ".git", ".venv", "build", "dist", "*.egg-info", "_trial_temp*", "__pycache__", "dropin.cache"
+                ".git", ".venv", "build", "dist", "*.egg-info", "_trial_temp*", "__pycache__", "dropin.cache",
+                "tests.test_*", ".pytest_cache", ".hypothesis",
             ),
         )
         dist = self.work / "dist"
-        self.run_(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, source)
+        # The sdist first, then the wheel built from the unpacked sdist (as
+        # a packager would): what the wheel holds came through the sdist.
+        self.run_(sys.executable, "-m", "build", "--outdir", dist, source)
+        [sdist] = dist.glob("clientid_twisted-*.tar.gz")
         [wheel] = dist.glob("clientid_twisted-*.whl")
+        version = wheel.name.split("-")[1]
+        self.assertEqual(version, __version__)
+        with tarfile.open(sdist) as archive:
+            sdistNames = archive.getnames()
+            top = f"clientid_twisted-{version}"
+            self.assertIn(f"{top}/LICENSE", sdistNames)
+            self.assertIn(f"{top}/CHANGELOG.md", sdistNames)
+            sdistInfo = archive.extractfile(f"{top}/PKG-INFO")
+            assert sdistInfo is not None
+            self.assertIn("License-Expression: MIT", sdistInfo.read().decode())
         names = zipfile.ZipFile(wheel).namelist()
+        distInfo = f"clientid_twisted-{version}.dist-info"
+        self.assertIn(f"{distInfo}/licenses/LICENSE", names)
+        metadata = zipfile.ZipFile(wheel).read(f"{distInfo}/METADATA").decode()
+        self.assertIn("License-Expression: MIT", metadata)
+        self.assertIn("License-File: LICENSE", metadata)
         self.assertIn("twisted/plugins/clientid_mail.py", names)
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
@@ -84,6 +108,8 @@ class WheelTests(SynchronousTestCase):
         self.assertIn("clientid-mail", help_.stdout)
         admin = self.run_(env / "bin" / "clientid-admin", "--help", cwd=empty)
         self.assertIn("user", admin.stdout)
+        printed = self.run_(env / "bin" / "twistd", "clientid-mail", "--version", cwd=empty)
+        self.assertEqual(printed.stdout.splitlines()[0], f"clientid-mail (clientid-twisted) {__version__}")
 
         port = _freePort()
         server = subprocess.Popen(

@@ -50,7 +50,7 @@ from clientid_twisted.store.resp import (
     replyReader,
 )
 from tests.redisserver import RedisServer, requireRedisServer, sharedRedisServer, uniquePrefix
-from tests.storesuite import START, StoreTestsMixin, update
+from tests.storesuite import StoreTestsMixin, update
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -813,7 +813,7 @@ class FaultTests(TestCase):
         store = self.open(timeout="0.5")
         yield store.identityKey(None)
         self.server.command("DEBUG", "SLEEP", "0.2")  # within: fine
-        blocker = reactor.callInThread(self.server.command, "DEBUG", "SLEEP", "1.5", timeout=5)
+        reactor.callInThread(self.server.command, "DEBUG", "SLEEP", "1.5", timeout=5)
         yield sleep(0.1)
         elapsed = yield self.timed(store.loadState(StateQuery(account="a")))
         self.assertTrue(0.4 < elapsed < 1.0, elapsed)

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_typing -*-
 """
 The package type-checks: C{mypy clientid_twisted} with the mypy-zope
-plugin (configured in C{setup.cfg}) reports no errors.
+plugin (configured in C{pyproject.toml}) reports no errors.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def requireModules(case: SynchronousTestCase, *names: str) -> None:
 class MypyTests(SynchronousTestCase):
     def test_packageTypeChecks(self) -> None:
         """
-        mypy, with the configuration and plugin in C{setup.cfg}, finds no
+        mypy, with the configuration and plugin in C{pyproject.toml}, finds no
         errors in the package.
         """
         requireModules(self, "mypy", "mypy_zope")
@@ -46,7 +46,7 @@ class MypyTests(SynchronousTestCase):
                 "-m",
                 "mypy",
                 "--config-file",
-                str(ROOT / "setup.cfg"),
+                str(ROOT / "pyproject.toml"),
                 "--cache-dir",
                 os.path.abspath(self.mktemp()),
                 "clientid_twisted",

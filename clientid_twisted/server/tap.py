@@ -117,6 +117,16 @@ class Options(usage.Options):
         """Gateway mode: check SMTP logins against, and relay submissions to, this submission server, e.g. tcp:host=127.0.0.1:port=587 [default: [gateway] smtp_backend, else the built-in server] (docs/gateway.md)."""
         self._setBackend("smtp-backend", description)
 
+    def opt_version(self) -> None:
+        """Print clientid-twisted's version (and Twisted's) and exit."""
+        import twisted
+
+        from clientid_twisted._version import __version__
+
+        print(f"clientid-mail (clientid-twisted) {__version__}")
+        print(f"Twisted {twisted.__version__}")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         if bool(self["certificate"]) != bool(self["private-key"]):
             raise usage.UsageError("--certificate and --private-key go together")
