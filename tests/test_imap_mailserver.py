@@ -215,6 +215,34 @@ class ReviewFixTests(_LoggedInSession, SynchronousTestCase):
         self.assertEqual(event["errorType"], "ZeroDivisionError")
         self.assertIsNone(event.get("log_failure"))
 
+    def test_fetchFailuresLoggedAsOneLine(self) -> None:
+        """
+        A FETCH the store cannot answer is C{NO [SERVERBUG]} with one log
+        line; one that fails half-way through its response ends the
+        connection, also with one line.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.send(b"s SELECT INBOX")
+
+        def unreadable(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(5, "Input/output error")
+
+        mbox = self.protocol.mbox
+        readable = mbox.fetch
+        mbox.fetch = unreadable
+        self.assertEqual(self.send(b"f FETCH 1 (FLAGS)"), b"f NO [SERVERBUG] FETCH failed\r\n")
+        mbox.fetch = readable
+        self.patch(self.protocol, "spew_flags", unreadable)
+        self.send(b"g FETCH 1 (FLAGS)")
+        self.assertTrue(self.transport.disconnecting)
+        logged = [e.get("command") for e in events if e.get("errorType") == "OSError"]
+        self.assertEqual(logged, ["FETCH", "FETCH response"])
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+
     def test_id(self) -> None:
         """
         ID (RFC 2971) is listed and answered in every state; the client's

@@ -388,8 +388,26 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
     def do_FETCH(self, tag: bytes, messages: Any, query: Any, uid: int = 0) -> None:
         if query and self.mbox.isWriteable() and _setsSeen(query):
             d = defer.maybeDeferred(self.mbox.store, messages, ["\\Seen"], 1, uid)
-            d.addErrback(lambda f: _log.failure("setting \\Seen on FETCH", f))
+            d.addErrback(lambda f: _logFailed("setting \\Seen on FETCH", f))
         super().do_FETCH(tag, messages, query, uid)
+
+    def _IMAP4Server__ebFetch(self, reason: Failure, tag: bytes) -> None:
+        # Twisted's private errback for FETCH: a traceback in the log and
+        # the exception's text in a BAD for whatever failed.
+        self.setTimeout(self._oldTimeout)
+        del self._oldTimeout
+        if reason.check(imap4.IllegalIdentifierError, imap4.IllegalQueryError):
+            self.sendBadResponse(tag, b"FETCH failed: invalid message set")
+            return
+        _logFailed("FETCH", reason)
+        self.sendNegativeResponse(tag, b"[SERVERBUG] FETCH failed")
+
+    def _IMAP4Server__ebSpewMessage(self, reason: Failure) -> None:
+        # A message failed half-way through its FETCH response: nothing
+        # can be said to the client in step, so the connection ends (as in
+        # Twisted), with one log line instead of a traceback.
+        _logFailed("FETCH response", reason)
+        self.transport.loseConnection()
 
     select_FETCH: Any = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
