@@ -15,11 +15,15 @@ from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordD
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.logger import formatEvent
 from twisted.mail import smtp
 
 from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted.identity import ClientIdentity
+from clientid_twisted.policy.config import parsePolicyConfig
 
-__all__ = ["RecordingChecker", "RefusingDelivery", "plain"]
+__all__ = ["RecordingChecker", "RefusingDelivery", "plain", "HIDDEN_TYPES", "assertIdentityLogging"]
 
 
 @implementer(ICredentialsChecker)
@@ -75,3 +79,30 @@ def plain(user: bytes, password: bytes) -> bytes:
     SASL PLAIN's initial response for C{user} and C{password}, base64.
     """
     return base64.b64encode(b"\0" + user + b"\0" + password)
+
+
+HIDDEN_TYPES = parsePolicyConfig(
+    {"types": {"UUID": {"handling": ["ignore"]}, "QUIET": {"handling": ["auth"]}}}
+)
+"""A policy configuration whose handling keeps C{UUID} (C{ignore}) and
+C{QUIET} (no C{system-log}) out of the log; any other type is shown."""
+
+
+def assertIdentityLogging(test: Any, events: list[dict[str, Any]], typeName: bytes, token: bytes) -> None:
+    """
+    Under L{HIDDEN_TYPES}, a session that sent CLIENTID (C{typeName},
+    C{token}, fingerprints keyed with C{b"k" * 32}), a wrong and a right
+    password logged three events naming the device only for a shown type,
+    and no formatted line names a hidden one.
+    """
+    fingerprint = IdentityHasher(b"k" * 32).fingerprint(ClientIdentity(typeName.decode(), token.decode()))
+    named = [e for e in events if "clientIDType" in e]
+    test.assertEqual(len(named), 3)
+    shown = {(e["clientIDType"], e["clientIDFingerprint"]) for e in named}
+    if HIDDEN_TYPES.showsInLog(typeName.decode().upper()):
+        test.assertEqual(shown, {(typeName.decode(), fingerprint)})
+        return
+    test.assertEqual(shown, {(None, None)})
+    text = "".join(formatEvent(e) for e in events)
+    test.assertNotIn(typeName.decode(), text)
+    test.assertNotIn(fingerprint, text)

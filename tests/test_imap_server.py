@@ -36,13 +36,12 @@ from clientid_twisted.imap import (
     ClientIDIMAP4Server,
 )
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
-from clientid_twisted.policy.config import parsePolicyConfig
 from clientid_twisted.testing import (
     LineExchange,
     connectedTransport,
     throwawayCertificate,
 )
-from tests.loginfakes import RecordingChecker, plain
+from tests.loginfakes import HIDDEN_TYPES, RecordingChecker, assertIdentityLogging, plain
 
 TOKEN = b"23bf83be-aad7-46aa-9e0f-39191ccf402f"
 IDENTITY = ClientIdentity("UUID", TOKEN.decode("ascii"))
@@ -692,10 +691,7 @@ class LoginTests(_Base):
         protocol log line names the device: neither type nor fingerprint;
         a type with the default handling is named.
         """
-        config = parsePolicyConfig(
-            {"types": {"UUID": {"handling": ["ignore"]}, "QUIET": {"handling": ["auth"]}}}
-        )
-        self.factory.identityLogPolicy = config.showsInLog
+        self.factory.identityLogPolicy = HIDDEN_TYPES.showsInLog
         for typeName in (b"UUID", b"quiet", b"OTHER"):
             self.events.clear()
             self.connect()
@@ -705,19 +701,7 @@ class LoginTests(_Base):
             )
             self.login(password=b"wrong")
             self.login()
-            fingerprint = IdentityHasher(b"k" * 32).fingerprint(
-                ClientIdentity(typeName.decode(), TOKEN.decode())
-            )
-            named = [e for e in self.events if "clientIDType" in e]
-            self.assertEqual(len(named), 3)
-            shown = {(e["clientIDType"], e["clientIDFingerprint"]) for e in named}
-            text = "".join(formatEvent(e) for e in self.events)
-            if typeName == b"OTHER":
-                self.assertEqual(shown, {("OTHER", fingerprint)})
-            else:
-                self.assertEqual(shown, {(None, None)})
-                self.assertNotIn(typeName.decode(), text)
-                self.assertNotIn(fingerprint, text)
+            assertIdentityLogging(self, self.events, typeName, TOKEN)
 
     def authenticatePlain(
         self, tag: bytes = b"p", password: bytes = b"secret"

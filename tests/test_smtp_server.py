@@ -13,17 +13,16 @@ from zope.interface import implementer
 
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from twisted.mail import smtp
 from twisted.trial.unittest import SynchronousTestCase
 
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
-from clientid_twisted.policy.config import parsePolicyConfig
 from clientid_twisted.smtp import ClientIDESMTPFactory
 from clientid_twisted.testing import LineExchange, connectedTransport
-from tests.loginfakes import RecordingChecker, RefusingDelivery, plain
+from tests.loginfakes import HIDDEN_TYPES, RecordingChecker, RefusingDelivery, assertIdentityLogging, plain
 
 TOKEN = b"23bf83be-aad7-46aa-9e0f-39191ccf402f"
 CLIENTID = b"CLIENTID UUID " + TOKEN
@@ -529,11 +528,7 @@ class LoggingTests(_Base):
         protocol log line names the device: neither type nor fingerprint;
         a type with the default handling is named.
         """
-        config = parsePolicyConfig(
-            {"types": {"UUID": {"handling": ["ignore"]}, "QUIET": {"handling": ["auth"]}}}
-        )
-        self.factory.identityLogPolicy = config.showsInLog
-        fingerprints = []
+        self.factory.identityLogPolicy = HIDDEN_TYPES.showsInLog
         for typeName in (b"UUID", b"quiet", b"OTHER"):
             self.events.clear()
             self.connect()
@@ -541,18 +536,7 @@ class LoggingTests(_Base):
             self.assertEqual(self.code(b"CLIENTID " + typeName + b" " + TOKEN), 250)
             self.code(b"AUTH PLAIN " + plain(b"alice", b"wrong"))
             self.code(b"AUTH PLAIN " + plain(b"alice", b"secret"))
-            identity = ClientIdentity(typeName.decode(), TOKEN.decode())
-            fingerprints.append(IdentityHasher(b"k" * 32).fingerprint(identity))
-            named = [e for e in self.events if "clientIDType" in e]
-            self.assertEqual(len(named), 3)
-            shown = {(e["clientIDType"], e["clientIDFingerprint"]) for e in named}
-            text = "".join(formatEvent(e) for e in self.events)
-            if typeName == b"OTHER":
-                self.assertEqual(shown, {("OTHER", fingerprints[-1])})
-            else:
-                self.assertEqual(shown, {(None, None)})
-                self.assertNotIn(typeName.decode(), text)
-                self.assertNotIn(fingerprints[-1], text)
+            assertIdentityLogging(self, self.events, typeName, TOKEN)
 
     def test_refusedEvent(self) -> None:
         self.ready()
