@@ -219,7 +219,7 @@ class IPasswordForwardingChecker(ICredentialsChecker, Interface):
     """
     A checker that hands the password to another server (a gateway's
     backend).  L{clientid_twisted.policy.checker.ClientIDChecker} asks its
-    policy first and calls L{requestAvatarId} only for a login the policy
+    policy first and calls C{requestAvatarId} only for a login the policy
     accepts, so a refused device's password never leaves this process; a
     refused login goes to L{refuseUnchecked} instead, which takes as long
     as a refusal by the other server.
