@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -156,6 +157,32 @@ class SenderTests(TestCase):
         )
         self.assertNotIsInstance(failure, Refused)
         self.assertIn("refused", describeFailure(Failure(failure)).lower())
+
+    @defer.inlineCallbacks
+    def test_connectionDropped(self) -> Any:
+        """
+        A smarthost that hangs up mid-conversation fails the attempt
+        (temporarily); Twisted's factory alone would never hear of it over
+        an endpoint and the attempt would hang.
+        """
+
+        class HangUp(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"220 smarthost.test ESMTP\r\n")
+
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.loseConnection()
+
+        listener = reactor.listenTCP(0, Factory.forProtocol(HangUp), interface="127.0.0.1")
+        self.addCleanup(listener.stopListening)
+        settings = self.settings(
+            smarthost=parseBackendAddress(f"tcp:127.0.0.1:{listener.getHost().port}"),
+            starttls=False,
+            username=None,
+            password=None,
+        )
+        failure = yield self.assertFailure(self.send(settings), smtp.SMTPConnectError)
+        self.assertNotIsInstance(failure, Refused)
 
     @defer.inlineCallbacks
     def test_dotLinesAcrossChunks(self) -> Any:
