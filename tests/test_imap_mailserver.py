@@ -255,8 +255,12 @@ class ReviewFixTests(_LoggedInSession, SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.assertIn(b" ID", self.send(b"c CAPABILITY").split(b"\r\n")[0])
         reply = self.send(b'i ID ("name" "Thunder\\"bird" "version" "115\x01")')
+        from clientid_twisted import __version__
+
         self.assertEqual(
-            reply, b'* ID ("name" "clientid-twisted" "version" "0.1.0")\r\ni OK ID completed\r\n'
+            reply,
+            b'* ID ("name" "clientid-twisted" "version" "%s")\r\ni OK ID completed\r\n'
+            % (__version__.encode("ascii"),),
         )
         [event] = [e for e in events if e.get("imapEvent") == "id"]
         self.assertEqual(event["clientID"], 'name=Thunder"bird version=115\\x01')
