@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 
-__all__ = ["escapeForLog", "logLoginFailure"]
+__all__ = ["escapeForLog", "describeClientID", "logLoginFailure"]
 
 _SAFE = frozenset(range(0x20, 0x7F)) - {ord("\\")}
 
@@ -57,6 +57,22 @@ def escapeForLog(value: object) -> str:
     )
 
 
+def describeClientID(typeName: str | None, fingerprint: str | None, logged: bool = True) -> str:
+    """
+    The words a log line uses for a session's device: C{CLIENTID type=T
+    fingerprint=F}, C{without CLIENTID} when the client sent none, or
+    C{CLIENTID not logged} when its type's handling keeps it out of the log.
+
+    @param typeName: The identity's type as the client sent it (escaped
+        here), or L{None} without an identity.
+    """
+    if typeName is None:
+        return "without CLIENTID"
+    if not logged:
+        return "CLIENTID not logged"
+    return f"CLIENTID type={escapeForLog(typeName)} fingerprint={fingerprint}"
+
+
 def logLoginFailure(log: Logger, reason: Failure, **fields: Any) -> bool:
     """
     Log a login that failed.
@@ -70,7 +86,7 @@ def logLoginFailure(log: Logger, reason: Failure, **fields: Any) -> bool:
     if reason.check(UnauthorizedLogin):
         log.info(
             "{command} failed for {username} from {peer} "
-            "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
+            "({clientID})",
             authEvent="failed",
             **fields,
         )

@@ -812,7 +812,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         self.setTimeout(self.POSTAUTH_TIMEOUT)
         self._log.info(
             "{command} succeeded for {username} from {peer} "
-            "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
+            "({clientID})",
             authEvent="succeeded",
             **fields,
         )

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from twisted.internet.interfaces import ISSLTransport
 
-from clientid_twisted.authlog import escapeForLog
+from clientid_twisted.authlog import describeClientID, escapeForLog
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 
@@ -49,17 +49,23 @@ class ClientIDSessionMixin:
         """
         The C{clientIDType} and C{clientIDFingerprint} of a log event: both
         L{None} without an identity, or for a type whose handling keeps it
-        out of the log (C{ignore}, or no C{system-log}).
+        out of the log (C{ignore}, or no C{system-log}); and C{clientID},
+        the words a log line shows: C{CLIENTID type=T fingerprint=F},
+        C{without CLIENTID}, or C{CLIENTID not logged} for such a type.
         """
-        shown = identity is not None and (
-            self.identityLogPolicy is None or self.identityLogPolicy(identity.typeKey)
-        )
-        if not shown:
-            return {"clientIDType": None, "clientIDFingerprint": None}
-        assert identity is not None
+        if identity is None:
+            return {"clientIDType": None, "clientIDFingerprint": None, "clientID": describeClientID(None, None)}
+        if self.identityLogPolicy is not None and not self.identityLogPolicy(identity.typeKey):
+            return {
+                "clientIDType": None,
+                "clientIDFingerprint": None,
+                "clientID": describeClientID(identity.type, None, logged=False),
+            }
+        fingerprint = self._fingerprint(identity)
         return {
             "clientIDType": escapeForLog(identity.type),
-            "clientIDFingerprint": self._fingerprint(identity),
+            "clientIDFingerprint": fingerprint,
+            "clientID": describeClientID(identity.type, fingerprint),
         }
 
     def _peerHost(self) -> str:

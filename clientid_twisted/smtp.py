@@ -410,7 +410,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         self._cbAuthenticated(result)  # type: ignore[attr-defined]
         self._log.info(
             "AUTH succeeded for {username} from {peer} "
-            "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
+            "({clientID})",
             authEvent="succeeded",
             **self._authLogFields(credentials),
         )

@@ -205,7 +205,7 @@ class GatewayIMAP4Server(MailIMAP4Server):
         self._onLogout = logout
         _log.info(
             "{command} succeeded for {username} from {peer} through the IMAP gateway "
-            "(CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
+            "({clientID})",
             authEvent="succeeded",
             **fields,
         )

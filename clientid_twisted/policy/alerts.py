@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from twisted.logger import Logger
 
-from clientid_twisted.authlog import escapeForLog
+from clientid_twisted.authlog import describeClientID, escapeForLog
 from clientid_twisted.interfaces import IAlertObserver
 from clientid_twisted.store.records import Event
 
@@ -124,13 +124,13 @@ class LogAlertObserver:
     def alertRaised(self, alert: Alert) -> None:
         self.log.warn(
             "CLIENTID alert {alertKind} for {account}: {summary} "
-            "(type={clientIDType} fingerprint={clientIDFingerprint} "
-            "address={address} protocol={protocol}{details})",
+            "({clientID} address={address} protocol={protocol}{details})",
             alertKind=alert.kind,
             account=escapeForLog(alert.account) if alert.account else "(server)",
             summary=alert.summary,
             clientIDType=escapeForLog(alert.typeName) if alert.typeName and alert.systemLog else None,
             clientIDFingerprint=alert.fingerprint if alert.systemLog else None,
+            clientID=describeClientID(alert.typeName or None, alert.fingerprint, alert.systemLog),
             address=alert.address,
             protocol=alert.protocol,
             detail=escapeForLog(alert.detail) if alert.detail else None,

@@ -44,7 +44,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted.authlog import escapeForLog
+from clientid_twisted.authlog import describeClientID, escapeForLog
 from clientid_twisted.fingerprint import FINGERPRINT_LENGTH, IdentityHasher
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
 from clientid_twisted.policy import keys
@@ -604,7 +604,7 @@ class DevicePolicy:
         attempt = decision.attempt
         self.log.info(
             "CLIENTID policy refused {account} from {address} over {protocol}: {reason}"
-            " (CLIENTID type={clientIDType} fingerprint={clientIDFingerprint})",
+            " ({clientID})",
             policyEvent="refused",
             account=escapeForLog(attempt.account),
             address=attempt.address,
@@ -613,6 +613,7 @@ class DevicePolicy:
             passwordAccepted=passwordAccepted,
             clientIDType=escapeForLog(context.typeName) if context.logged else None,
             clientIDFingerprint=context.fingerprint if context.logged else None,
+            clientID=describeClientID(context.typeName, context.fingerprint, context.logged),
             clientIDDebug=context.debug,
         )
 
