@@ -230,6 +230,15 @@ def _userRemove(context: _Context) -> None:
 
     address = context.arguments.address
     users = context.users()
+    if not users.exists(address):
+        raise UnknownUser(f"no such user: {address.lower()}")
+    # The store first: one that cannot be opened (Redis down) stops the
+    # command before anything is removed.  None made yet, or a memory:
+    # store: nothing kept here to forget.
+    try:
+        manager: DeviceManager | None = _manager(context)
+    except UsageError as e:
+        manager, devices = None, f"no devices forgotten: {e}"
     users.removeUser(address)
     account = normalizeAddress(address)
     maildir = maildirPath(context.dataDir, account)
@@ -245,10 +254,10 @@ def _userRemove(context: _Context) -> None:
         shutil.rmtree(maildir)
         mail = "its mail deleted"
     context.aliases().forgetOwner(account)
-    _manager(context).forgetAccount(account)
-    context.say(
-        f"removed user {account}: {mail}, its aliases, devices and counters forgotten"
-    )
+    if manager is not None:
+        manager.forgetAccount(account)
+        devices = "its devices and counters forgotten"
+    context.say(f"removed user {account}: {mail}, its aliases and {devices}")
 
 
 def _userList(context: _Context) -> None:

@@ -127,6 +127,18 @@ class UserCommandTests(AdminTestMixin, SynchronousTestCase):
         self.assertIn("it had no mailbox", out)
         self.assertEqual(self.users.listUsers(), ["bob@example.org"])
 
+    def test_removeWithMemoryStore(self) -> None:
+        """
+        With a memory: store (nothing kept on disk) the account and its
+        mail still go, and the output says no devices were forgotten.
+        """
+        self.admin("user", "add", "alice@example.org", "--password-stdin", stdin="pw\n")
+        (self.dataDir / "clientid.toml").write_text('[store]\nurl = "memory:"\n')
+        status, out, err = self.admin("user", "remove", "alice@example.org")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("no devices forgotten: a memory: store", out)
+        self.assertEqual(self.users.listUsers(), [])
+
     def test_alias(self) -> None:
         """
         C{user alias add|remove|list}: an existing user may send as an
