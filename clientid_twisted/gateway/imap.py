@@ -21,19 +21,18 @@ from typing import Any
 
 from zope.interface import implementer
 
-from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from clientid_twisted.gateway.backend import Backend
+from clientid_twisted.gateway.checker import BackendPasswordChecker
 from clientid_twisted.gateway.config import GatewayConfig
 from clientid_twisted.gateway.imapbackend import BackendIMAPSession, loginToBackend
-from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IPasswordForwardingChecker
+from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
 from clientid_twisted.policy.checker import ClientIDChecker
 from clientid_twisted.policy.alerts import Alert
 from clientid_twisted.policy.decision import accountName
@@ -52,73 +51,22 @@ __all__ = [
 _log = Logger()
 
 
-@implementer(IPasswordForwardingChecker)
-class IMAPBackendChecker:
+class IMAPBackendChecker(BackendPasswordChecker):
     """
     Checks a password by logging in to the IMAP backend with it; the
-    avatar ID is the authenticated L{BackendIMAPSession}.
-
-    A refusal by the device policy never reaches the backend
-    (L{refuseUnchecked}); it waits as long as the backend's recent
-    refusals took (the median of the last few, C{initialRefusalSeconds}
-    until the backend has refused once), so the time of the answer does
-    not tell the two apart.
+    avatar ID is the authenticated L{BackendIMAPSession}.  A login the
+    device policy refused never reaches the backend
+    (L{BackendPasswordChecker}).
     """
 
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self, backend: Backend, clock: Any = None, initialRefusalSeconds: float = 2.0) -> None:
-        """
-        @param initialRefusalSeconds: The estimate before any refusal was
-            seen: Dovecot's default C{auth_failure_delay}.
-        """
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.backend = backend
-        self._initialRefusalSeconds = initialRefusalSeconds
-        self._refusals: collections.deque[float] = collections.deque(maxlen=9)
-        self._clock = clock
-
-    @property
-    def refusalSeconds(self) -> float:
-        """
-        How long a refusal by the backend takes now (the median of the
-        last nine).
-        """
-        if not self._refusals:
-            return self._initialRefusalSeconds
-        return sorted(self._refusals)[len(self._refusals) // 2]
-
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
-        username = _bytes(credentials.username)
-        password = _bytes(credentials.password)
-        started = self._clock.seconds()
-        d = loginToBackend(
+    def logIn(self, username: bytes, password: bytes, credentials: Any) -> defer.Deferred[Any]:
+        return loginToBackend(
             self.backend,
             username,
             password,
             getattr(credentials, "peer", None),
             getattr(credentials, "host", None),
         )
-
-        def refused(reason: Failure) -> Failure:
-            if reason.check(UnauthorizedLogin):
-                self._refusals.append(self._clock.seconds() - started)
-            return reason
-
-        d.addErrback(refused)
-        return d
-
-    def refuseUnchecked(self, credentials: Any) -> defer.Deferred[None]:
-        d = task.deferLater(self._clock, self.refusalSeconds, lambda: None)
-        d.addCallback(lambda ignored: Failure(UnauthorizedLogin()))
-        return d
-
-
-def _bytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return str(value).encode("utf-8")
 
 
 @implementer(IRealm)
