@@ -151,7 +151,19 @@ def assembleServer(
     # One count of connections for both protocols: the limits are the
     # server's, not each listener's.
     limiter = ConnectionLimiter(limits)
-    smtpFactory = SubmissionFactory(portal, context=tlsOptions, limits=limits, limiter=limiter)
+    if gateway.smtpBackend is not None:
+        from clientid_twisted.gateway.smtp import gatewaySMTPFactory
+
+        smtpFactory: SubmissionFactory = gatewaySMTPFactory(
+            gateway,
+            authentication.policy,
+            hostname,
+            context=tlsOptions,
+            limits=limits,
+            limiter=limiter,
+        )
+    else:
+        smtpFactory = SubmissionFactory(portal, context=tlsOptions, limits=limits, limiter=limiter)
     smtpFactory.domain = hostname.encode("idna")
     smtpFactory.identityHasher = hasher
     # The handling flags govern the protocols' log lines too.
