@@ -13,6 +13,7 @@ import io
 import re
 import socket
 import time
+import zlib
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class GatewayTestCase(TestCase):
     useOption = False
     timeoutSeconds = 10
     dovecotSSL = False
+    dovecotExtra = ""
 
     def backendSettings(self) -> str:
         """
@@ -55,7 +57,7 @@ class GatewayTestCase(TestCase):
         )
         self.work = Path(self.mktemp()).resolve()
         self.work.mkdir(parents=True)
-        self.dovecot = DovecotServer(USERS, ssl=self.dovecotSSL)
+        self.dovecot = DovecotServer(USERS, ssl=self.dovecotSSL, extra=self.dovecotExtra)
         self.addCleanup(self.dovecot.cleanUp)
         self.backend = f"tcp:host=127.0.0.1:port={self.dovecot.port}"
         config = (
@@ -158,7 +160,7 @@ class ThunderbirdSequenceTests(GatewayTestCase):
         client.state = "AUTH"
         self.assertEqual(client.select("INBOX")[0], "OK")
 
-    def test_implicitTLSAndOption(self) -> None:
+    def test_implicitTLS(self) -> None:
         """
         The implicit TLS listener works the same.
         """
@@ -303,6 +305,33 @@ class RelayTests(GatewayTestCase):
         notices = [m for m in self.dovecot.inbox(ALICE) if b"New device logged in" in m]
         self.assertEqual(len(notices), 1)
         self.assertIn(b"To: <alice@example.org>", notices[0])
+
+
+class CompressTests(GatewayTestCase):
+    """
+    COMPRESS=DEFLATE (RFC 4978), asked of the backend after the login,
+    goes through the relay: the gateway does not look at the bytes.
+    """
+
+    dovecotExtra = "mail_plugins = zlib\nprotocol imap {\n  mail_plugins = zlib imap_zlib\n}\n"
+
+    def test_compress(self) -> None:
+        client = self.connect()
+        status, data = client.login(ALICE, PASSWORD)
+        self.assertIn(b" COMPRESS=DEFLATE", data[0])
+        imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))
+        status, _ = client._simple_command("COMPRESS", "DEFLATE")
+        self.assertEqual(status, "OK")
+        compressor = zlib.compressobj(wbits=-15)
+        decompressor = zlib.decompressobj(wbits=-15)
+        client.sock.sendall(
+            compressor.compress(b"z1 SELECT INBOX\r\n") + compressor.flush(zlib.Z_SYNC_FLUSH)
+        )
+        received = b""
+        deadline = time.monotonic() + 20
+        while b"z1 OK" not in received and time.monotonic() < deadline:
+            received += decompressor.decompress(client.sock.recv(65536))
+        self.assertIn(b"z1 OK [READ-WRITE]", received)
 
 
 class PlaintextInjectionTests(GatewayTestCase):
