@@ -159,6 +159,19 @@ class BackendLoginTests(SynchronousTestCase):
         self.failureResultOf(d, BackendUnavailable)
         self.assertTrue(self.backend.failing)
 
+    def test_floodBeforeRelay(self) -> None:
+        """
+        A backend reply line longer than the gateway reads during the
+        login is cut off: a temporary failure, not unbounded memory.
+        """
+        d = self.login()
+        self.backend.receive(GREETING)
+        self.backend.receive(b"* " + b"x" * 60000 + b"\r\n")
+        for _ in range(20):
+            self.backend.receive(b"y" * 60000)
+        self.failureResultOf(d, BackendUnavailable)
+        self.assertTrue(self.backend.transports[-1].disconnected or self.backend.transports[-1].disconnecting)
+
     def test_greetingBye(self) -> None:
         d = self.login()
         self.backend.receive(b"* BYE Too many connections\r\n")

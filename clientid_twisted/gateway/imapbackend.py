@@ -38,6 +38,9 @@ _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _MAX_LINE = 64 * 1024
 """Longest reply line taken during the login phase."""
 
+_MAX_UNREAD = 1024 * 1024
+"""Most the gateway holds of what the backend sent before the relay."""
+
 _TEMPORARY_CODES = (b"[UNAVAILABLE]", b"[SERVERBUG]", b"[LIMIT]", b"[INUSE]")
 """A NO with one of these (RFC 5530) is the backend's trouble, not a wrong
 password."""
@@ -137,6 +140,10 @@ class BackendIMAPProtocol(Protocol):
             self._sink(data)
             return
         self._buffer += data
+        if len(self._buffer) > _MAX_UNREAD:
+            # Unasked-for output before the relay: not an IMAP server.
+            self._fail(BackendUnavailable("backend sent too much before the relay"))
+            return
         self._parse()
 
     def _parse(self) -> None:
