@@ -24,7 +24,7 @@ from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.policy import keys
 from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
 
-__all__ = ["ManagementError", "DeviceView", "DeviceManager", "resultOf"]
+__all__ = ["ManagementError", "DeviceView", "DeviceManager", "matchDevice", "resultOf"]
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{4,64}")
 
@@ -51,6 +51,30 @@ class DeviceView:
     record: DeviceRecord
     lockedUntil: float | None = None
     revokedUntil: float | None = None
+
+
+def matchDevice(records: list[DeviceRecord], account: str, fingerprint: str) -> DeviceRecord:
+    """
+    The one record among C{account}'s C{records} whose fingerprint starts
+    with C{fingerprint}: people give as many digits as they see.
+
+    @raise ManagementError: If none does, or more than one.
+    """
+    fingerprint = fingerprint.lower()
+    if _FINGERPRINT.fullmatch(fingerprint) is None:
+        raise ManagementError(
+            f"invalid fingerprint {fingerprint!r}: expected hex digits, as "
+            "'devices list' shows them"
+        )
+    matches = [r for r in records if r.digest.startswith(fingerprint)]
+    if not matches:
+        raise ManagementError(f"{account} has no device with fingerprint {fingerprint}")
+    if len(matches) > 1:
+        raise ManagementError(
+            f"fingerprint {fingerprint} matches {len(matches)} devices of {account}: "
+            "give more digits"
+        )
+    return matches[0]
 
 
 def resultOf(d: defer.Deferred[Any]) -> Any:
@@ -105,22 +129,7 @@ class DeviceManager:
 
         @raise ManagementError: If none does, or more than one.
         """
-        fingerprint = fingerprint.lower()
-        if _FINGERPRINT.fullmatch(fingerprint) is None:
-            raise ManagementError(
-                f"invalid fingerprint {fingerprint!r}: expected hex digits, as "
-                "'devices list' shows them"
-            )
-        records: list[DeviceRecord] = resultOf(self.store.listDevices(account))
-        matches = [r for r in records if r.digest.startswith(fingerprint)]
-        if not matches:
-            raise ManagementError(f"{account} has no device with fingerprint {fingerprint}")
-        if len(matches) > 1:
-            raise ManagementError(
-                f"fingerprint {fingerprint} matches {len(matches)} devices of {account}: "
-                "give more digits"
-            )
-        return matches[0]
+        return matchDevice(resultOf(self.store.listDevices(account)), account, fingerprint)
 
     def _setState(
         self,

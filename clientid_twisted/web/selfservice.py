@@ -1,0 +1,302 @@
+# -*- test-case-name: tests.test_web_selfservice -*-
+"""
+What an account owner may do to their own devices, over the store that
+the policy and C{clientid-admin} use, so a change holds on every frontend
+that shares it.
+
+Every capability arrives by mail (L{SelfService.deliver}): approving or
+disowning a device takes a link from a notice, and the device page takes a
+sign-in link.  Asking for a sign-in link answers the same whether the
+account exists or not, and is rate-limited per account and per address.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Callable, Sequence
+
+from attrs import frozen
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from clientid_twisted.authlog import escapeForLog
+from clientid_twisted.interfaces import IClientIDStore
+from clientid_twisted.policy.manage import ManagementError, matchDevice
+from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
+from clientid_twisted.web.links import APPROVE, DISOWN, SIGN_IN, InvalidLink, LinkClaim, LinkSigner
+
+__all__ = ["Notice", "SelfService", "RateLimiter", "linkUsedKey", "deviceDisownedKey"]
+
+
+def linkUsedKey(linkID: str) -> str:
+    """The store's marker of a link that has been used."""
+    return "web-link-used:" + linkID
+
+
+def deviceDisownedKey(account: str, digest: str) -> str:
+    """
+    The store's marker that the owner said "this wasn't me": approval links
+    for that device made before it stop working.
+    """
+    return "web-device-disowned:" + account + "\x00" + digest
+
+
+class RateLimiter:
+    """
+    At most C{count} events per key in any C{window} seconds, in this
+    process (a frontend of several allows that many each: the limit is
+    against mail flooding, and the mailbox is the same for all).
+    """
+
+    def __init__(self, count: int, window: float, clock: Callable[[], float] = time.time) -> None:
+        self.count = count
+        self.window = window
+        self._clock = clock
+        self._seen: dict[str, deque[float]] = {}
+
+    def allow(self, key: str) -> bool:
+        """
+        Whether one more event for C{key} is allowed now; counts it if so.
+        """
+        now = self._clock()
+        seen = self._seen.setdefault(key, deque())
+        while seen and seen[0] <= now - self.window:
+            seen.popleft()
+        if len(seen) >= self.count:
+            return False
+        seen.append(now)
+        if len(self._seen) > 100000:
+            self._forgetIdle(now)
+        return True
+
+    def _forgetIdle(self, now: float) -> None:
+        for key in [k for k, v in self._seen.items() if not v or v[-1] <= now - self.window]:
+            del self._seen[key]
+
+
+@frozen
+class Notice:
+    """
+    A message for an account's INBOX: a subject and plain-text lines.
+    """
+
+    account: str
+    subject: str
+    lines: Sequence[str]
+
+
+class SelfService:
+    """
+    The owner's actions.
+
+    @ivar deliver: C{deliver(notice)} puts a L{Notice} into the account's
+        INBOX and returns a Deferred.
+    @ivar accountExists: C{accountExists(address)}: whether to mail a
+        sign-in link there at all.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: IClientIDStore,
+        signer: LinkSigner,
+        baseURL: str,
+        deliver: Callable[[Notice], "defer.Deferred[Any]"],
+        accountExists: Callable[[str], bool],
+        clock: Callable[[], float] = time.time,
+        perAccount: RateLimiter | None = None,
+        perAddress: RateLimiter | None = None,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.baseURL = baseURL.rstrip("/")
+        self.deliver = deliver
+        self.accountExists = accountExists
+        self._clock = clock
+        self.perAccount = perAccount or RateLimiter(3, 900.0, clock)
+        self.perAddress = perAddress or RateLimiter(10, 900.0, clock)
+
+    # Links in notices
+
+    def deviceLinks(self, account: str, fingerprint: str) -> tuple[str, str]:
+        """
+        The Approve and "This wasn't me" links for one device of an
+        account, for a notice.
+        """
+        now = self._clock()
+        return (
+            self._url("/link/approve", self.signer.sign(APPROVE, account, fingerprint, now)),
+            self._url("/link/disown", self.signer.sign(DISOWN, account, fingerprint, now)),
+        )
+
+    def _url(self, path: str, token: str) -> str:
+        return f"{self.baseURL}{path}?t={token}"
+
+    def checkLink(self, token: str, action: str) -> "defer.Deferred[tuple[LinkClaim, DeviceRecord | None]]":
+        """
+        What a link grants, without using it (for the confirmation page):
+        its claim, and the device it names (L{None} for a sign-in link).
+
+        Fails with L{InvalidLink} if it is forged, expired, for another
+        action, used, or void (the device is gone, or the owner disowned
+        it after an approval link was made).
+        """
+        try:
+            claim = self.signer.verify(token, action, self._clock())
+        except InvalidLink as e:
+            return defer.fail(e)
+        return self._checkUnused(claim)
+
+    @defer.inlineCallbacks
+    def _checkUnused(self, claim: LinkClaim) -> Any:
+        wanted = [linkUsedKey(claim.linkID)]
+        record = None
+        if claim.action != SIGN_IN:
+            record = yield self._device(claim.account, claim.fingerprint)
+            wanted.append(deviceDisownedKey(claim.account, record.digest))
+        active = yield self.store.activeLocks(wanted)
+        if linkUsedKey(claim.linkID) in active:
+            raise InvalidLink("used")
+        if claim.action == APPROVE and wanted[1] in active:
+            raise InvalidLink("void")
+        return claim, record
+
+    @defer.inlineCallbacks
+    def _device(self, account: str, fingerprint: str) -> Any:
+        records = yield self.store.listDevices(account)
+        try:
+            return matchDevice(records, account, fingerprint)
+        except ManagementError:
+            raise InvalidLink("void") from None
+
+    @defer.inlineCallbacks
+    def useLink(self, token: str, action: str, address: str) -> Any:
+        """
+        Do what an approve or disown link grants, once.
+
+        @return: A Deferred of the device's new L{DeviceRecord}.
+        """
+        claim, _ = yield self.checkLink(token, action)
+        # Used first: of two requests racing with one link, the second finds
+        # the marker; the change itself is idempotent either way.
+        yield self.store.setLock(linkUsedKey(claim.linkID), claim.expires - self._clock(), None)
+        if action == APPROVE:
+            record = yield self.setState(claim.account, claim.fingerprint, APPROVED, address, "link")
+        else:
+            record = yield self.setState(claim.account, claim.fingerprint, REVOKED, address, "link")
+            yield self.store.setLock(
+                deviceDisownedKey(claim.account, record.digest), self.signer.ttl, None
+            )
+        return record
+
+    @defer.inlineCallbacks
+    def setState(self, account: str, fingerprint: str, state: str, address: str, via: str) -> Any:
+        """
+        Approve or revoke one of the account's devices, as its owner.
+
+        @raise ManagementError: If the account has no such device.
+        """
+        records = yield self.store.listDevices(account)
+        record = matchDevice(records, account, fingerprint)
+        kind = "device-approved" if state == APPROVED else "device-revoked"
+        event = Event(
+            kind,
+            account,
+            record.typeName,
+            record.fingerprint,
+            address=address,
+            protocol="web",
+            detail=f"by owner ({via})",
+        )
+        new = yield self.store.setDeviceState(
+            account, record.digest, record.typeName, record.fingerprint, state, event
+        )
+        self.log.info(
+            "web: {account} {action} device type={clientIDType} fingerprint={fingerprint} "
+            "from {address} ({via})",
+            account=escapeForLog(account),
+            action="approved" if state == APPROVED else "revoked",
+            clientIDType=escapeForLog(record.typeName),
+            fingerprint=record.fingerprint,
+            address=escapeForLog(address),
+            via=via,
+        )
+        return new
+
+    # The device page
+
+    def requestSignIn(self, account: str, address: str) -> "defer.Deferred[None]":
+        """
+        Mail a sign-in link to C{account}'s INBOX if it exists and neither
+        the account nor C{address} asked too often; the caller answers the
+        same in every case.
+        """
+        account = account.strip()
+        if not self.perAddress.allow(address) or not self.perAccount.allow(account.lower()):
+            self.log.info(
+                "web: sign-in link for {account} from {address} refused: too many requests",
+                account=escapeForLog(account),
+                address=escapeForLog(address),
+            )
+            return defer.succeed(None)
+        if not account or not self.accountExists(account):
+            return defer.succeed(None)
+        url = self._url("/signin", self.signer.sign(SIGN_IN, account, "", self._clock()))
+        minutes = int(self.signer.ttl // 60)
+        notice = Notice(
+            account,
+            "Sign-in link for your mail devices",
+            [
+                f"Hello {account},",
+                "",
+                f"Someone at {address} asked to manage the devices of your mail account.",
+                "If it was you, open this link to sign in:",
+                "",
+                url,
+                "",
+                f"The link works once, for {minutes} minutes.",
+                "If it was not you, ignore this message: nothing changes without the link.",
+            ],
+        )
+        self.log.info(
+            "web: sign-in link mailed to {account} (asked from {address})",
+            account=escapeForLog(account),
+            address=escapeForLog(address),
+        )
+        d = self.deliver(notice)
+        d.addErrback(lambda f: self.log.failure("web: could not mail the sign-in link", f))
+        d.addCallback(lambda _: None)
+        return d
+
+    @defer.inlineCallbacks
+    def signIn(self, token: str, address: str) -> Any:
+        """
+        Use a sign-in link.
+
+        @return: A Deferred of the account it signs in to.
+        """
+        claim, _ = yield self.checkLink(token, SIGN_IN)
+        event = Event("web-sign-in", claim.account, address=address, protocol="web")
+        yield self.store.setLock(linkUsedKey(claim.linkID), claim.expires - self._clock(), event)
+        self.log.info(
+            "web: {account} signed in from {address}",
+            account=escapeForLog(claim.account),
+            address=escapeForLog(address),
+        )
+        return claim.account
+
+    def signedOut(self, account: str, address: str) -> "defer.Deferred[None]":
+        """
+        Record that a session ended by the owner's choice.
+        """
+        return self.store.clearKeys(
+            (), Event("web-sign-out", account, address=address, protocol="web")
+        )
+
+    def devices(self, account: str) -> "defer.Deferred[list[DeviceRecord]]":
+        return self.store.listDevices(account)
+
+    def events(self, account: str, limit: int = 20) -> "defer.Deferred[list[Event]]":
+        return self.store.listEvents(account, limit)
