@@ -20,6 +20,7 @@ from clientid_twisted.web.links import (
     DISOWN,
     SIGN_IN,
     InvalidLink,
+    LinkMaker,
     LinkSigner,
     deriveLinkKey,
 )
@@ -119,11 +120,9 @@ class SelfServiceTests(SynchronousTestCase):
         self.mailed: list[Notice] = []
         self.service = SelfService(
             self.store,
-            LinkSigner(deriveLinkKey(KEY), ttl=3600),
-            "https://mail.example.test:8443/",
+            LinkMaker(LinkSigner(deriveLinkKey(KEY), ttl=3600), "https://mail.example.test:8443/", self.clock.seconds),
             deliver=lambda n: defer.succeed(self.mailed.append(n)),
             accountExists=lambda a: a == "alice@example.test",
-            clock=self.clock.seconds,
         )
 
     def state(self) -> str:

@@ -22,7 +22,7 @@ from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.store.memory import MemoryStore
 from clientid_twisted.store.records import APPROVED, PENDING, REVOKED
-from clientid_twisted.web.links import LinkSigner, deriveLinkKey
+from clientid_twisted.web.links import LinkMaker, LinkSigner, deriveLinkKey
 from clientid_twisted.web.resource import SECURITY_HEADERS, SelfServiceSite
 from clientid_twisted.web.selfservice import Notice, SelfService
 from clientid_twisted.web.sessions import SessionStore
@@ -64,8 +64,7 @@ class SiteTests(TestCase):
         self.mailed: list[Notice] = []
         self.service = SelfService(
             self.store,
-            LinkSigner(deriveLinkKey(KEY)),
-            "https://mail.example.test",
+            LinkMaker(LinkSigner(deriveLinkKey(KEY)), "https://mail.example.test"),
             deliver=lambda n: defer.succeed(self.mailed.append(n)),
             accountExists=lambda a: a == "alice@example.test",
         )

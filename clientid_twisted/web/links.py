@@ -24,6 +24,8 @@ import binascii
 import hashlib
 import hmac
 import os
+import time
+from typing import Callable
 
 from attrs import field, frozen
 
@@ -34,6 +36,7 @@ __all__ = [
     "ACTIONS",
     "InvalidLink",
     "LinkClaim",
+    "LinkMaker",
     "LinkSigner",
     "deriveLinkKey",
 ]
@@ -145,3 +148,36 @@ class LinkSigner:
         if now >= int(expires):
             raise InvalidLink("expired")
         return LinkClaim(kind, account, fingerprint, float(issued), float(expires), linkID)
+
+
+@frozen
+class LinkMaker:
+    """
+    The links of the self-service site at C{baseURL}: what notices carry.
+
+    @ivar clock: Gives the time links are made at.
+    """
+
+    signer: LinkSigner
+    baseURL: str
+    clock: Callable[[], float] = time.time
+
+    def _url(self, path: str, token: str) -> str:
+        return f"{self.baseURL.rstrip('/')}{path}?t={token}"
+
+    def deviceLinks(self, account: str, fingerprint: str) -> tuple[str, str]:
+        """
+        The Approve and "This wasn't me" links for one device of an
+        account.
+        """
+        now = self.clock()
+        return (
+            self._url("/link/approve", self.signer.sign(APPROVE, account, fingerprint, now)),
+            self._url("/link/disown", self.signer.sign(DISOWN, account, fingerprint, now)),
+        )
+
+    def signInLink(self, account: str) -> str:
+        """
+        A link that opens a device-page session for C{account}.
+        """
+        return self._url("/signin", self.signer.sign(SIGN_IN, account, "", self.clock()))

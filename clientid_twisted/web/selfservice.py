@@ -24,7 +24,7 @@ from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.policy.manage import ManagementError, matchDevice
 from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
-from clientid_twisted.web.links import APPROVE, DISOWN, SIGN_IN, InvalidLink, LinkClaim, LinkSigner
+from clientid_twisted.web.links import APPROVE, SIGN_IN, InvalidLink, LinkClaim, LinkMaker
 
 __all__ = ["Notice", "SelfService", "RateLimiter", "linkUsedKey", "deviceDisownedKey"]
 
@@ -101,38 +101,27 @@ class SelfService:
     def __init__(
         self,
         store: IClientIDStore,
-        signer: LinkSigner,
-        baseURL: str,
+        links: LinkMaker,
         deliver: Callable[[Notice], "defer.Deferred[Any]"],
         accountExists: Callable[[str], bool],
-        clock: Callable[[], float] = time.time,
         perAccount: RateLimiter | None = None,
         perAddress: RateLimiter | None = None,
     ) -> None:
         self.store = store
-        self.signer = signer
-        self.baseURL = baseURL.rstrip("/")
+        self.links = links
+        self.signer = links.signer
         self.deliver = deliver
         self.accountExists = accountExists
-        self._clock = clock
-        self.perAccount = perAccount or RateLimiter(3, 900.0, clock)
-        self.perAddress = perAddress or RateLimiter(10, 900.0, clock)
-
-    # Links in notices
+        self._clock = links.clock
+        self.perAccount = perAccount or RateLimiter(3, 900.0, self._clock)
+        self.perAddress = perAddress or RateLimiter(10, 900.0, self._clock)
 
     def deviceLinks(self, account: str, fingerprint: str) -> tuple[str, str]:
         """
         The Approve and "This wasn't me" links for one device of an
         account, for a notice.
         """
-        now = self._clock()
-        return (
-            self._url("/link/approve", self.signer.sign(APPROVE, account, fingerprint, now)),
-            self._url("/link/disown", self.signer.sign(DISOWN, account, fingerprint, now)),
-        )
-
-    def _url(self, path: str, token: str) -> str:
-        return f"{self.baseURL}{path}?t={token}"
+        return self.links.deviceLinks(account, fingerprint)
 
     def checkLink(self, token: str, action: str) -> "defer.Deferred[tuple[LinkClaim, DeviceRecord | None]]":
         """
@@ -243,7 +232,7 @@ class SelfService:
             return defer.succeed(None)
         if not account or not self.accountExists(account):
             return defer.succeed(None)
-        url = self._url("/signin", self.signer.sign(SIGN_IN, account, "", self._clock()))
+        url = self.links.signInLink(account)
         minutes = int(self.signer.ttl // 60)
         notice = Notice(
             account,
