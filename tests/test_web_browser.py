@@ -24,6 +24,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.runningserver import PASSWORD, RunningServer, canRunServer
+from tests.test_imap_server import registerIMAPLibCommand
 from tests.services import freePort, requireProgram
 
 ALICE = "alice@example.test"
@@ -33,7 +34,7 @@ STRANGER = "9a8b7c6d-stranger-token-5e4f-3a2b1c0d"
 
 CONFIG = """\
 [policy]
-mode = "allowlist"
+devices = "allowlist"
 
 [server]
 auth_failure_delay_seconds = 0
@@ -100,6 +101,7 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         reason = canRunServer()
         if reason is not None:
             raise SkipTest(reason)
+        registerIMAPLibCommand(self, "CLIENTID")
         self.browser = _webdriver()
         self.addCleanup(self.browser.quit)
         self.webPort = freePort()
@@ -132,6 +134,14 @@ class SelfServiceBrowserTests(SynchronousTestCase):
 
         self.browser.find_element(By.XPATH, f'//button[normalize-space()="{text}"]').click()
 
+    def waitFor(self, text: str) -> None:
+        """
+        Wait until the page (after a click's navigation) shows C{text}.
+        """
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(self.browser, 20).until(lambda b: text in b.page_source)
+
     def heading(self) -> str:
         from selenium.webdriver.common.by import By
 
@@ -152,7 +162,7 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         self.shot("selfservice-confirm.png")
         self.assertFalse(_canLogIn(self.server, PHONE), "opening the link must change nothing")
         self.click("Approve this device")
-        self.assertEqual(self.heading(), "Device approved")
+        self.waitFor("Device approved")
         self.assertTrue(_canLogIn(self.server, PHONE))
         self.browser.get(approve)
         self.assertEqual(self.heading(), "Link not valid")
@@ -163,7 +173,7 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         approve, disown = _links(self.server, "refused device")
         self.browser.get(disown)
         self.click("Revoke this device")
-        self.assertEqual(self.heading(), "Device revoked")
+        self.waitFor("Device revoked")
         self.assertIn("change it now", self.browser.page_source)
         self.assertIn("revoked", self.admin("devices", "list", ALICE))
         self.browser.get(approve)
@@ -181,10 +191,11 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         self.browser.get(f"https://localhost:{self.webPort}/devices")
         self.browser.find_element(By.ID, "address").send_keys(ALICE)
         self.click("Mail me a sign-in link")
-        self.assertIn("sign-in link is on its way", self.browser.page_source)
+        self.waitFor("sign-in link is on its way")
         [signIn] = _links(self.server, "Sign-in link")
         self.browser.get(signIn)
         self.click("Sign in")
+        self.waitFor("Signed in as")
         self.assertEqual(self.heading(), "Your mail devices")
         self.assertIn(f"Signed in as {ALICE}", self.browser.find_element(By.TAG_NAME, "main").text)
         page = self.browser.page_source
@@ -193,14 +204,16 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         self.shot("selfservice-devices.png")
         phone = self.fingerprintOf(PHONE)
         self.browser.find_element(By.CSS_SELECTOR, f'button[aria-label="Approve UUID {phone}"]').click()
+        self.waitFor(f"Device UUID {phone} approved")
         self.assertTrue(_canLogIn(self.server, PHONE))
         self.browser.find_element(By.CSS_SELECTOR, f'button[aria-label="Revoke UUID {phone}"]').click()
-        self.assertIn(f"Device UUID {phone} revoked", self.browser.page_source)
+        self.waitFor(f"Device UUID {phone} revoked")
         self.assertFalse(_canLogIn(self.server, PHONE))
         self.click("Sign out")
+        self.waitFor("You are signed out")
         self.browser.get(f"https://localhost:{self.webPort}/devices")
         self.assertIn("Mail me a sign-in link", self.browser.page_source)
-        events = self.admin("events", ALICE)
+        events = self.admin("events", "--account", ALICE)
         for kind in ["web-sign-in", "device-approved", "device-revoked", "web-sign-out"]:
             self.assertIn(kind, events)
 

@@ -36,3 +36,33 @@ class WebConfigTests(SynchronousTestCase):
             e = self.assertRaises(ConfigError, parseWebConfig, {"web": table}, "clientid.toml")
             self.assertIn(words, str(e))
             self.assertIn("clientid.toml: [web]", str(e))
+
+
+class WebOptionTests(SynchronousTestCase):
+    """
+    C{--web} of C{twistd clientid-mail}.
+    """
+
+    def options(self, *arguments: str) -> dict:  # type: ignore[type-arg]
+        from clientid_twisted.server.tap import Options
+
+        options = Options()
+        options.parseOptions(list(arguments))
+        return options
+
+    def test_onByDefault(self) -> None:
+        from clientid_twisted.server.tap import DEFAULT_WEB_LISTENER
+
+        self.assertEqual(self.options()["web"], [DEFAULT_WEB_LISTENER])
+
+    def test_offWithOtherListeners(self) -> None:
+        self.assertEqual(self.options("--imaps", "tcp:9993")["web"], [])
+
+    def test_given(self) -> None:
+        options = self.options("--imaps", "tcp:9993", "--web", "tcp:9443:interface=127.0.0.1")
+        self.assertEqual(options["web"], ["tcp:9443:interface=127.0.0.1"])
+
+    def test_invalid(self) -> None:
+        from twisted.python.usage import UsageError
+
+        self.assertRaises(UsageError, self.options, "--web", "nonsense:1")

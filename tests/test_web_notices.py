@@ -106,3 +106,23 @@ class NoticeLinkTests(SynchronousTestCase):
         self.assertIsNone(
             self.successResultOf(self.observer.deliverMessage("nobody@example.test", "x", ["y"]))
         )
+
+
+class GatewayNoticeLinkTests(SynchronousTestCase):
+    """
+    In gateway mode the notices wait for the next login and are APPENDed to
+    the backend INBOX; they carry the same links.
+    """
+
+    def test_links(self) -> None:
+        from clientid_twisted.gateway.imap import PendingNotices
+
+        notices = PendingNotices(
+            "mail.example.org", linksFor=lambda account, fp: (f"https://a/{account}/{fp}", "https://d/x")
+        )
+        notices.alertRaised(REFUSED)
+        notices.alertRaised(evolve(REFUSED, kind="login"))
+        refused, login = notices.take("alice@example.test")
+        self.assertIn(b"    https://a/alice@example.test/0123456789abcdef\r\n", refused)
+        self.assertIn(b"    https://d/x\r\n", refused)
+        self.assertNotIn(b"https://", login)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import email.utils
-from typing import Any
+from typing import Any, Callable
 
 from zope.interface import implementer
 
@@ -36,7 +36,7 @@ from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
 from clientid_twisted.policy.checker import ClientIDChecker
 from clientid_twisted.policy.alerts import Alert
 from clientid_twisted.policy.decision import accountName
-from clientid_twisted.policy.mailnotice import noticeLines
+from clientid_twisted.policy.mailnotice import LINK_KINDS, noticeLines
 from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
 
 __all__ = [
@@ -93,8 +93,20 @@ class PendingNotices:
     accounts (login names come from the network; the oldest go first).
     """
 
-    def __init__(self, hostname: str, accounts: int = 10000, perAccount: int = 5) -> None:
+    def __init__(
+        self,
+        hostname: str,
+        accounts: int = 10000,
+        perAccount: int = 5,
+        linksFor: Callable[[str, str], tuple[str, str]] | None = None,
+    ) -> None:
+        """
+        @param linksFor: C{linksFor(account, fingerprint)}: a device's
+            approve and disown links on the self-service site, for the
+            notices of L{LINK_KINDS}; L{None} when the site is off.
+        """
         self.hostname = hostname
+        self.linksFor = linksFor
         self._accounts = accounts
         self._perAccount = perAccount
         self._pending: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
@@ -103,7 +115,11 @@ class PendingNotices:
         if not alert.forAccount or alert.account is None:
             return
         messageID = email.utils.make_msgid("clientid")
-        message = b"".join(line + b"\r\n" for line in noticeLines(alert, self.hostname, messageID))
+        links = []
+        if self.linksFor is not None and alert.kind in LINK_KINDS and alert.fingerprint:
+            links = [(alert.typeName or "?", alert.fingerprint, self.linksFor(alert.account, alert.fingerprint))]
+        lines = noticeLines(alert, self.hostname, messageID, links=links)
+        message = b"".join(line + b"\r\n" for line in lines)
         notices = self._pending.setdefault(alert.account, [])
         notices.append(message)
         del notices[: -self._perAccount]
@@ -268,6 +284,7 @@ def gatewayIMAPFactory(
     hostname: str,
     mailNotices: bool = True,
     reactor: Any = None,
+    noticeLinks: Callable[[str, str], tuple[str, str]] | None = None,
     **factoryArguments: Any,
 ) -> GatewayIMAP4Factory:
     """
@@ -278,6 +295,8 @@ def gatewayIMAPFactory(
         notices to its backend INBOX at its next login.  The notices are
         heard from C{policy}'s C{alertObservers} list (the built-in
         L{clientid_twisted.policy.engine.DevicePolicy} has one).
+    @param noticeLinks: The self-service site's device links for those
+        notices, or L{None}.
     @param factoryArguments: For L{GatewayIMAP4Factory} (C{context},
         C{limits}, C{limiter}).
     @raise ValueError: If C{[gateway] backend_ca} cannot be read.
@@ -288,7 +307,7 @@ def gatewayIMAPFactory(
     factory = GatewayIMAP4Factory(Portal(GatewayRealm(), [checker]), **factoryArguments)
     observers = getattr(policy, "alertObservers", None)
     if mailNotices and isinstance(observers, list):
-        factory.notices = PendingNotices(hostname)
+        factory.notices = PendingNotices(hostname, linksFor=noticeLinks)
         observers.append(factory.notices)
     _log.info(
         "IMAP gateway: logins and sessions go to {endpoint}",

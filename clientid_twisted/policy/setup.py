@@ -195,6 +195,7 @@ def buildAuthentication(
     clock: Any = None,
     configSource: object = None,
     wrapStore: Callable[[IClientIDStore], IClientIDStore] | None = None,
+    noticeLinks: Callable[[str, str], tuple[str, str]] | None = None,
 ) -> Authentication:
     """
     Build the CLIENTID checker for the server.
@@ -213,6 +214,9 @@ def buildAuthentication(
     @param wrapStore: Called with the opened store; what it returns is the
         store everything uses (L{clientid_twisted.server.metrics} counts
         locks and store errors so).
+    @param noticeLinks: C{noticeLinks(account, fingerprint)}: a device's
+        approve and disown links on the self-service site, for the INBOX
+        notices; L{None} when the site is off.
     @raise ConfigError: For a bad policy configuration or key.
     @raise ValueError: For a store URL that cannot be used.
     @raise clientid_twisted.store.StoreError: If the store cannot be opened.
@@ -237,6 +241,7 @@ def buildAuthentication(
                 clock=clock,
                 interval=settings.alerts.noticeIntervalSeconds,
                 failureNotices=settings.alerts.noticeFailures,
+                linksFor=noticeLinks,
             )
         )
     if settings.alerts.webhook:

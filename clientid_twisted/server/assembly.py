@@ -34,6 +34,8 @@ from clientid_twisted.server.tls import (
     loadCertificate,
     loadOrCreateCertificate,
 )
+from clientid_twisted.web.config import parseWebConfig
+from clientid_twisted.web.service import linkMaker, selfServiceSite
 from clientid_twisted.server.users import (
     ALIASES_FILE,
     AliasDatabase,
@@ -67,6 +69,9 @@ class MailServer:
     limits: ServerLimits = ServerLimits()
     limiter: ConnectionLimiter | None = None
     gateway: GatewayConfig = GatewayConfig()
+    webSite: Any = None
+    """The self-service site (L{clientid_twisted.web}) for the C{--web}
+    listeners, or L{None} without one."""
     relay: Any = None
     """The L{RelayService <clientid_twisted.server.relayservice.RelayService>}
     when C{[relay]} names a smarthost, else L{None}."""
@@ -82,6 +87,7 @@ def assembleServer(
     metrics: Any = None,
     imapBackend: str | None = None,
     smtpBackend: str | None = None,
+    webListener: str | None = None,
 ) -> MailServer:
     """
     Build the shared parts of the server, creating the data directory and
@@ -92,6 +98,8 @@ def assembleServer(
     @param imapBackend: C{--imap-backend}: the IMAP backend's endpoint
         string, overriding C{[gateway] imap_backend}.
     @param smtpBackend: C{--smtp-backend}, likewise.
+    @param webListener: The first C{--web} endpoint: the self-service site
+        is on, and notices link to it; L{None}: off.
     @raise ValueError: With a message for the operator when a file is
         missing or unreadable.
     """
@@ -127,10 +135,13 @@ def assembleServer(
     # The device policy wraps the password checker; the store's key (which
     # a new store adopts from clientid.key) keys the fingerprints, so the
     # protocol log and `clientid-admin devices list` agree.
+    web = parseWebConfig(config, configFile)
+    links = linkMaker(web, hasher.key, hostname, webListener) if webListener else None
     authentication = buildAuthentication(
         config, dataDir, storeURL, users, ScryptChecker(users), hasher, hostname,
         configSource=configFile,
         wrapStore=metrics.countingStore if metrics is not None else None,
+        noticeLinks=links.deviceLinks if links is not None else None,
     )
     hasher = authentication.hasher or hasher
     relay = _relayService(relaySettings, dataDir, users, hostname, metrics)
@@ -177,6 +188,7 @@ def assembleServer(
             authentication.policy,
             hostname,
             mailNotices=authentication.config.alerts.mailAccount,
+            noticeLinks=links.deviceLinks if links is not None else None,
             context=tlsOptions,
             limits=limits,
             limiter=limiter,
@@ -202,6 +214,11 @@ def assembleServer(
         limiter=limiter,
         gateway=gateway,
         relay=relay,
+        webSite=(
+            selfServiceSite(web, links, authentication.store, dataDir, users, hostname)
+            if links is not None
+            else None
+        ),
     )
 
 

@@ -144,6 +144,12 @@ def _checkRelay(config: Mapping[str, Any], source: object, dataDir: Path) -> Non
     parseRelayConfig(config, dataDir, source)
 
 
+def _checkWeb(config: Mapping[str, Any], source: object, dataDir: Path) -> None:
+    from clientid_twisted.web.config import parseWebConfig
+
+    parseWebConfig(config, source)
+
+
 _Checker = Callable[[Mapping[str, Any], object, Path], None]
 
 CONFIG_TABLES: dict[str, _Checker] = {
@@ -156,6 +162,7 @@ CONFIG_TABLES: dict[str, _Checker] = {
     "gateway": _checkGateway,
     "users": _checkUsers,
     "relay": _checkRelay,
+    "web": _checkWeb,
 }
 """Every top-level table of C{clientid.toml}, with the function that
 checks it: C{f(config, source, dataDir)} takes the whole loaded file and

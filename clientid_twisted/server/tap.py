@@ -32,6 +32,9 @@ DEFAULT_LISTENERS = {
 """Where each protocol listens when no listener option is given: loopback
 only, unprivileged ports."""
 
+DEFAULT_WEB_LISTENER = "tcp:8443:interface=127.0.0.1"
+"""Where the self-service site listens when no listener option is given."""
+
 class _ValidatingReactor:
     """
     Stands in for the reactor while endpoint strings are checked at option
@@ -65,6 +68,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         for name in DEFAULT_LISTENERS:
             self[name] = []
+        self["web"] = []
         self["metrics"] = None
         self["imap-backend"] = None
         self["smtp-backend"] = None
@@ -91,6 +95,10 @@ class Options(usage.Options):
     def opt_imaps(self, description: str) -> None:
         """Listen for IMAP over implicit TLS on this endpoint, e.g. tcp:993; the server adds the TLS layer (repeatable) [default: tcp:8993:interface=127.0.0.1]."""
         self._addListener("imaps", description)
+
+    def opt_web(self, description: str) -> None:
+        """Serve the owners' self-service site (approve or revoke their devices, docs/selfservice.md) over TLS on this endpoint, e.g. tcp:8443 (repeatable) [default: tcp:8443:interface=127.0.0.1 when no listener option is given, else off]."""
+        self._addListener("web", description)
 
     def opt_metrics(self, description: str) -> None:
         """Serve Prometheus counters at /metrics on this endpoint, e.g. tcp:9108 or just 9108; loopback unless the endpoint names an interface [default: off]."""
@@ -130,9 +138,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if bool(self["certificate"]) != bool(self["private-key"]):
             raise usage.UsageError("--certificate and --private-key go together")
-        if not any(self[name] for name in DEFAULT_LISTENERS):
+        if not any(self[name] for name in (*DEFAULT_LISTENERS, "web")):
             for name, descriptions in DEFAULT_LISTENERS.items():
                 self[name] = list(descriptions)
+            self["web"] = [DEFAULT_WEB_LISTENER]
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -157,6 +166,7 @@ def makeService(options: Options) -> service.MultiService:
             metrics=metrics,
             imapBackend=options["imap-backend"],
             smtpBackend=options["smtp-backend"],
+            webListener=options["web"][0] if options["web"] else None,
         )
     except (ValueError, OSError) as e:
         # An operator's mistake (a bad config, an unreadable file): say so
@@ -181,6 +191,8 @@ def makeService(options: Options) -> service.MultiService:
         "imap": server.imapFactory,
         "imaps": TLSMemoryBIOFactory(server.tlsOptions, False, server.imapFactory),
     }
+    if server.webSite is not None:
+        factories["web"] = TLSMemoryBIOFactory(server.tlsOptions, False, server.webSite)
     for name, factory in factories.items():
         for description in options[name]:
             _listen(top, description, factory, name)

@@ -14,10 +14,7 @@ from attrs import frozen
 from clientid_twisted.policy.config import _Table
 from clientid_twisted.server.config import getTable
 
-__all__ = ["WebConfig", "parseWebConfig", "DEFAULT_WEB_LISTENER"]
-
-DEFAULT_WEB_LISTENER = "tcp:8443:interface=127.0.0.1"
-"""Where the self-service site listens when no listener option is given."""
+__all__ = ["WebConfig", "parseWebConfig"]
 
 
 @frozen

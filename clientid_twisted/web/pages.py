@@ -30,7 +30,8 @@ input[type=text],input[type=email]{font-size:1rem;padding:.4rem;max-width:100%}
 .danger{background:#a51d2d;color:#fff;border:0}
 .state-approved{color:#26a269}.state-revoked{color:#a51d2d}
 code{font-size:.9rem}
-@media (max-width:40rem){table,thead,tbody,tr,th,td{display:block}thead{position:absolute;left:-9999px}td{border:0}tr{border-bottom:1px solid #ccc;padding:.5rem 0}}
+caption{text-align:left;font-weight:bold;padding:.4rem 0}
+@media (max-width:40rem){table,caption,thead,tbody,tr,th,td{display:block}thead{position:absolute;left:-9999px}td{border:0;padding:.15rem .4rem}tr{border-bottom:1px solid #ccc;padding:.5rem 0}td[data-label]::before{content:attr(data-label) ": ";font-weight:bold}}
 """
 
 
@@ -136,9 +137,11 @@ def devicePage(
         rows.append(
             "<tr>"
             f"<td>{device}</td>"
-            f'<td class="state-{escape(d.state)}">{escape(d.state)}</td>'
-            f"<td>{_when(d.firstSeen)}</td><td>{_when(d.lastSeen)}</td>"
-            f"<td>{escape(d.lastAddress or '')}</td><td>{d.failures}</td>"
+            f'<td data-label="State" class="state-{escape(d.state)}">{escape(d.state)}</td>'
+            f'<td data-label="First seen">{_when(d.firstSeen)}</td>'
+            f'<td data-label="Last seen">{_when(d.lastSeen)}</td>'
+            f'<td data-label="Last address">{escape(d.lastAddress or "-")}</td>'
+            f'<td data-label="Failures">{d.failures}</td>'
             f"<td>{''.join(actions)}</td></tr>"
         )
     table = (

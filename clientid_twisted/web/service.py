@@ -1,0 +1,54 @@
+# -*- test-case-name: tests.test_web_browser -*-
+"""
+The self-service site as the runnable server puts it together: links
+signed with a key derived from the installation's identity key, device
+changes through the server's store, sign-in links delivered into the
+local INBOX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.web import server
+
+from clientid_twisted.interfaces import IClientIDStore
+from clientid_twisted.policy.mailnotice import MailboxAlertObserver
+from clientid_twisted.server.users import UserDatabase
+from clientid_twisted.web.config import WebConfig
+from clientid_twisted.web.links import LinkMaker, LinkSigner, deriveLinkKey
+from clientid_twisted.web.resource import SelfServiceSite
+from clientid_twisted.web.selfservice import Notice, SelfService
+from clientid_twisted.web.sessions import SessionStore
+
+__all__ = ["linkMaker", "selfServiceSite"]
+
+
+def linkMaker(web: WebConfig, identityKey: bytes, hostname: str, listener: str) -> LinkMaker:
+    """
+    The links the notices carry, for the site on C{listener}.
+    """
+    signer = LinkSigner(deriveLinkKey(identityKey), ttl=web.linkSeconds)
+    return LinkMaker(signer, web.linkBase(hostname, listener))
+
+
+def selfServiceSite(
+    web: WebConfig,
+    links: LinkMaker,
+    store: IClientIDStore,
+    dataDir: Path,
+    users: UserDatabase,
+    hostname: str,
+    clock: Any = None,
+) -> server.Site:
+    """
+    The site, for a TLS listener.
+    """
+    mailbox = MailboxAlertObserver(dataDir, users, hostname, clock=clock)
+
+    def deliver(notice: Notice) -> Any:
+        return mailbox.deliverMessage(notice.account, notice.subject, notice.lines)
+
+    service = SelfService(store, links, deliver, users.exists)
+    return SelfServiceSite(service, SessionStore(idle=web.sessionIdleSeconds))
