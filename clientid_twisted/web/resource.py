@@ -125,7 +125,7 @@ class _Page(resource.Resource):
 
     def invalid(self, request: Any, f: Failure) -> bytes:
         f.trap(InvalidLink)
-        reason = f.value.reason
+        reason = getattr(f.value, "reason", "malformed")
         request.setResponseCode(410 if reason in _INVALID else 400)
         return pages.message("Link not valid", _INVALID.get(reason, _BAD_LINK))
 
@@ -243,9 +243,10 @@ class SignIn(_Page):
     def render_GET(self, request: Any) -> Any:
         token = self.arg(request, "t")
         csrf = self.anonymousCSRF(request)
-        d = self.service.checkLink(token, "sign-in")
-        d.addCallback(lambda _: pages.confirmSignIn(token, csrf))
-        return self.answer(request, d.addErrback(lambda f: self.invalid(request, f)))
+        d = self.service.checkLink(token, "sign-in").addCallbacks(
+            lambda _: pages.confirmSignIn(token, csrf), lambda f: self.invalid(request, f)
+        )
+        return self.answer(request, d)
 
     def render_POST(self, request: Any) -> Any:
         if not self.csrfOK(request):
