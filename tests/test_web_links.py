@@ -14,11 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.store.memory import MemoryStore
-from clientid_twisted.store.records import APPROVED, PENDING, REVOKED, Event
+from clientid_twisted.store.records import APPROVED, PENDING, REVOKED
 from clientid_twisted.web.links import (
     APPROVE,
     DISOWN,
-    SIGN_IN,
     InvalidLink,
     LinkMaker,
     LinkSigner,
