@@ -141,6 +141,26 @@ class SiteTests(TestCase):
         self.assertEqual(twice.code, 410)
 
     @defer.inlineCallbacks
+    def test_expiredLink(self) -> Any:
+        """
+        A link past its time shows a clear page, and its POST changes
+        nothing.
+        """
+        import time
+
+        old = LinkMaker(LinkSigner(deriveLinkKey(KEY), ttl=60), "https://mail.example.test", lambda: time.time() - 120)
+        approve, _ = old.deviceLinks("alice@example.test", self.fingerprint)
+        page = yield self.request("GET", approve)
+        self.assertEqual(page.code, 410)
+        self.assertIn("This link has expired", page.text)
+        form = yield self.request("GET", "/devices")
+        post = yield self.request(
+            "POST", "/link/approve", {"t": approve.split("?t=")[1], "csrf": form.field("csrf")}
+        )
+        self.assertEqual(post.code, 410)
+        self.assertEqual(self.state(), PENDING)
+
+    @defer.inlineCallbacks
     def test_tamperedLink(self) -> Any:
         approve, _ = self.service.deviceLinks("alice@example.test", self.fingerprint)
         page = yield self.request("GET", approve[:-3] + "AAA")
