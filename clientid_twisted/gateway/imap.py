@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.gateway.backend import Backend
 from clientid_twisted.gateway.checker import BackendPasswordChecker
 from clientid_twisted.gateway.config import GatewayConfig
@@ -201,7 +202,7 @@ class GatewayIMAP4Server(MailIMAP4Server):
             notices.putBack(session.username, pending)
             _log.warn(
                 "could not APPEND a notice for {account}: {why}",
-                account=session.username,
+                account=escapeForLog(session.username),
                 why=reason.getErrorMessage(),
             )
 

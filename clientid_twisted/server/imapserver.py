@@ -548,7 +548,7 @@ def _logFailed(command: str, reason: Failure) -> None:
         "{command} failed: {errorType}: {error}",
         command=command,
         errorType=type(reason.value).__name__,
-        error=str(reason.value)[:200],
+        error=escapeForLog(str(reason.value)[:200]),
     )
 
 
