@@ -103,11 +103,15 @@ class PostfixServer:
         saslSocket: str | None = None,
         xclientHosts: Sequence[str] = ("127.0.0.1",),
         main: Mapping[str, str] = {},
+        submissionTLS: bool = True,
     ) -> None:
         """
         @param saslSocket: The path of a Dovecot authentication socket
             (C{unix_listener}) for the submission port's AUTH; without
             one there is no submission port.
+        @param submissionTLS: Whether the submission port requires
+            STARTTLS before AUTH (as on a public port); L{False} offers
+            AUTH in plaintext, as for a gateway on loopback.
         @param xclientHosts: The addresses allowed to send C{XCLIENT}.
         @param main: More C{main.cf} settings, applied last.
         """
@@ -125,7 +129,7 @@ class PostfixServer:
         self.context = ssl.create_default_context(cadata=self.certificate.certificatePEM.decode())
         self.caFile = str(self.directory / "postfix.crt")
         self._running = False
-        self._writeFiles(saslSocket, xclientHosts, main)
+        self._writeFiles(saslSocket, xclientHosts, main, submissionTLS)
 
     @property
     def configDirectory(self) -> Path:
@@ -140,7 +144,11 @@ class PostfixServer:
         return self.directory / "maillog"
 
     def _writeFiles(
-        self, saslSocket: str | None, xclientHosts: Sequence[str], main: Mapping[str, str]
+        self,
+        saslSocket: str | None,
+        xclientHosts: Sequence[str],
+        main: Mapping[str, str],
+        submissionTLS: bool,
     ) -> None:
         directory = self.directory
         for name, owner in [("etc", None), ("queue", None), ("data", True), ("mail", True)]:
@@ -201,9 +209,9 @@ class PostfixServer:
             services.append(
                 f"127.0.0.1:{self.submissionPort} inet n - n - - smtpd\n"
                 "  -o syslog_name=postfix/submission\n"
-                "  -o smtpd_tls_security_level=encrypt\n"
+                f"  -o smtpd_tls_security_level={'encrypt' if submissionTLS else 'none'}\n"
                 "  -o smtpd_sasl_auth_enable=yes\n"
-                "  -o smtpd_tls_auth_only=yes\n"
+                f"  -o smtpd_tls_auth_only={'yes' if submissionTLS else 'no'}\n"
                 "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
                 "  -o smtpd_sender_restrictions=reject_sender_login_mismatch\n"
                 "  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"

@@ -53,6 +53,7 @@ class GatewayTestCase(TestCase):
     devices = "learn"
     useOption = False
     timeoutSeconds = 10
+    backendTLS = True
 
     def setUp(self) -> None:
         reason = canRunServer()
@@ -66,16 +67,17 @@ class GatewayTestCase(TestCase):
         self.postfix = PostfixServer(
             saslSocket=str(self.dovecot.directory / "run" / "auth-postfix"),
             main={"smtpd_client_port_logging": "yes", "smtpd_error_sleep_time": "0"},
+            submissionTLS=self.backendTLS,
         ).start()
         self.addCleanup(self.postfix.cleanUp)
         self.backend = f"tcp:host=127.0.0.1:port={self.postfix.submissionPort}"
         config = (
             "[server]\nauth_failure_delay_seconds = 0.1\n"
             f'[policy]\ndevices = "{self.devices}"\n'
-            "[gateway]\nbackend_starttls = true\n"
-            f'backend_ca = "{self.postfix.caFile}"\n'
-            f"backend_timeout_seconds = {self.timeoutSeconds}\n"
+            f"[gateway]\nbackend_timeout_seconds = {self.timeoutSeconds}\n"
         )
+        if self.backendTLS:
+            config += f'backend_starttls = true\nbackend_ca = "{self.postfix.caFile}"\n'
         arguments: tuple[str, ...] = ()
         if self.useOption:
             arguments = ("--smtp-backend", self.backend)
@@ -210,6 +212,15 @@ class OptionTests(ThunderbirdSequenceTests):
     useOption = True
 
 
+class LoopbackPlaintextTests(ThunderbirdSequenceTests):
+    """
+    The same with Postfix offering AUTH in plaintext on loopback and no
+    C{backend_starttls}: the set-up docs/gateway.md walks through.
+    """
+
+    backendTLS = False
+
+
 class PostfixDecidesTests(GatewayTestCase):
     """
     After AUTH, Postfix decides on the mail, and its refusals reach the
@@ -237,6 +248,22 @@ class PostfixDecidesTests(GatewayTestCase):
         self.assertEqual(client.docmd("DATA"), (554, b"5.5.1 Error: no valid recipients"))
         client.quit()
         self.assertEqual(self.postfix.messages("alice"), [])
+
+    def test_frontCommandsAfterLogin(self) -> None:
+        """
+        After AUTH, EHLO is the gateway's (CLIENTID still listed) and
+        resets the transaction at Postfix too; AUTH again is refused by
+        the gateway.
+        """
+        client = self.login()
+        self.assertEqual(client.docmd("MAIL", f"FROM:<{ALICE}>"), (250, b"2.1.0 Ok"))
+        client.ehlo("laptop.example.net")
+        self.assertTrue(client.has_extn("clientid"))
+        # Without the RSET, Postfix would answer "nested MAIL command".
+        self.assertEqual(client.docmd("MAIL", f"FROM:<{ALICE}>"), (250, b"2.1.0 Ok"))
+        self.assertEqual(client.docmd("AUTH", "PLAIN " + plain(ALICE, PASSWORD))[0], 503)
+        self.assertEqual(client.docmd("RCPT", f"TO:<{BOB}>"), (250, b"2.1.5 Ok"))
+        client.quit()
 
     def test_chunking(self) -> None:
         """
