@@ -83,7 +83,9 @@ class ClientIdentity:
     @property
     def typeKey(self) -> str:
         """
-        The case-folded type, for use as a key (stores, configuration).
+        The type folded to upper case, for use as a key (stores,
+        configuration): types compare without regard to case, so C{uuid}
+        and C{UUID} are one.
         """
         return self.type.upper()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.interfaces import ISSLTransport
+from twisted.protocols.policies import ProtocolWrapper
 
 from clientid_twisted.authlog import describeClientID, escapeForLog
 from clientid_twisted.fingerprint import IdentityHasher
@@ -37,8 +38,16 @@ class ClientIDSessionMixin:
     def isEncrypted(self) -> bool:
         """
         Whether this connection runs over TLS (STARTTLS done, or implicit).
+
+        Behind a protocol wrapper (the PROXY protocol's, C{haproxy:}
+        endpoints) the wrapper copied its transport's interfaces when the
+        connection was made, so a later STARTTLS shows only on the
+        transport it wraps: look through it.
         """
-        return ISSLTransport.providedBy(self.transport)
+        transport = self.transport
+        while isinstance(transport, ProtocolWrapper) and not ISSLTransport.providedBy(transport):
+            transport = transport.transport
+        return ISSLTransport.providedBy(transport)
 
     def _fingerprint(self, identity: ClientIdentity) -> str:
         if self.identityHasher is None:

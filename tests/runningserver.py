@@ -64,11 +64,14 @@ class RunningServer:
         protocols: tuple[str, ...] = ("smtp", "smtps", "imap", "imaps"),
         store: str | None = None,
         arguments: tuple[str, ...] = (),
+        listen: str = "tcp:0:interface=127.0.0.1",
     ) -> None:
         """
         @param config: The server's C{clientid.toml}.
         @param store: Passed as C{--store} (a store URL), if given.
         @param arguments: More options for C{twistd clientid-mail}.
+        @param listen: The endpoint every protocol listens on (its port 0),
+            e.g. C{haproxy:tcp:0:interface=127.0.0.1} for the PROXY protocol.
         """
         work = Path(work).resolve()
         work.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,7 @@ class RunningServer:
             command += ["--store", store]
         command += list(arguments)
         for name in protocols:
-            command += [f"--{name}", "tcp:0:interface=127.0.0.1"]
+            command += [f"--{name}", listen]
         # The source tree first on the child's path, absolute: the child
         # runs in WORK, where a relative PYTHONPATH (".") means nothing.
         root = str(Path(__file__).resolve().parent.parent)
@@ -117,7 +120,7 @@ class RunningServer:
                 raise RuntimeError("server did not start:\n" + self.log())
             log = self.log()
             for name in protocols:
-                match = re.search(re.escape(_FACTORIES[name]) + r" starting on (\d+)", log)
+                match = re.search(re.escape(_FACTORIES[name]) + r"(?: \(PROXY\))? starting on (\d+)", log)
                 if match is not None:
                     self.ports[name] = int(match.group(1))
             time.sleep(0.05)

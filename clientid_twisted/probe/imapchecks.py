@@ -2,7 +2,7 @@
 """
 The IMAP checks: each rule of the IMAP draft (draft-yu-imap-client-id; the
 2026 revision wins where they differ, and its section numbers are used) and
-of this project's contract (design.md, "Protocol behaviour") that can be
+of this project's reading of them (docs/spec-notes.md) that can be
 seen from outside, as data in L{CHECKS}.
 
 IMAP has its own rules, not SMTP's: no "after AUTH" rule (a failed LOGIN
@@ -49,7 +49,7 @@ from clientid_twisted.probe.imap import (
 __all__ = ["CHECKS", "MALFORMED", "preflight", "openSession", "session"]
 
 DRAFT = "IMAP draft"
-DESIGN = "design.md, IMAP"
+NOTES = "spec-notes.md, IMAP"
 
 SPECIAL_TOKEN = b'$TOKEN"q(p)\\b%*'
 """A valid token with IMAP's quoting, list and escape characters."""
@@ -553,14 +553,14 @@ CHECKS: list[Check] = [
         "imap-plain-like-unknown",
         "Plaintext CLIENTID reply identical to an unknown command's",
         Source.CONTRACT,
-        f"{DESIGN}",
+        f"{NOTES}",
         checkPlaintextLikeUnknown,
     ),
     Check(
         "imap-tls-greeting",
         "Implicit-TLS greeting lists CLIENTID",
         Source.CONTRACT,
-        f"{DESIGN}",
+        f"{NOTES}",
         checkTLSGreeting,
     ),
     Check(
@@ -581,7 +581,7 @@ CHECKS: list[Check] = [
         "imap-before-capability-like-unknown",
         "CLIENTID before CAPABILITY refused like an unknown command",
         Source.CONTRACT,
-        f"{DESIGN}",
+        f"{NOTES}",
         checkBeforeCapabilityLikeUnknown,
     ),
     Check(
@@ -650,7 +650,7 @@ CHECKS: list[Check] = [
         "imap-failed-login",
         "CLIENTID after a failed LOGIN gets OK (no after-AUTH rule)",
         Source.CONTRACT,
-        f"{DESIGN}; {DRAFT} §2.4",
+        f"{NOTES}; {DRAFT} §2.4",
         checkFailedLogin,
     ),
     Check(
@@ -671,7 +671,7 @@ CHECKS: list[Check] = [
         "imap-after-login-like-unknown",
         "CLIENTID after LOGIN refused like an unknown command",
         Source.CONTRACT,
-        f"{DESIGN}",
+        f"{NOTES}",
         checkAfterLoginLikeUnknown,
     ),
     Check(

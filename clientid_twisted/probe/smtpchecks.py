@@ -2,7 +2,7 @@
 """
 The SMTP checks: each rule of the SMTP draft
 (draft-storey-smtp-client-id; the 2025 revision wins where they differ) and
-of this project's contract (design.md, "Protocol behaviour") that can be
+of this project's reading of them (docs/spec-notes.md) that can be
 seen from outside, as data in L{CHECKS}.
 
 Conversations that several checks grade are named functions run once per
@@ -41,7 +41,7 @@ from clientid_twisted.probe.smtp import SMTPReply, SMTPSession
 __all__ = ["CHECKS", "MALFORMED", "preflight", "openSession", "session"]
 
 DRAFT = "SMTP draft"
-DESIGN = "design.md, SMTP"
+NOTES = "spec-notes.md, SMTP"
 
 
 # -- conversations ---------------------------------------------------------
@@ -481,7 +481,7 @@ CHECKS: list[Check] = [
         "smtp-plain-like-unknown",
         "Plaintext CLIENTID reply identical to an unknown command's",
         Source.CONTRACT,
-        f"{DESIGN} rule 1",
+        f"{NOTES} replies rule 1",
         checkPlaintextLikeUnknown,
     ),
     Check(
@@ -516,7 +516,7 @@ CHECKS: list[Check] = [
         "smtp-case-insensitive",
         "Lower-case 'clientid uuid' gets 250",
         Source.CONTRACT,
-        f"{DRAFT} §5; {DESIGN} grammar",
+        f"{DRAFT} §5; spec-notes.md, Grammar",
         checkCaseInsensitive,
     ),
     Check(
@@ -530,7 +530,7 @@ CHECKS: list[Check] = [
         "smtp-rset-keeps",
         "CLIENTID after RSET still gets 503",
         Source.CONTRACT,
-        f"{DESIGN} resets",
+        f"{NOTES} resets",
         checkRSETKeeps,
     ),
     Check(
@@ -551,14 +551,14 @@ CHECKS: list[Check] = [
         "smtp-before-ehlo-503",
         "CLIENTID after TLS, before EHLO, gets 503",
         Source.CONTRACT,
-        f"{DESIGN} rule 3",
+        f"{NOTES} replies rule 3",
         checkBeforeEHLOCode,
     ),
     Check(
         "smtp-after-helo",
         "CLIENTID after HELO gets 503",
         Source.CONTRACT,
-        f"{DESIGN} rule 3",
+        f"{NOTES} replies rule 3",
         checkAfterHELO,
     ),
     *_malformedChecks(),
@@ -573,14 +573,14 @@ CHECKS: list[Check] = [
         "smtp-after-failed-auth",
         "CLIENTID after a failed AUTH gets 503",
         Source.MUST,
-        f"{DRAFT} §4; {DESIGN} rule 2",
+        f"{DRAFT} §4; {NOTES} replies rule 2",
         checkAfterFailedAuth,
     ),
     Check(
         "smtp-starttls-forgets-auth",
         "Plaintext AUTH attempt forgotten at STARTTLS",
         Source.CONTRACT,
-        f"{DESIGN} resets; RFC 3207 §4.2",
+        f"{NOTES} resets; RFC 3207 §4.2",
         checkSTARTTLSForgetsAUTH,
     ),
     Check(
