@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.gateway.config import BackendAddress, GatewayConfig
 
-__all__ = ["Backend", "BackendUnavailable", "clientTLSOptions"]
+__all__ = ["Backend", "BackendSession", "BackendUnavailable", "clientTLSOptions", "printable"]
 
 _T = TypeVar("_T")
 
@@ -186,3 +186,38 @@ class Backend:
         if reason.check(BackendUnavailable):
             return reason
         return Failure(BackendUnavailable(f"{self.name} backend unavailable: {why}"))
+
+
+class BackendSession:
+    """
+    A backend connection logged in as the user: the avatar of a gateway
+    login, closed when the client's session ends.
+
+    @ivar protocol: The connection (with C{transport} and a C{closed}
+        Deferred that fires when it is gone).
+    @ivar username: The account it is logged in as.
+    """
+
+    def __init__(self, protocol: Any, username: str) -> None:
+        self.protocol = protocol
+        self.username = username
+
+    @property
+    def transport(self) -> Any:
+        return self.protocol.transport
+
+    def close(self) -> None:
+        """
+        End the backend session (the client has gone, or was refused).
+        """
+        transport = self.protocol.transport
+        if transport is not None and not self.protocol.closed.called:
+            transport.loseConnection()
+
+
+def printable(data: bytes) -> str:
+    """
+    The start of what a backend said, as one line of printable ASCII for a
+    log or an error message.
+    """
+    return data[:200].decode("ascii", "replace").encode("unicode_escape").decode("ascii")

@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from clientid_twisted.gateway.backend import Backend, BackendUnavailable
+from clientid_twisted.gateway.backend import Backend, BackendSession, BackendUnavailable, printable
 
 __all__ = [
     "BackendIMAPProtocol",
@@ -184,7 +184,7 @@ class BackendIMAPProtocol(Protocol):
             else:
                 # BYE (too many connections), PREAUTH, or garbage.
                 self.greeting.errback(
-                    BackendUnavailable("backend greeting: " + _printable(line))
+                    BackendUnavailable("backend greeting: " + printable(line))
                 )
                 self.transport.loseConnection()
             return
@@ -247,11 +247,7 @@ class _BackendFactory(Factory):
 _FACTORY = _BackendFactory()
 
 
-def _printable(line: bytes) -> str:
-    return line[:200].decode("ascii", "replace").encode("unicode_escape").decode("ascii")
-
-
-class BackendIMAPSession:
+class BackendIMAPSession(BackendSession):
     """
     An authenticated backend connection: the avatar of a gateway login.
 
@@ -264,14 +260,9 @@ class BackendIMAPSession:
     def __init__(
         self, protocol: BackendIMAPProtocol, capabilities: list[bytes], username: str, backend: Backend
     ) -> None:
-        self.protocol = protocol
+        super().__init__(protocol, username)
         self.capabilities = capabilities
-        self.username = username
         self.backend = backend
-
-    @property
-    def transport(self) -> Any:
-        return self.protocol.transport
 
     def append(self, message: bytes, mailbox: bytes = b"INBOX") -> defer.Deferred[Reply]:
         """
@@ -281,14 +272,6 @@ class BackendIMAPSession:
         return self.backend.guard(
             self.protocol.command(b"APPEND " + mailbox + b" {%d}" % (len(message),), message)
         )
-
-    def close(self) -> None:
-        """
-        End the backend session (the client has gone, or was refused).
-        """
-        transport = self.protocol.transport
-        if transport is not None and not self.protocol.closed.called:
-            transport.loseConnection()
 
 
 def _originating(peer: Any, host: Any) -> bytes:
@@ -325,7 +308,7 @@ def _loginCommand(capabilities: list[bytes], username: bytes, password: bytes) -
 
 def _check(reply: Reply, what: str) -> Reply:
     if reply.status != b"OK":
-        raise BackendUnavailable(f"backend answered {what} with {_printable(reply.status + b' ' + reply.text)}")
+        raise BackendUnavailable(f"backend answered {what} with {printable(reply.status + b' ' + reply.text)}")
     return reply
 
 

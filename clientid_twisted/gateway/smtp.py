@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_gateway_smtp -*-
+# -*- test-case-name: tests.test_gateway_smtp_relay,tests.test_gateway_smtp -*-
 """
 The SMTP submission gateway: our submission front (L{SubmissionESMTP}:
 EHLO, STARTTLS, CLIENTID, AUTH PLAIN/LOGIN, limits, logging) until AUTH

@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from clientid_twisted.gateway.backend import Backend, BackendUnavailable
+from clientid_twisted.gateway.backend import Backend, BackendSession, BackendUnavailable, printable
 
 __all__ = [
     "BackendSMTPProtocol",
@@ -192,44 +192,25 @@ class _BackendFactory(Factory):
 _FACTORY = _BackendFactory()
 
 
-class BackendSMTPSession:
+class BackendSMTPSession(BackendSession):
     """
     A backend connection logged in as the user: the avatar of a gateway
     AUTH.
 
-    @ivar protocol: The connection.
+    @ivar protocol: The connection (L{BackendSMTPProtocol}).
     @ivar extensions: The backend's EHLO extensions after the login.
-    @ivar username: The account it is logged in as.
     """
 
     def __init__(
         self, protocol: BackendSMTPProtocol, extensions: dict[bytes, list[bytes]], username: str
     ) -> None:
-        self.protocol = protocol
+        super().__init__(protocol, username)
         self.extensions = extensions
-        self.username = username
-
-    @property
-    def transport(self) -> Any:
-        return self.protocol.transport
-
-    def close(self) -> None:
-        """
-        End the backend session (the client has gone, or was refused).
-        """
-        transport = self.protocol.transport
-        if transport is not None and not self.protocol.closed.called:
-            transport.loseConnection()
-
-
-def _printable(reply: Reply) -> str:
-    text = reply.raw[:200].decode("ascii", "replace")
-    return text.encode("unicode_escape").decode("ascii")
 
 
 def _expect(reply: Reply, code: int, what: str) -> Reply:
     if reply.code != code:
-        raise BackendUnavailable(f"backend answered {what} with {_printable(reply)}")
+        raise BackendUnavailable(f"backend answered {what} with {printable(reply.raw)}")
     return reply
 
 
