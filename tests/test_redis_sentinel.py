@@ -169,6 +169,63 @@ class DiscoveryTests(SentinelTestCase):
             group.replica.reply("HGET", f"{self.prefix}devices:a", "d"),
         )
 
+    @defer.inlineCallbacks
+    def test_demotedMaster(self) -> Any:
+        """
+        A failover that demotes a master still running (C{SENTINEL
+        FAILOVER}): the store leaves it (Sentinel closes its clients, a
+        write it refuses with C{READONLY} drops the connection) and
+        writes to the promoted replica.
+        """
+        group = self.group()
+        store = self.open(group.url(f"prefix={self.prefix}", "timeout=0.5"))
+        yield store.identityKey(b"k" * 32)
+        yield store.setDeviceState("a", "before", "UUID", "f", APPROVED, None)
+        oldPort = group.master.port
+        group.sentinels[0].reply("SENTINEL", "FAILOVER", SentinelServer.MASTER)
+        deadline = time.monotonic() + 30
+        # Until the old master is a replica: before that, Sentinel names
+        # the new master while the old one still takes writes (Redis
+        # replicates asynchronously; what it takes then is lost, which is
+        # why admin writes WAIT for a replica).
+        while group.sentinels[0].masterPort() == oldPort or group.master.reply("ROLE")[0] != b"slave":
+            self.assertLess(time.monotonic(), deadline, "no failover")
+            yield deferLater(reactor, 0.1, lambda: None)
+        while True:
+            try:
+                yield store.setDeviceState("a", "after", "UUID", "f", APPROVED, None)
+                break
+            except StoreError:
+                self.assertLess(time.monotonic(), deadline, "the store did not follow")
+                yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(group.replica.reply("ROLE")[0], b"master")
+        self.assertIsNotNone(group.replica.reply("HGET", f"{self.prefix}devices:a", "after"))
+        devices = yield store.listDevices("a")
+        self.assertEqual(sorted(d.digest for d in devices), ["after", "before"])
+
+    def test_readOnlyDropsTheConnection(self) -> None:
+        """
+        A write refused with C{READONLY} (the server is a replica now) is
+        the store's temporary failure, and drops the connection so the
+        next one goes to the master.
+        """
+        dropped: list[str] = []
+        store = RedisStore.__new__(RedisStore)
+        store._where = "redis+sentinel://127.0.0.1:26379/m"
+        store._connection = type("Connection", (), {"dropConnection": dropped.append})()
+        from twisted.python.failure import Failure
+
+        from clientid_twisted.store.resp import ReplyError
+
+        result = store._replyError(
+            Failure(ReplyError("READONLY You can't write against a read only replica."))
+        )
+        self.assertTrue(result.check(StoreError))
+        self.assertEqual(len(dropped), 1)
+        self.assertIn("no longer the master", dropped[0])
+        store._replyError(Failure(ReplyError("ERR other")))
+        self.assertEqual(len(dropped), 1)
+
     def test_replicaIsNotTheMaster(self) -> None:
         """
         A server a Sentinel names that answers C{ROLE} as a replica is not
