@@ -11,7 +11,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.server.tap import DEFAULT_LISTENERS, Options, makeService
+from clientid_twisted.server.tap import DEFAULT_LISTENERS, OptionError, Options, makeService
 from clientid_twisted.server.tls import selfSignedCertificate
 
 
@@ -45,9 +45,21 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["imaps"], [])
 
     def test_invalidEndpoint(self) -> None:
-        error = self.assertRaises(usage.UsageError, self.parse, "--imap", "tcp:notaport")
-        self.assertIn("--imap", str(error))
-        self.assertRaises(usage.UsageError, self.parse, "--smtps", "bogus:1")
+        """
+        A bad endpoint is one line naming the option (an L{OptionError},
+        which twistd does not follow with its whole usage text).
+        """
+        error = self.assertRaises(OptionError, self.parse, "--imap", "tcp:notaport")
+        self.assertTrue(str(error).startswith("clientid-mail: --imap: invalid endpoint 'tcp:notaport'"), error)
+        self.assertNotIn("\n", str(error))
+        self.assertNotIsInstance(error, usage.UsageError)
+        self.assertRaises(OptionError, self.parse, "--smtps", "bogus:1")
+        self.assertRaises(OptionError, self.parse, "--metrics", "bogus:1")
+
+    def test_storeHelpNamesRedis(self) -> None:
+        help_ = str(Options())
+        for scheme in ("sqlite:", "redis://", "rediss://", "redis+sentinel://", "memory:"):
+            self.assertIn(scheme, help_)
 
     def test_certificateNeedsKey(self) -> None:
         self.assertRaises(usage.UsageError, self.parse, "--certificate", "c.pem")

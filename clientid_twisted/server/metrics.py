@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 from zope.interface import implementer
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -33,6 +33,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from clientid_twisted.server.listening import listener as makeListener
 from clientid_twisted.interfaces import IClientIDStore
 
 __all__ = ["ServerMetrics", "CountingStore", "MetricsResource", "metricsService"]
@@ -294,7 +295,7 @@ def metricsService(
     top = service.MultiService()
     top.setName("metrics")
     _ObserverService(metrics, publisher if publisher is not None else globalLogPublisher).setServiceParent(top)
-    listener = strports.service(description, site)
+    listener = makeListener(description, site)
     listener.setName(f"metrics {description}")
     listener.setServiceParent(top)
     return top

@@ -13,13 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-__all__ = ["Options", "makeService", "DEFAULT_LISTENERS"]
+from clientid_twisted.server.listening import handOver, targetOwner
+
+__all__ = ["Options", "OptionError", "makeService", "DEFAULT_LISTENERS"]
 
 _log = Logger()
 
@@ -34,6 +36,17 @@ only, unprivileged ports."""
 
 DEFAULT_WEB_LISTENER = "tcp:8443:interface=127.0.0.1"
 """Where the self-service site listens when no listener option is given."""
+
+class OptionError(SystemExit):
+    """
+    A bad option value (an endpoint string), reported in one line: twistd
+    prints its whole usage text before a L{usage.UsageError}, which buries
+    the one line that matters.
+    """
+
+    def __init__(self, message: str) -> None:
+        SystemExit.__init__(self, f"clientid-mail: {message}")
+
 
 class _ValidatingReactor:
     """
@@ -61,7 +74,7 @@ class Options(usage.Options):
         ["certificate", None, None, "PEM certificate (chain) for TLS [default: a self-signed one in DATA_DIR/tls]."],
         ["private-key", None, None, "PEM private key matching --certificate."],
         ["hostname", None, None, "Name the server greets with [default: [server] hostname, else localhost]."],
-        ["store", None, None, "CLIENTID device store URL: sqlite:///path, sqlite:relative, memory: [default: DATA_DIR/clientid.sqlite3]."],
+        ["store", None, None, "CLIENTID device store URL: sqlite:///path, sqlite:relative, redis://[:password@]host:port/db, rediss://... (TLS), redis+sentinel://... (docs/frontends.md), memory: [default: [store] url, else DATA_DIR/clientid.sqlite3]."],
     ]
 
     def __init__(self) -> None:
@@ -77,7 +90,7 @@ class Options(usage.Options):
         try:
             endpoints.serverFromString(_ValidatingReactor(), description)
         except (ValueError, TypeError, KeyError) as e:
-            raise usage.UsageError(f"--{name}: invalid endpoint {description!r}: {e}")
+            raise OptionError(f"--{name}: invalid endpoint {description!r}: {e}")
         self[name].append(description)
 
     def opt_smtp(self, description: str) -> None:
@@ -106,7 +119,7 @@ class Options(usage.Options):
         try:
             endpoints.serverFromString(_ValidatingReactor(), self["metrics"])
         except (ValueError, TypeError, KeyError) as e:
-            raise usage.UsageError(f"--metrics: invalid endpoint {description!r}: {e}")
+            raise OptionError(f"--metrics: invalid endpoint {description!r}: {e}")
 
     def _setBackend(self, name: str, description: str) -> None:
         from clientid_twisted.gateway.config import parseBackendAddress
@@ -114,7 +127,7 @@ class Options(usage.Options):
         try:
             parseBackendAddress(description)
         except ValueError as e:
-            raise usage.UsageError(f"--{name}: invalid endpoint: {e}")
+            raise OptionError(f"--{name}: invalid endpoint: {e}")
         self[name] = description
 
     def opt_imap_backend(self, description: str) -> None:
@@ -172,6 +185,15 @@ def makeService(options: Options) -> service.MultiService:
         # An operator's mistake (a bad config, an unreadable file): say so
         # and stop, without a traceback.
         raise SystemExit(f"clientid-mail: {e}")
+    owner = targetOwner(options)
+    if owner is not None:
+        # twistd --uid/--gid: what start-up made as root goes to the user
+        # the server is about to become (docs/running.md).
+        handOver(_ownedPaths(server.dataDir, options["store"]), *owner)
+        _log.info(
+            "data directory {dataDir} given to uid {uid} gid {gid}",
+            dataDir=str(server.dataDir), uid=owner[0], gid=owner[1],
+        )
     top = service.MultiService()
     # First in, last out: the store closes (committing queued writes) after
     # every listener and session has stopped.
@@ -205,6 +227,20 @@ def makeService(options: Options) -> service.MultiService:
     return top
 
 
+def _ownedPaths(dataDir: Path, storeURL: str | None) -> list[Path]:
+    """
+    The data directory, and a SQLite store named outside it (with its
+    journal files).
+    """
+    paths = [dataDir]
+    if storeURL and storeURL.startswith("sqlite:"):
+        from clientid_twisted.store import sqlitePath
+
+        store = sqlitePath(storeURL, dataDir)
+        paths += [store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")]
+    return paths
+
+
 def loopbackEndpoint(description: str) -> str:
     """
     A TCP endpoint on loopback unless it names an interface: C{"9108"} and
@@ -220,7 +256,9 @@ def loopbackEndpoint(description: str) -> str:
 
 
 def _listen(parent: service.MultiService, description: str, factory: Any, name: str) -> None:
-    listener = strports.service(description, factory)
+    from clientid_twisted.server.listening import listener as makeListener
+
+    listener = makeListener(description, factory)
     listener.setName(f"{name} {description}")
     listener.setServiceParent(parent)
     _log.info("{protocol} listening on {endpoint}", protocol=name, endpoint=description)

@@ -35,6 +35,7 @@ __all__ = [
     "storeScheme",
     "StoreError",
     "StoreMissing",
+    "sqlitePath",
     "MemoryStore",
     "SQLiteStore",
     "STORE_FILE",
@@ -107,7 +108,11 @@ def openStore(
     return opener(url, dataDir, reactor=reactor, clock=clock, blocking=blocking, create=create)
 
 
-def _sqlitePath(url: str | None, dataDir: Path | None) -> Path:
+def sqlitePath(url: str | None, dataDir: Path | None) -> Path:
+    """
+    The file a SQLite store URL names (relative ones, and none, under
+    C{dataDir}).
+    """
     base = Path(dataDir) if dataDir is not None else Path(".")
     if not url:
         return base / STORE_FILE
@@ -136,7 +141,7 @@ def _openSQLite(
     blocking: bool = False,
     create: bool = True,
 ) -> IClientIDStore:
-    path = _sqlitePath(url, dataDir)
+    path = sqlitePath(url, dataDir)
     if create and not path.exists() and not path.parent.is_dir():
         # A URL naming a missing directory is a typo to report (the server
         # and clientid-admin alike), not a tree to create; the data
