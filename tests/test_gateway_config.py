@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from clientid_twisted.gateway.config import (
@@ -16,7 +15,7 @@ from clientid_twisted.gateway.config import (
     parseGatewayConfig,
 )
 from clientid_twisted.server.config import ConfigError
-from clientid_twisted.server.tap import Options
+from clientid_twisted.server.tap import OptionError, Options
 
 
 class BackendAddressTests(SynchronousTestCase):
@@ -140,9 +139,9 @@ class BackendOptionsTests(SynchronousTestCase):
         self.assertEqual(options["smtp-backend"], "tls:mx:465")
 
     def test_invalid(self) -> None:
-        error = self.assertRaises(usage.UsageError, self.parse, "--imap-backend", "tcp:1")
+        error = self.assertRaises(OptionError, self.parse, "--imap-backend", "tcp:1")
         self.assertIn("--imap-backend", str(error))
-        error = self.assertRaises(usage.UsageError, self.parse, "--smtp-backend", "unix:/x")
+        error = self.assertRaises(OptionError, self.parse, "--smtp-backend", "unix:/x")
         self.assertIn("--smtp-backend", str(error))
 
     def test_assemblyMergesOptionsOverFile(self) -> None:

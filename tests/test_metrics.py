@@ -19,12 +19,11 @@ from zope.interface.verify import verifyObject
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.server.metrics import CountingStore, ServerMetrics
-from clientid_twisted.server.tap import Options, loopbackEndpoint, makeService
+from clientid_twisted.server.tap import OptionError, Options, loopbackEndpoint, makeService
 from clientid_twisted.server.users import UserDatabase
 from clientid_twisted.store.errors import StoreError
 from clientid_twisted.store.records import Bump, OutcomeRecord, StateQuery
@@ -148,7 +147,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(loopbackEndpoint("unix:/run/m.sock"), "unix:/run/m.sock")
 
     def test_invalid(self) -> None:
-        self.assertRaises(usage.UsageError, Options().parseOptions, ["--metrics", "nonsense:1"])
+        self.assertRaises(OptionError, Options().parseOptions, ["--metrics", "nonsense:1"])
 
 
 class ScrapeTests(TestCase):

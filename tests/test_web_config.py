@@ -63,6 +63,6 @@ class WebOptionTests(SynchronousTestCase):
         self.assertEqual(options["web"], ["tcp:9443:interface=127.0.0.1"])
 
     def test_invalid(self) -> None:
-        from twisted.python.usage import UsageError
+        from clientid_twisted.server.tap import OptionError
 
-        self.assertRaises(UsageError, self.options, "--web", "nonsense:1")
+        self.assertRaises(OptionError, self.options, "--web", "nonsense:1")
