@@ -46,6 +46,7 @@ from twisted.mail import imap4, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from clientid_twisted.policy.checker import ClientIDChecker
+from clientid_twisted.policy.manage import resultOf
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.server.delivery import MailRealm
 from clientid_twisted.server.net import setNoDelay
@@ -175,9 +176,11 @@ def buildFactory(
     """
     if stack == "gateway":
         # The runnable server's IMAP gateway, exactly as twistd builds it.
-        server = assembleServer(dataDir, hostname="bench.test", imapBackend=imapBackend)
+        server = resultOf(
+            assembleServer(dataDir, hostname="bench.test", imapBackend=imapBackend)
+        )
         return server.imapFactory, server
-    server = assembleServer(dataDir, hostname="bench.test")
+    server = resultOf(assembleServer(dataDir, hostname="bench.test"))
     for user in USERS:
         if not server.users.exists(user):
             server.users.addUser(user, PASSWORD)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests -*-
+# -*- test-case-name: tests.test_layering -*-
 """
 CLIENTID for Twisted's SMTP and IMAP servers.
 
@@ -6,53 +6,88 @@ A client presents a device identity over TLS before it logs in; the server
 hands it to C{twisted.cred} with the credentials, so a checker can refuse a
 right password from a device the account never approved.
 
-Public names are importable from this package; see the modules for details.
+Public names are importable from this package; they load on first use
+(PEP 562), because C{twisted.mail.smtp} installs the default reactor when it
+is imported, and importing this package (as the twistd and cred dropins do)
+must not pick a reactor before C{twistd --reactor} has.
 """
 
-from clientid_twisted.cred import ClientIdentifiedCredentials, identifyCredentials
-from clientid_twisted.errors import TemporaryAuthenticationFailure
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import (
-    ClientIdentity,
-    MalformedClientID,
-    parseClientIDArguments,
-)
-from clientid_twisted.interfaces import IClientIdentifiedCredentials
-from clientid_twisted.smtp import (
-    ClientIDESMTP,
-    ClientIDESMTPFactory,
-    ClientIDESMTPMixin,
-    ClientIDESMTPSender,
-    ClientIDESMTPSenderFactory,
-)
-from clientid_twisted.imap import (
-    ClientIDIMAP4Client,
-    ClientIDIMAP4Factory,
-    ClientIDIMAP4Server,
-    ClientIDIMAP4ServerMixin,
-    loginWithClientID,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from clientid_twisted.lazyexports import lazyExports
 
 from clientid_twisted._version import __version__
 
+_PUBLIC = {
+    "ClientIdentity": "clientid_twisted.identity",
+    "MalformedClientID": "clientid_twisted.identity",
+    "parseClientIDArguments": "clientid_twisted.identity",
+    "IdentityHasher": "clientid_twisted.fingerprint",
+    "IClientIdentifiedCredentials": "clientid_twisted.interfaces",
+    "ClientIdentifiedCredentials": "clientid_twisted.cred",
+    "identifyCredentials": "clientid_twisted.cred",
+    "TemporaryAuthenticationFailure": "clientid_twisted.errors",
+    "ClientIDESMTPMixin": "clientid_twisted.smtp",
+    "ClientIDESMTP": "clientid_twisted.smtp",
+    "ClientIDESMTPFactory": "clientid_twisted.smtp",
+    "ClientIDESMTPSender": "clientid_twisted.smtp",
+    "ClientIDESMTPSenderFactory": "clientid_twisted.smtp",
+    "ClientIDIMAP4ServerMixin": "clientid_twisted.imap",
+    "ClientIDIMAP4Server": "clientid_twisted.imap",
+    "ClientIDIMAP4Factory": "clientid_twisted.imap",
+    "ClientIDIMAP4Client": "clientid_twisted.imap",
+    "loginWithClientID": "clientid_twisted.imap",
+}
+
 __all__ = [
-    "ClientIdentity",
-    "MalformedClientID",
-    "parseClientIDArguments",
-    "IdentityHasher",
-    "IClientIdentifiedCredentials",
-    "ClientIdentifiedCredentials",
-    "identifyCredentials",
-    "TemporaryAuthenticationFailure",
-    "ClientIDESMTPMixin",
     "ClientIDESMTP",
     "ClientIDESMTPFactory",
+    "ClientIDESMTPMixin",
     "ClientIDESMTPSender",
     "ClientIDESMTPSenderFactory",
-    "ClientIDIMAP4ServerMixin",
-    "ClientIDIMAP4Server",
-    "ClientIDIMAP4Factory",
     "ClientIDIMAP4Client",
+    "ClientIDIMAP4Factory",
+    "ClientIDIMAP4Server",
+    "ClientIDIMAP4ServerMixin",
+    "ClientIdentifiedCredentials",
+    "ClientIdentity",
+    "IClientIdentifiedCredentials",
+    "IdentityHasher",
+    "MalformedClientID",
+    "TemporaryAuthenticationFailure",
+    "identifyCredentials",
     "loginWithClientID",
+    "parseClientIDArguments",
     "__version__",
 ]
+
+
+__getattr__, __dir__ = lazyExports(__name__, _PUBLIC)
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from clientid_twisted.cred import ClientIdentifiedCredentials, identifyCredentials
+    from clientid_twisted.errors import TemporaryAuthenticationFailure
+    from clientid_twisted.fingerprint import IdentityHasher
+    from clientid_twisted.identity import (
+        ClientIdentity,
+        MalformedClientID,
+        parseClientIDArguments,
+    )
+    from clientid_twisted.imap import (
+        ClientIDIMAP4Client,
+        ClientIDIMAP4Factory,
+        ClientIDIMAP4Server,
+        ClientIDIMAP4ServerMixin,
+        loginWithClientID,
+    )
+    from clientid_twisted.interfaces import IClientIdentifiedCredentials
+    from clientid_twisted.smtp import (
+        ClientIDESMTP,
+        ClientIDESMTPFactory,
+        ClientIDESMTPMixin,
+        ClientIDESMTPSender,
+        ClientIDESMTPSenderFactory,
+    )

@@ -53,12 +53,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from clientid_twisted._version import __version__
-from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.policy.decision import accountName
 from clientid_twisted.policy.manage import DeviceManager, DeviceView, resultOf
 from clientid_twisted.server.config import checkConfig, configPath, getTable, loadConfig
-from clientid_twisted.server.secret import KEY_FILE, loadOrCreateKey
+from clientid_twisted.keyfile import KEY_FILE
 from clientid_twisted.store import StoreError, StoreMissing, openStore, storeScheme
 from clientid_twisted.server.users import (
     ALIASES_FILE,
@@ -368,7 +367,7 @@ def _manager(context: _Context, create: bool = False) -> DeviceManager:
 
     @param create: Whether a missing store may be made (only C{init}).
     """
-    from clientid_twisted.policy.setup import configuredKey
+    from clientid_twisted.policy.builder import resolveIdentityHasher
     from clientid_twisted.policy.config import parsePolicyConfig
 
     arguments = context.arguments
@@ -388,13 +387,11 @@ def _manager(context: _Context, create: bool = False) -> DeviceManager:
     except StoreMissing as e:
         raise UsageError(f"{e} (the server's first start, or 'clientid-admin init', makes it)") from None
     context.closeLater(store.close)
-    key = configuredKey(settings, dataDir)
-    if key is None:
-        candidate = None
-        if dataDir is not None:
-            candidate = loadOrCreateKey(dataDir / KEY_FILE)
-        key = resultOf(store.identityKey(candidate))
-    return DeviceManager(store, IdentityHasher(key))
+    # The servers' rule (one owner of the key): configured key, else the
+    # store's, else the data directory's clientid.key for a local store.
+    keyFile = dataDir / KEY_FILE if dataDir is not None else None
+    hasher = resultOf(resolveIdentityHasher(store, url, settings, dataDir, keyFile))
+    return DeviceManager(store, hasher)
 
 
 def _account(context: _Context, address: str) -> str:

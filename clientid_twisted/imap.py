@@ -849,7 +849,10 @@ class ClientIDIMAP4Factory(ServerFactory):
     @ivar challengers: SASL mechanisms by name.  PLAIN and LOGIN by default:
         CRAM-MD5 would need passwords stored in clear on the server.
     @ivar clientIDEnabled: Passed to each protocol.
-    @ivar identityHasher: Passed to each protocol.
+    @ivar identityHasher: Passed to each protocol: the hasher the device
+        policy uses (L{clientid_twisted.policy.builder.Authentication.hasher}),
+        so the protocol log's fingerprints are the policy's; a random one
+        when none is given.
     @ivar identityLogPolicy: Passed to each protocol: which types its log
         lines may show (the policy's C{system-log} handling flag).
     @ivar timeOut: The not-authenticated idle timeout, or L{None} for
@@ -866,14 +869,21 @@ class ClientIDIMAP4Factory(ServerFactory):
     timeOut: int | None = None
     scheduler: Any = None
 
-    def __init__(self, portal: Any = None, context: Any = None) -> None:
+    def __init__(
+        self,
+        portal: Any = None,
+        context: Any = None,
+        identityHasher: IdentityHasher | None = None,
+    ) -> None:
         self.portal = portal
         self.context = context
         self.challengers: dict[bytes, Any] = {
             b"PLAIN": imap4.PLAINCredentials,
             b"LOGIN": imap4.LOGINCredentials,
         }
-        if self.identityHasher is None:
+        if identityHasher is not None:
+            self.identityHasher = identityHasher
+        elif self.identityHasher is None:
             self.identityHasher = IdentityHasher.ephemeral()
 
     def buildProtocol(self, addr: Any) -> Any:

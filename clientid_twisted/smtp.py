@@ -444,7 +444,10 @@ class ClientIDESMTPFactory(smtp.SMTPFactory):
     @ivar challengers: SASL mechanisms by name.  PLAIN and LOGIN by default:
         CRAM-MD5 would need passwords stored in clear on the server.
     @ivar clientIDEnabled: Passed to each protocol.
-    @ivar identityHasher: Passed to each protocol.
+    @ivar identityHasher: Passed to each protocol: the hasher the device
+        policy uses (L{clientid_twisted.policy.builder.Authentication.hasher}),
+        so the protocol log's fingerprints are the policy's; a random one
+        when none is given.
     @ivar identityLogPolicy: Passed to each protocol: which types its log
         lines may show (the policy's C{system-log} handling flag).
     """
@@ -455,14 +458,21 @@ class ClientIDESMTPFactory(smtp.SMTPFactory):
     identityHasher: IdentityHasher | None = None
     identityLogPolicy: Callable[[str], bool] | None = None
 
-    def __init__(self, portal: Any = None, context: Any = None) -> None:
+    def __init__(
+        self,
+        portal: Any = None,
+        context: Any = None,
+        identityHasher: IdentityHasher | None = None,
+    ) -> None:
         smtp.SMTPFactory.__init__(self, portal)
         self.context = context
         self.challengers = {
             b"PLAIN": PLAINCredentials,
             b"LOGIN": smtp.LOGINCredentials,
         }
-        if self.identityHasher is None:
+        if identityHasher is not None:
+            self.identityHasher = identityHasher
+        elif self.identityHasher is None:
             self.identityHasher = IdentityHasher.ephemeral()
 
     def buildProtocol(self, addr: Any) -> Any:

@@ -25,7 +25,7 @@ from twisted.internet.testing import StringTransport
 
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
 from clientid_twisted.policy.decision import Attempt, Decision, Verdict
-from clientid_twisted.server.tls import ServerCertificate, selfSignedCertificate
+from clientid_twisted.certificate import ServerCertificate, selfSignedCertificate
 from clientid_twisted.store.memory import MemoryStore
 
 __all__ = [

@@ -25,7 +25,7 @@ and run the server with this directory importable::
     PYTHONPATH=examples twistd -n clientid-mail --data-dir DIR --config clientid.toml
 
 The factory is called with one
-L{clientid_twisted.policy.setup.PolicyFactoryContext} (the parsed
+L{clientid_twisted.policy.builder.PolicyFactoryContext} (the parsed
 configuration, the whole TOML, the store, the hasher, the alert observers,
 the clock, the data directory and the built-in policy) and returns an
 L{IClientIDPolicy}.
@@ -58,7 +58,7 @@ from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
 from clientid_twisted.policy.alerts import Alert, notifyAll
 from clientid_twisted.policy.decision import Attempt, Decision, Verdict
-from clientid_twisted.policy.setup import PolicyFactoryContext
+from clientid_twisted.policy.builder import PolicyFactoryContext
 
 DEFAULT_PORT = 3587
 ACCOUNT = "alice@example.test"

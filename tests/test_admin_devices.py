@@ -19,7 +19,7 @@ from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.policy import keys
 from clientid_twisted.policy.manage import DeviceManager, ManagementError, resultOf
-from clientid_twisted.server.secret import loadOrCreateKey
+from clientid_twisted.keyfile import loadOrCreateKey
 from clientid_twisted.server.users import UserDatabase, usersPath
 from clientid_twisted.store.records import APPROVED, PENDING, DeviceUpdate, Event, OutcomeRecord
 from clientid_twisted.store.sqlite import SQLiteStore

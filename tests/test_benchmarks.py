@@ -163,7 +163,9 @@ class SessionStackTests(SynchronousTestCase):
     def server(self) -> Any:
         from clientid_twisted.server.assembly import assembleServer
 
-        return assembleServer(Path(self.mktemp()), hostname="bench.test", storeURL="memory:")
+        return self.successResultOf(
+            assembleServer(Path(self.mktemp()), hostname="bench.test", storeURL="memory:")
+        )
 
     def test_barePasswordCheckerOnly(self) -> None:
         """

@@ -321,6 +321,6 @@ class StaleTemporaryFileTests(SynchronousTestCase):
         stale.parent.mkdir(parents=True)
         stale.write_bytes(b"x")
         os.utime(stale, (1, 1))
-        server = assembleServer(dataDir, hostname="mail.example.test")
+        server = self.successResultOf(assembleServer(dataDir, hostname="mail.example.test"))
         self.addCleanup(server.authentication.store.close)
         self.assertFalse(stale.exists())

@@ -23,7 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from clientid_twisted.policy.config import ConfigError
 from clientid_twisted.policy.decision import Verdict
-from clientid_twisted.policy.setup import PolicyFactoryContext
+from clientid_twisted.policy.builder import PolicyFactoryContext
+from clientid_twisted.policy.manage import resultOf
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.testing import ConnectionTracker, RecordingPolicy
 
@@ -144,7 +145,8 @@ class CustomPolicyServerTests(TestCase):
             f'[policy]\ncustom = "{custom}"\n'
             "[alerts]\nmail_account = false\n"
         )
-        return assembleServer(dataDir, hostname="localhost", storeURL="memory:")
+        # A local store: ready at once, or failed at once.
+        return resultOf(assembleServer(dataDir, hostname="localhost", storeURL="memory:"))
 
     def test_customPolicyDecides(self) -> Any:
         del FACTORY_CALLS[:]

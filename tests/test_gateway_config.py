@@ -153,7 +153,9 @@ class BackendOptionsTests(SynchronousTestCase):
             '[gateway]\nimap_backend = "tcp:host=127.0.0.1:port=1"\n'
             'smtp_backend = "tcp:host=127.0.0.1:port=2"\nbackend_timeout_seconds = 3\n'
         )
-        server = assembleServer(dataDir, imapBackend="tcp:host=127.0.0.1:port=9")
+        server = self.successResultOf(
+            assembleServer(dataDir, imapBackend="tcp:host=127.0.0.1:port=9")
+        )
         self.addCleanup(server.authentication.service.store.close)
         assert server.gateway.imapBackend is not None and server.gateway.smtpBackend is not None
         self.assertEqual(server.gateway.imapBackend.description, "tcp:host=127.0.0.1:port=9")

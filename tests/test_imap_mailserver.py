@@ -280,7 +280,9 @@ class EndToEndTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.server = assembleServer(Path(self.mktemp()), hostname="mail.example.test")
+        self.server = self.successResultOf(
+            assembleServer(Path(self.mktemp()), hostname="mail.example.test")
+        )
         self.addCleanup(self.server.authentication.store.close)
         self.server.users.addUser("alice@example.test", "alice password")
         self.server.users.addUser("bob@example.test", "bob password")

@@ -149,7 +149,7 @@ class WiringTests(SynchronousTestCase):
         dataDir = Path(self.mktemp())
         dataDir.mkdir()
         (dataDir / "clientid.toml").write_text("[server]\nmax_errors_per_session = 7\n")
-        server = assembleServer(dataDir)
+        server = self.successResultOf(assembleServer(dataDir))
         self.addCleanup(server.authentication.store.close)
         self.assertEqual(server.limits.maxErrorsPerSession, 7)
         self.assertIs(server.smtpFactory.limits, server.limits)

@@ -22,7 +22,7 @@ from twisted.web.iweb import IAgent
 
 from clientid_twisted.interfaces import IAlertObserver
 from clientid_twisted.policy.alerts import Alert, LogAlertObserver, notifyAll
-from clientid_twisted.policy.mailnotice import MailboxAlertObserver
+from clientid_twisted.server.mailnotice import MailboxAlertObserver
 from clientid_twisted.policy.webhook import WebhookAlertObserver
 from clientid_twisted.server.users import UserDatabase, usersPath
 from clientid_twisted.store.records import Event
@@ -251,14 +251,17 @@ class MailboxAlertObserverTests(SynchronousTestCase):
         The server's observer takes [alerts] notice_interval_seconds and
         notice_failures.
         """
-        from clientid_twisted.policy.setup import buildAuthentication
+        from clientid_twisted.policy.builder import buildAuthentication
+        from clientid_twisted.server.assembly import mailboxNotices
         from clientid_twisted.server.users import ScryptChecker
 
-        authentication = buildAuthentication(
+        authentication = self.successResultOf(buildAuthentication(
+            ScryptChecker(self.users),
             {"alerts": {"notice_interval_seconds": 60, "notice_failures": True}},
-            self.dataDir, "memory:", self.users, ScryptChecker(self.users), None,
-            "mail.example.test", clock=self.clock,
-        )
+            "memory:",
+            applicationObservers=mailboxNotices(self.dataDir, self.users, "mail.example.test"),
+            clock=self.clock,
+        ))
         [observer] = [
             o for o in authentication.policy.alertObservers
             if isinstance(o, MailboxAlertObserver)

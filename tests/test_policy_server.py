@@ -1,7 +1,7 @@
 """
 The device policy end to end: the server built as
 L{clientid_twisted.server.assembly} builds it, with the checker from
-L{clientid_twisted.policy.setup.buildAuthentication} in its portal, driven
+L{clientid_twisted.policy.builder.buildAuthentication} in its portal, driven
 over real TLS on loopback by Python's C{smtplib} and C{imaplib}, and
 managed with C{clientid-admin} (its C{main}).
 """
@@ -31,10 +31,11 @@ from twisted.web import resource, server
 from clientid_twisted.admin import main as admin
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.policy.setup import buildAuthentication
+from clientid_twisted.keyfile import KEY_FILE
+from clientid_twisted.policy.builder import Authentication, buildAuthentication
 from clientid_twisted.server.delivery import MailRealm, maildirPath
 from clientid_twisted.server.imapserver import MailIMAP4Factory
-from clientid_twisted.server.secret import loadOrCreateKey
+from clientid_twisted.server.assembly import mailboxNotices
 from clientid_twisted.server.submission import SubmissionFactory
 from clientid_twisted.server.users import ScryptChecker, UserDatabase
 from clientid_twisted.store.errors import StoreError
@@ -86,30 +87,46 @@ def imapsLogin(
 class PolicyServer:
     """
     The runnable server's parts, wired like assembly.py, with the CLIENTID
-    checker in the portal, listening on loopback.
+    checker in the portal, listening on loopback once the identity key is
+    known (L{ready}: at once for a local store).
+
+    @ivar ready: Fires with this server once it listens.
+    @ivar stores: The store it opened (to close it, ready or not).
     """
+
+    auth: Authentication
+    hasher: IdentityHasher
 
     def __init__(self, test: TestCase, config: dict[str, Any]) -> None:
         self.dataDir = Path(test.mktemp())
         self.dataDir.mkdir(parents=True)
         self.certificate = throwawayCertificate()
-        tlsOptions = self.certificate.options()
-        installationHasher = IdentityHasher(loadOrCreateKey(self.dataDir / "clientid.key"))
         self.users = UserDatabase(self.dataDir / "users.json")
         for address, password in PASSWORDS.items():
             self.users.addUser(address, password)
-        self.auth = buildAuthentication(
-            config,
-            self.dataDir,
-            None,
-            self.users,
+        self.stores: list[Any] = []
+        built = buildAuthentication(
             ScryptChecker(self.users),
-            installationHasher,
-            HOSTNAME,
-            reactor,
+            config,
+            None,
+            self.dataDir / KEY_FILE,
+            dataDir=self.dataDir,
+            applicationObservers=mailboxNotices(self.dataDir, self.users, HOSTNAME),
+            reactor=reactor,
+            wrapStore=lambda store: self.stores.append(store) or store,
         )
-        test.addCleanup(self.auth.store.close)
-        self.hasher = self.auth.hasher
+        for store in self.stores:
+            test.addCleanup(store.close)
+        self.context = ssl.create_default_context(
+            cadata=self.certificate.certificatePEM.decode("ascii")
+        )
+        registerIMAPLibCommand(test, "CLIENTID")
+        self.ready: defer.Deferred[PolicyServer] = built.addCallback(self._listen, test)
+
+    def _listen(self, auth: Authentication, test: TestCase) -> PolicyServer:
+        self.auth = auth
+        self.hasher = auth.hasher
+        tlsOptions = self.certificate.options()
         realm = MailRealm(self.dataDir, self.users, HOSTNAME)
         if imap4.IAccount not in realm.avatarFactories:  # pragma: no cover
             from clientid_twisted.server.mailbox import MaildirAccount
@@ -120,11 +137,13 @@ class PolicyServer:
             )
         portal = Portal(realm, [self.auth.checker])
         limits = _quickLimits()
-        self.smtpFactory = SubmissionFactory(portal, context=tlsOptions, **limits)
+        self.smtpFactory = SubmissionFactory(
+            portal, context=tlsOptions, identityHasher=self.hasher, **limits
+        )
         self.smtpFactory.domain = HOSTNAME.encode("idna")
-        self.smtpFactory.identityHasher = self.hasher
-        self.imapFactory = MailIMAP4Factory(portal, context=tlsOptions, **limits)
-        self.imapFactory.identityHasher = self.hasher
+        self.imapFactory = MailIMAP4Factory(
+            portal, context=tlsOptions, identityHasher=self.hasher, **limits
+        )
 
         trackers = [ConnectionTracker(self.smtpFactory), ConnectionTracker(self.imapFactory)]
         smtpPort = reactor.listenTCP(0, self.smtpFactory, interface="127.0.0.1")
@@ -137,10 +156,7 @@ class PolicyServer:
             test.addCleanup(tracker.whenClosed)
         self.smtpPort = smtpPort.getHost().port
         self.imapsPort = imapsPort.getHost().port
-        self.context = ssl.create_default_context(
-            cadata=self.certificate.certificatePEM.decode("ascii")
-        )
-        registerIMAPLibCommand(test, "CLIENTID")
+        return self
 
     # -- clients (blocking: run them with deferToThread) ----------------------
 

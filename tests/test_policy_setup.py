@@ -1,6 +1,7 @@
 """
-Tests for L{clientid_twisted.policy.setup.buildAuthentication}: what the
-server's assembly gets from the configuration.
+Tests for L{clientid_twisted.policy.builder.buildAuthentication}: what
+every front (the server's assembly, the cred plugin, the gateway) gets from
+the configuration, and the one identity key.
 """
 
 from __future__ import annotations
@@ -18,14 +19,20 @@ from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.policy.alerts import LogAlertObserver
 from clientid_twisted.policy.checker import ClientIDChecker
 from clientid_twisted.policy.config import ConfigError
-from clientid_twisted.policy.mailnotice import MailboxAlertObserver
-from clientid_twisted.policy.setup import StoreService, buildAuthentication
+from clientid_twisted.keyfile import KEY_FILE
+from clientid_twisted.policy.builder import StoreService, buildAuthentication
 from clientid_twisted.policy.webhook import WebhookAlertObserver
 from clientid_twisted.server.users import ScryptChecker, UserDatabase
 from clientid_twisted.store import _SCHEMES, MemoryStore, SQLiteStore, registerStoreScheme
 from tests.policyharness import PasswordChecker
 
 INSTALLATION = IdentityHasher(b"i" * 32)
+
+
+class Notices(LogAlertObserver):
+    """
+    Stands for an application's own alert observer.
+    """
 
 
 class BuildAuthenticationTests(TestCase):
@@ -36,10 +43,22 @@ class BuildAuthenticationTests(TestCase):
 
     def build(self, config: dict[str, Any] | None = None, storeURL: str | None = None,
               hasher: IdentityHasher | None = INSTALLATION) -> Any:
-        auth = buildAuthentication(
-            config or {}, self.dataDir, storeURL, self.users, ScryptChecker(self.users),
-            hasher, "mail.example.test", reactor,
+        """
+        Build with C{hasher}'s key in the data directory's key file (none
+        for L{None}); the L{Authentication}, which must be ready at once.
+        """
+        keyFile = self.dataDir / KEY_FILE
+        if hasher is not None:
+            keyFile.write_text(binascii.hexlify(hasher.key).decode() + "\n")
+            keyFile.chmod(0o600)
+        elif keyFile.exists():
+            keyFile.unlink()
+        built = buildAuthentication(
+            ScryptChecker(self.users), config or {}, storeURL, keyFile,
+            dataDir=self.dataDir, reactor=reactor,
+            applicationObservers=lambda settings, hasher: [Notices()] if settings.alerts.mailAccount else [],
         )
+        auth = self.successResultOf(built)
         self.addCleanup(auth.store.close)
         return auth
 
@@ -52,13 +71,51 @@ class BuildAuthenticationTests(TestCase):
         self.assertIsInstance(auth.checker.innerChecker, ScryptChecker)
         self.assertEqual(auth.policy.config.devices, "learn")
         self.assertEqual(
-            [type(o) for o in auth.policy.alertObservers], [LogAlertObserver, MailboxAlertObserver]
+            [type(o) for o in auth.policy.alertObservers], [LogAlertObserver, Notices]
         )
 
     def test_newStoreAdoptsInstallationKey(self) -> None:
         auth = self.build()
         self.assertEqual(auth.hasher.key, INSTALLATION.key)
-        self.assertEqual(auth.policy.hasher, auth.hasher)
+        self.assertIs(auth.policy.hasher, auth.hasher)
+
+    def test_localStoreMakesKeyFile(self) -> None:
+        """
+        A local store with no key file yet: the file is made and the new
+        store adopts its key (fingerprints survive a lost store file).
+        """
+        auth = self.build(hasher=None)
+        key = (self.dataDir / KEY_FILE).read_text().strip()
+        self.assertEqual(auth.hasher.key, binascii.unhexlify(key))
+
+    def test_sharedStoreMakesNoKeyFile(self) -> None:
+        """
+        A shared store (any scheme but sqlite: and memory:) keeps its own
+        key: no key file is made or read into being, nothing is logged
+        about one, and the store's key is the one hasher.
+        """
+        registerStoreScheme("shared", lambda url, dataDir, **kw: MemoryStore(Clock()))
+        self.addCleanup(_SCHEMES.pop, "shared")
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        auth = self.build(storeURL="shared:", hasher=None)
+        self.assertFalse((self.dataDir / KEY_FILE).exists())
+        self.assertEqual(len(auth.hasher.key), 32)
+        self.assertIs(auth.policy.hasher, auth.hasher)
+        self.assertFalse([e for e in logged if "key" in str(e.get("log_format", ""))])
+
+    def test_sharedStoreAdoptsExistingKeyFile(self) -> None:
+        """
+        A key file that exists is offered to a new shared store (moving an
+        installation from SQLite to Redis keeps its fingerprints).
+        """
+        registerStoreScheme("shared", lambda url, dataDir, **kw: MemoryStore(Clock()))
+        self.addCleanup(_SCHEMES.pop, "shared")
+        auth = self.build(storeURL="shared:")
+        self.assertEqual(auth.hasher, INSTALLATION)
 
     @defer.inlineCallbacks
     def test_storeKeyWins(self) -> Any:
@@ -123,8 +180,9 @@ class BuildAuthenticationTests(TestCase):
 
     def test_storeAnsweringLater(self) -> None:
         """
-        A store that gives its key asynchronously (a network store): logins
-        are temporary failures until it has, then work.
+        A store that gives its key asynchronously (a network store): nothing
+        is built until it has; then the policy gets that one hasher,
+        without ever having had another.
         """
         answer: defer.Deferred[bytes] = defer.Deferred()
 
@@ -134,19 +192,34 @@ class BuildAuthenticationTests(TestCase):
 
         registerStoreScheme("slow", lambda url, dataDir, **kw: Slow(Clock()))
         self.addCleanup(_SCHEMES.pop, "slow")
-        auth = buildAuthentication(
-            {}, self.dataDir, "slow:", self.users, PasswordChecker(), INSTALLATION, "h", reactor
-        )
-        self.assertIsNone(auth.hasher)
+        built = buildAuthentication(PasswordChecker(), {}, "slow:", reactor=reactor)
+        self.assertNoResult(built)
+        answer.callback(b"s" * 32)
+        auth = self.successResultOf(built)
+        self.addCleanup(auth.store.close)
+        self.assertEqual(auth.hasher, IdentityHasher(b"s" * 32))
+        self.assertIs(auth.policy.hasher, auth.hasher)
         from tests.policyharness import PolicyHarness
 
         credentials = PolicyHarness(self).credentials()
-        from clientid_twisted.errors import TemporaryAuthenticationFailure
-
-        self.failureResultOf(auth.checker.requestAvatarId(credentials), TemporaryAuthenticationFailure)
-        answer.callback(b"s" * 32)
-        self.assertEqual(auth.policy.hasher, IdentityHasher(b"s" * 32))
         self.assertEqual(self.successResultOf(auth.checker.requestAvatarId(credentials)), b"alice@example.test")
+
+    def test_failureClosesStore(self) -> None:
+        """
+        A custom policy factory that does not make a policy: the build
+        fails and the store it opened is closed.
+        """
+        opened: list[Any] = []
+        built = buildAuthentication(
+            PasswordChecker(), {"policy": {"custom": "tests.test_policy_setup:notAPolicy"}},
+            "memory:", reactor=reactor, wrapStore=lambda store: opened.append(store) or store,
+        )
+        self.failureResultOf(built, ConfigError)
+        self.assertTrue(opened[0].closed)
+
+
+def notAPolicy(context: Any) -> object:
+    return object()
 
 
 class StoreServiceTests(SynchronousTestCase):

@@ -39,14 +39,14 @@ class TwoFrontendTests(PolicyServerTestCase):
         self.url = f"{server.url}?prefix={uniquePrefix(self)}"
         tables["store"] = {"url": self.url}
         one, two = PolicyServer(self, tables), PolicyServer(self, tables)
-        for n in range(200):
-            if one.auth.policy.hasher is not None and two.auth.policy.hasher is not None:
-                break
-            yield deferLater(reactor, 0.02, lambda: None)
-        for s in (one, two):
-            s.hasher = s.auth.policy.hasher
-        # Two installation keys, one store key: both frontends agree.
+        yield defer.gatherResults([one.ready, two.ready])
+        # One store key: both frontends agree, and neither made a key file
+        # of its own.
         self.assertEqual(one.hasher.key, two.hasher.key)
+        for s in (one, two):
+            self.assertIs(s.auth.policy.hasher, s.hasher)
+            self.assertIs(s.smtpFactory.identityHasher, s.hasher)
+            self.assertFalse((s.dataDir / "clientid.key").exists())
         return one, two
 
     def admin(self, *arguments: str) -> tuple[int, str, str]:
@@ -127,10 +127,7 @@ class TwoFrontendTests(PolicyServerTestCase):
         self.url = f"{redis.url}?timeout=0.5"
         tables = {"store": {"url": self.url}}
         one = PolicyServer(self, tables)
-        for n in range(200):
-            if one.auth.policy.hasher is not None:
-                break
-            yield deferLater(reactor, 0.02, lambda: None)
+        yield one.ready
         self.assertEqual((yield one.smtp(LAPTOP))[0], 235)
         redis.stop()
         self.assertEqual((yield one.smtp(LAPTOP)), (454, b"4.7.0 Temporary authentication failure"))

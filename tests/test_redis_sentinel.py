@@ -283,10 +283,7 @@ class FailoverTests(SentinelTestCase):
         group = self.group(sentinels=3)
         url = group.url(f"prefix={self.prefix}", "timeout=0.5")
         frontend = PolicyServer(self, {"store": {"url": url}, "policy": {"devices": "allowlist"}})
-        for n in range(400):
-            if frontend.auth.policy.hasher is not None:
-                break
-            yield deferLater(reactor, 0.02, lambda: None)
+        yield frontend.ready
         tokens = [f"device-{n:02d}-token-for-failover" for n in range(6)]
         # Approvals that clientid-admin acknowledged (each WAITed for the
         # replica) before the kill.

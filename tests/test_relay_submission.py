@@ -70,7 +70,7 @@ class RelaySubmissionTests(TestCase):
         dataDir = Path(self.mktemp())
         dataDir.mkdir(parents=True)
         (dataDir / "clientid.toml").write_text(relayConfig(dataDir, smarthostPort))
-        server = assembleServer(dataDir, hostname="mail.example.test")
+        server = self.successResultOf(assembleServer(dataDir, hostname="mail.example.test"))
         self.addCleanup(server.authentication.store.close)
         server.users.addUser("alice@example.test", PASSWORD)
         assert server.relay is not None

@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.server.secret}: the identity hashing key.
+Tests for L{clientid_twisted.keyfile}: the identity hashing key.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.server import secret
-from clientid_twisted.server.secret import KEY_LENGTH, SecretError, loadOrCreateKey
+from clientid_twisted import keyfile as secret
+from clientid_twisted.keyfile import KEY_LENGTH, SecretError, loadOrCreateKey
 
 
 class LoadOrCreateKeyTests(SynchronousTestCase):

@@ -31,7 +31,7 @@ def _server(testCase: SynchronousTestCase) -> Any:
     dataDir.mkdir(parents=True)
     # A refused login is answered at once in tests (docs/limits.md).
     (dataDir / "clientid.toml").write_text("[server]\nauth_failure_delay_seconds = 0\n")
-    server = assembleServer(dataDir, hostname="mail.example.test")
+    server = testCase.successResultOf(assembleServer(dataDir, hostname="mail.example.test"))
     testCase.addCleanup(server.authentication.store.close)
     server.users.addUser("alice@example.test", "correct horse")
     server.users.addUser("bob@example.test", "battery staple")
@@ -91,7 +91,7 @@ class SenderOwnershipWiringTests(SynchronousTestCase):
         (dataDir / "clientid.toml").write_text(
             '[users]\naliases = { "info@example.test" = "alice@example.test" }\n'
         )
-        server = assembleServer(dataDir, hostname="mail.example.test")
+        server = self.successResultOf(assembleServer(dataDir, hostname="mail.example.test"))
         self.addCleanup(server.authentication.store.close)
         senders = server.portal.realm.senders
         self.assertTrue(senders.owns("alice@example.test", "info@example.test"))
@@ -101,7 +101,7 @@ class SenderOwnershipWiringTests(SynchronousTestCase):
         dataDir = Path(self.mktemp())
         dataDir.mkdir()
         (dataDir / "clientid.toml").write_text("[server]\nsender_login_match = false\n")
-        server = assembleServer(dataDir, hostname="mail.example.test")
+        server = self.successResultOf(assembleServer(dataDir, hostname="mail.example.test"))
         self.addCleanup(server.authentication.store.close)
         self.assertIsNone(server.portal.realm.senders)
 

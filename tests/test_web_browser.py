@@ -223,7 +223,7 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         """
         from clientid_twisted.fingerprint import IdentityHasher
         from clientid_twisted.identity import ClientIdentity
-        from clientid_twisted.server.secret import loadOrCreateKey
+        from clientid_twisted.keyfile import loadOrCreateKey
 
         hasher = IdentityHasher(loadOrCreateKey(self.server.dataDir / "clientid.key"))
         return hasher.fingerprint(ClientIdentity("UUID", token))

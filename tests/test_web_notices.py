@@ -1,6 +1,6 @@
 """
 The notices' self-service links and the server's own messages
-(L{clientid_twisted.policy.mailnotice} with the site on).
+(L{clientid_twisted.server.mailnotice} with the site on).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from clientid_twisted.policy.alerts import Alert
-from clientid_twisted.policy.mailnotice import MailboxAlertObserver
+from clientid_twisted.server.mailnotice import MailboxAlertObserver
 from clientid_twisted.server.users import UserDatabase, usersPath
 from tests.test_policy_alerts import synchronously
 

@@ -37,7 +37,7 @@ from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
 from clientid_twisted.policy.checker import ClientIDChecker
 from clientid_twisted.policy.alerts import Alert
 from clientid_twisted.policy.decision import accountName
-from clientid_twisted.policy.mailnotice import LINK_KINDS, noticeLines
+from clientid_twisted.policy.notice import LINK_KINDS, noticeLines
 from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
 
 __all__ = [

@@ -6,19 +6,37 @@ identified itself as may use the password it presented.
     - L{ClientIDChecker} wraps any C{twisted.cred} checker with a policy;
     - L{DevicePolicy} holds the built-in rules, configured from
       C{clientid.toml} by L{policyFromConfig};
-    - L{buildAuthentication} puts it all together for the runnable server;
-    - alerts go to L{IAlertObserver}s: the log, the account's INBOX, a
-      webhook.
+    - L{buildAuthentication} puts store, identity key, policy and checker
+      together from the configuration, for every front;
+    - alerts go to L{IAlertObserver}s: the log, a webhook, and what the
+      application adds (the server: the account's INBOX).
+
+The names load on first use (see L{clientid_twisted.lazyexports}).
 """
 
-from clientid_twisted.policy.alerts import Alert, LogAlertObserver
-from clientid_twisted.policy.checker import ClientIDChecker, attemptFromCredentials
-from clientid_twisted.policy.config import PolicyConfig, parsePolicyConfig
-from clientid_twisted.policy.decision import Attempt, Decision, Verdict
-from clientid_twisted.policy.engine import DevicePolicy, policyFromConfig
-from clientid_twisted.policy.mailnotice import MailboxAlertObserver
-from clientid_twisted.policy.setup import Authentication, StoreService, buildAuthentication
-from clientid_twisted.policy.webhook import WebhookAlertObserver
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from clientid_twisted.lazyexports import lazyExports
+
+_PUBLIC = {
+    "Alert": "clientid_twisted.policy.alerts",
+    "LogAlertObserver": "clientid_twisted.policy.alerts",
+    "ClientIDChecker": "clientid_twisted.policy.checker",
+    "attemptFromCredentials": "clientid_twisted.policy.checker",
+    "PolicyConfig": "clientid_twisted.policy.config",
+    "parsePolicyConfig": "clientid_twisted.policy.config",
+    "Attempt": "clientid_twisted.policy.decision",
+    "Decision": "clientid_twisted.policy.decision",
+    "Verdict": "clientid_twisted.policy.decision",
+    "DevicePolicy": "clientid_twisted.policy.engine",
+    "policyFromConfig": "clientid_twisted.policy.engine",
+    "Authentication": "clientid_twisted.policy.builder",
+    "StoreService": "clientid_twisted.policy.builder",
+    "buildAuthentication": "clientid_twisted.policy.builder",
+    "WebhookAlertObserver": "clientid_twisted.policy.webhook",
+}
 
 __all__ = [
     "Alert",
@@ -28,7 +46,6 @@ __all__ = [
     "Decision",
     "DevicePolicy",
     "LogAlertObserver",
-    "MailboxAlertObserver",
     "PolicyConfig",
     "StoreService",
     "Verdict",
@@ -38,3 +55,14 @@ __all__ = [
     "parsePolicyConfig",
     "policyFromConfig",
 ]
+
+__getattr__, __dir__ = lazyExports(__name__, _PUBLIC)
+
+if TYPE_CHECKING:
+    from clientid_twisted.policy.alerts import Alert, LogAlertObserver
+    from clientid_twisted.policy.builder import Authentication, StoreService, buildAuthentication
+    from clientid_twisted.policy.checker import ClientIDChecker, attemptFromCredentials
+    from clientid_twisted.policy.config import PolicyConfig, parsePolicyConfig
+    from clientid_twisted.policy.decision import Attempt, Decision, Verdict
+    from clientid_twisted.policy.engine import DevicePolicy, policyFromConfig
+    from clientid_twisted.policy.webhook import WebhookAlertObserver

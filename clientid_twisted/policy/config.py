@@ -16,9 +16,11 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
-from clientid_twisted.server.config import ConfigError, getTable
+from clientid_twisted.configfile import ConfigError, TableChecker, getTable
 
 __all__ = [
+    "APPLICATION_TABLES",
+    "POLICY_TABLES",
     "ConfigError",
     "PolicyConfig",
     "Limits",
@@ -110,7 +112,7 @@ class PolicyConfig:
     @ivar handling: Case-folded type name to its handling flags.
     @ivar custom: C{[policy] custom}: the C{"package.module:factory"} that
         makes the policy instead of the built-in one
-        (L{clientid_twisted.policy.setup.PolicyFactoryContext}), or L{None}.
+        (L{clientid_twisted.policy.builder.PolicyFactoryContext}), or L{None}.
     """
 
     requireClientID: bool = False
@@ -221,7 +223,7 @@ def parsePolicyConfig(config: Mapping[str, Any], source: object = None) -> Polic
     """
     Check and read the policy's tables of a loaded configuration.
 
-    @param config: The top-level table (L{clientid_twisted.server.config.loadConfig}).
+    @param config: The top-level table (L{clientid_twisted.configfile.loadConfig}).
     @param source: The file, for error messages.
     @raise ConfigError: Naming the table and key of the first problem.
     """
@@ -338,3 +340,19 @@ def _handling(config: Mapping[str, Any], source: object) -> dict[str, frozenset[
             )
         handling[key] = chosen
     return handling
+
+
+def _checkPolicyTables(config: Mapping[str, Any], source: object, dataDir: Any) -> None:
+    parsePolicyConfig(config, source)
+
+
+POLICY_TABLES: dict[str, TableChecker] = {
+    name: _checkPolicyTables for name in ("policy", "limits", "types", "alerts", "store")
+}
+"""The tables of C{clientid.toml} the policy reads, with their checker
+(for L{clientid_twisted.configfile.checkTables})."""
+
+APPLICATION_TABLES = frozenset({"server", "gateway", "users", "relay", "web"})
+"""The tables the applications own (the runnable server checks them): the
+C{clientid:} cred plugin, given a server's C{clientid.toml}, leaves them
+alone and checks the policy's."""

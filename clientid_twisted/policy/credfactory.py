@@ -30,6 +30,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from twisted.python.failure import Failure
+
 from zope.interface import implementer
 
 from twisted.cred.credentials import IUsernamePassword
@@ -98,13 +100,11 @@ class ClientIDCheckerFactory:
         """
         from twisted.cred import strcred
 
-        from clientid_twisted.fingerprint import IdentityHasher
-        from clientid_twisted.policy.alerts import LogAlertObserver
+        from clientid_twisted.configfile import checkTables, loadConfig
+        from clientid_twisted.policy.awaiting import AwaitingPolicy
+        from clientid_twisted.policy.builder import Authentication, buildAuthentication
         from clientid_twisted.policy.checker import ClientIDChecker
-        from clientid_twisted.policy.config import parsePolicyConfig
-        from clientid_twisted.policy.engine import DevicePolicy
-        from clientid_twisted.server.config import checkConfig, loadConfig
-        from clientid_twisted.store import openStore
+        from clientid_twisted.policy.config import APPLICATION_TABLES, POLICY_TABLES
 
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
@@ -113,14 +113,40 @@ class ClientIDCheckerFactory:
         config: dict[str, Any] = {}
         if options.get("config"):
             config = loadConfig(Path(options["config"]), required=True)
-            checkConfig(config, options["config"])
+            # The policy's tables checked strictly (a typo must not weaken
+            # them); a server's own tables are left to the server.
+            checkTables(config, POLICY_TABLES, options["config"], unchecked=APPLICATION_TABLES)
         if options.get("mode"):
             config = dict(config)
             config["policy"] = dict(config.get("policy", {}), devices=options["mode"])
-        settings = parsePolicyConfig(config, options.get("config") or "clientid:")
-        store = openStore(options.get("store") or "memory:", Path("."), reactor)
-        policy = DevicePolicy(settings, store, None, [LogAlertObserver()], reactor)
-        key = store.identityKey(None)
-        key.addCallback(lambda key: setattr(policy, "hasher", IdentityHasher(key)))
-        reactor.addSystemEventTrigger("before", "shutdown", store.close)
-        return ClientIDChecker(inner, policy, reactor)
+        built = buildAuthentication(
+            inner,
+            config,
+            options.get("store") or "memory:",
+            dataDir=Path("."),
+            reactor=reactor,
+            configSource=options.get("config") or "clientid:",
+        )
+
+        def ready(authentication: Authentication) -> Authentication:
+            reactor.addSystemEventTrigger("before", "shutdown", authentication.store.close)
+            return authentication
+
+        built.addCallback(ready)
+        now: list[Any] = []
+
+        def seen(result: Any) -> Any:
+            now.append(result)
+            return result
+
+        built.addBoth(seen)
+        if now and isinstance(now[0], Failure):
+            built.addErrback(lambda reason: None)
+            now[0].raiseException()
+        if now:
+            return now[0].checker
+        # A store that gives its key later (Redis): logins are temporary
+        # failures until it has.
+        return ClientIDChecker(
+            inner, AwaitingPolicy(built.addCallback(lambda a: a.policy)), reactor
+        )

@@ -629,7 +629,7 @@ def policyFromConfig(
     """
     The built-in policy configured from a loaded C{clientid.toml}.
 
-    @raise clientid_twisted.server.config.ConfigError: Naming the table and
+    @raise clientid_twisted.configfile.ConfigError: Naming the table and
         key of the first problem in C{[policy]}, C{[limits]},
         C{[types.NAME]}, C{[alerts]} or C{[store]}.
     """

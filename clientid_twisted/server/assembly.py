@@ -1,33 +1,40 @@
 # -*- test-case-name: tests.test_tap -*-
 """
 Put the runnable server together from its data directory: configuration,
-certificate, installation key, users, portal and protocol factories.
+certificate, users, the device policy (with the one identity key), portal
+and protocol factories.
 
 Kept apart from the twistd options so tests and embedders can build the same
-server without a command line.
+server without a command line.  L{assembleServer} returns a
+L{Deferred <twisted.internet.defer.Deferred>}: the policy's builder
+(L{clientid_twisted.policy.builder.buildAuthentication}) resolves the
+identity key before anything is made that could listen.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from attrs import frozen
 
 from twisted.cred.portal import Portal
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.gateway.config import GatewayConfig, parseGatewayConfig
-from clientid_twisted.policy.setup import Authentication, buildAuthentication
+from clientid_twisted.keyfile import KEY_FILE
+from clientid_twisted.policy.builder import Authentication, buildAuthentication
+from clientid_twisted.policy.config import PolicyConfig
 from clientid_twisted.server.config import ConfigError, checkConfig, getTable, loadConfig
 from clientid_twisted.server.connections import ConnectionLimiter
 from clientid_twisted.server.delivery import MailRealm, removeStaleTemporaryFiles
 from clientid_twisted.server.imapserver import MailIMAP4Factory
 from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.relayconfig import RelaySettings, parseRelayConfig
-from clientid_twisted.server.secret import loadOrCreateKey
+from clientid_twisted.server.mailnotice import MailboxAlertObserver
 from clientid_twisted.server.submission import SubmissionFactory
 from clientid_twisted.server.tls import (
     ServerCertificate,
@@ -44,7 +51,7 @@ from clientid_twisted.server.users import (
     aliasesFromConfig,
 )
 
-__all__ = ["MailServer", "assembleServer"]
+__all__ = ["MailServer", "assembleServer", "mailboxNotices"]
 
 _log = Logger()
 
@@ -77,6 +84,43 @@ class MailServer:
     when C{[relay]} names a smarthost, else L{None}."""
 
 
+def mailboxNotices(
+    dataDir: Path,
+    users: UserDatabase,
+    hostname: str,
+    clock: Any = None,
+    linksFor: Callable[[IdentityHasher], Any] | None = None,
+) -> Callable[[PolicyConfig, IdentityHasher], list[MailboxAlertObserver]]:
+    """
+    The server's own alert observers for the policy builder
+    (C{applicationObservers}): notices into the account's INBOX, if
+    C{[alerts] mail_account} asks for them.
+
+    @param linksFor: Gives the self-service site's
+        L{LinkMaker <clientid_twisted.web.links.LinkMaker>} for the identity
+        key (its link key derives from it), or L{None} when the site is
+        off.
+    """
+
+    def observers(settings: PolicyConfig, hasher: IdentityHasher) -> list[MailboxAlertObserver]:
+        if not settings.alerts.mailAccount:
+            return []
+        links = linksFor(hasher) if linksFor is not None else None
+        return [
+            MailboxAlertObserver(
+                dataDir,
+                users,
+                hostname,
+                clock=clock,
+                interval=settings.alerts.noticeIntervalSeconds,
+                failureNotices=settings.alerts.noticeFailures,
+                linksFor=links.deviceLinks if links is not None else None,
+            )
+        ]
+
+    return observers
+
+
 def assembleServer(
     dataDir: Path,
     configPath: Path | None = None,
@@ -88,7 +132,8 @@ def assembleServer(
     imapBackend: str | None = None,
     smtpBackend: str | None = None,
     webListener: str | None = None,
-) -> MailServer:
+    reactor: Any = None,
+) -> defer.Deferred[MailServer]:
     """
     Build the shared parts of the server, creating the data directory and
     its generated files on first use.
@@ -100,8 +145,12 @@ def assembleServer(
     @param smtpBackend: C{--smtp-backend}, likewise.
     @param webListener: The first C{--web} endpoint: the self-service site
         is on, and notices link to it; L{None}: off.
+    @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the
+        L{MailServer} once the identity key is known: at once for a local
+        store (SQLite, memory), once the store answers for a shared one
+        (Redis).
     @raise ValueError: With a message for the operator when a file is
-        missing or unreadable.
+        missing or unreadable (at once).
     """
     dataDir.mkdir(mode=0o700, parents=True, exist_ok=True)
     configFile = configPath or dataDir / "clientid.toml"
@@ -109,7 +158,7 @@ def assembleServer(
     checkConfig(config, configFile, dataDir)
     serverConfig = getTable(config, "server", configFile)
     limits = ServerLimits.fromConfig(serverConfig, configFile)
-    hostname = hostname or serverConfig.get("hostname") or "localhost"
+    serverName: str = hostname or serverConfig.get("hostname") or "localhost"
     # MAIL FROM must be the login's own address or alias (on by default).
     aliases = aliasesFromConfig(getTable(config, "users", configFile), configFile)
     gateway = parseGatewayConfig(config, configFile).withOptions(imapBackend, smtpBackend)
@@ -118,7 +167,7 @@ def assembleServer(
     if certificatePath and keyPath:
         certificate = loadCertificate(Path(certificatePath), Path(keyPath))
     else:
-        certificate = loadOrCreateCertificate(dataDir, hostname)
+        certificate = loadOrCreateCertificate(dataDir, serverName)
     _log.info(
         "TLS certificate{generated} SHA-256 fingerprint {fingerprint}",
         generated=" (self-signed, development)" if certificate.generated else "",
@@ -130,96 +179,114 @@ def assembleServer(
     if stale:
         _log.info("removed {count} stale file(s) from maildir tmp/ directories", count=stale)
 
-    hasher = IdentityHasher(loadOrCreateKey(dataDir / "clientid.key"))
     users = UserDatabase(dataDir / "users.json")
-    # The device policy wraps the password checker; the store's key (which
-    # a new store adopts from clientid.key) keys the fingerprints, so the
-    # protocol log and `clientid-admin devices list` agree.
     web = parseWebConfig(config, configFile)
-    links = linkMaker(web, hasher.key, hostname, webListener) if webListener else None
-    authentication = buildAuthentication(
-        config, dataDir, storeURL, users, ScryptChecker(users), hasher, hostname,
+
+    def linksFor(hasher: IdentityHasher) -> Any:
+        # The site's link key derives from the one identity key.
+        return linkMaker(web, hasher.key, serverName, webListener) if webListener else None
+
+    # The device policy wraps the password checker; its one hasher (the
+    # store's key; a new local store adopts clientid.key) keys the protocol
+    # log too, so the log, the events, the alerts and `clientid-admin
+    # devices list` agree.
+    built = buildAuthentication(
+        ScryptChecker(users),
+        config,
+        storeURL,
+        dataDir / KEY_FILE,
+        dataDir=dataDir,
+        applicationObservers=mailboxNotices(dataDir, users, serverName, reactor, linksFor),
+        reactor=reactor,
         configSource=configFile,
         wrapStore=metrics.countingStore if metrics is not None else None,
-        noticeLinks=links.deviceLinks if links is not None else None,
-    )
-    hasher = authentication.hasher or hasher
-    relay = _relayService(relaySettings, dataDir, users, hostname, metrics)
-    senders = None
-    if limits.senderLoginMatch:
-        senders = AliasDatabase(dataDir / ALIASES_FILE, aliases)
-    portal = Portal(
-        MailRealm(
-            dataDir,
-            users,
-            hostname,
-            relayQueue=relay.queue if relay else None,
-            senders=senders,
-        ),
-        [authentication.checker],
     )
 
-    # One count of connections for both protocols: the limits are the
-    # server's, not each listener's.
-    limiter = ConnectionLimiter(limits)
-    if gateway.smtpBackend is not None:
-        from clientid_twisted.gateway.smtp import gatewaySMTPFactory
+    def assemble(authentication: Authentication) -> MailServer:
+        hasher = authentication.hasher
+        links = linksFor(hasher)
+        relay = _relayService(relaySettings, dataDir, users, serverName, metrics)
+        senders = None
+        if limits.senderLoginMatch:
+            senders = AliasDatabase(dataDir / ALIASES_FILE, aliases)
+        portal = Portal(
+            MailRealm(
+                dataDir,
+                users,
+                serverName,
+                relayQueue=relay.queue if relay else None,
+                senders=senders,
+            ),
+            [authentication.checker],
+        )
 
-        smtpFactory: SubmissionFactory = gatewaySMTPFactory(
-            gateway,
-            authentication.policy,
-            hostname,
-            context=tlsOptions,
+        # One count of connections for both protocols: the limits are the
+        # server's, not each listener's.
+        limiter = ConnectionLimiter(limits)
+        if gateway.smtpBackend is not None:
+            from clientid_twisted.gateway.smtp import gatewaySMTPFactory
+
+            smtpFactory: SubmissionFactory = gatewaySMTPFactory(
+                gateway,
+                authentication.policy,
+                serverName,
+                context=tlsOptions,
+                limits=limits,
+                limiter=limiter,
+                identityHasher=hasher,
+            )
+        else:
+            smtpFactory = SubmissionFactory(
+                portal, context=tlsOptions, limits=limits, limiter=limiter, identityHasher=hasher
+            )
+        smtpFactory.domain = serverName.encode("idna")
+        # The handling flags govern the protocols' log lines too.
+        smtpFactory.identityLogPolicy = authentication.config.showsInLog
+
+        if gateway.imapBackend is not None:
+            from clientid_twisted.gateway.imap import gatewayIMAPFactory
+
+            imapFactory: MailIMAP4Factory = gatewayIMAPFactory(
+                gateway,
+                authentication.policy,
+                serverName,
+                mailNotices=authentication.config.alerts.mailAccount,
+                noticeLinks=links.deviceLinks if links is not None else None,
+                context=tlsOptions,
+                limits=limits,
+                limiter=limiter,
+                identityHasher=hasher,
+            )
+        else:
+            imapFactory = MailIMAP4Factory(
+                portal, context=tlsOptions, limits=limits, limiter=limiter, identityHasher=hasher
+            )
+        imapFactory.identityLogPolicy = authentication.config.showsInLog
+
+        return MailServer(
+            dataDir=dataDir,
+            hostname=serverName,
+            config=config,
+            certificate=certificate,
+            tlsOptions=tlsOptions,
+            identityHasher=hasher,
+            users=users,
+            portal=portal,
+            smtpFactory=smtpFactory,
+            imapFactory=imapFactory,
+            authentication=authentication,
             limits=limits,
             limiter=limiter,
+            gateway=gateway,
+            relay=relay,
+            webSite=(
+                selfServiceSite(web, links, authentication.store, dataDir, users, serverName)
+                if links is not None
+                else None
+            ),
         )
-    else:
-        smtpFactory = SubmissionFactory(portal, context=tlsOptions, limits=limits, limiter=limiter)
-    smtpFactory.domain = hostname.encode("idna")
-    smtpFactory.identityHasher = hasher
-    # The handling flags govern the protocols' log lines too.
-    smtpFactory.identityLogPolicy = authentication.config.showsInLog
 
-    if gateway.imapBackend is not None:
-        from clientid_twisted.gateway.imap import gatewayIMAPFactory
-
-        imapFactory: MailIMAP4Factory = gatewayIMAPFactory(
-            gateway,
-            authentication.policy,
-            hostname,
-            mailNotices=authentication.config.alerts.mailAccount,
-            noticeLinks=links.deviceLinks if links is not None else None,
-            context=tlsOptions,
-            limits=limits,
-            limiter=limiter,
-        )
-    else:
-        imapFactory = MailIMAP4Factory(portal, context=tlsOptions, limits=limits, limiter=limiter)
-    imapFactory.identityHasher = hasher
-    imapFactory.identityLogPolicy = authentication.config.showsInLog
-
-    return MailServer(
-        dataDir=dataDir,
-        hostname=hostname,
-        config=config,
-        certificate=certificate,
-        tlsOptions=tlsOptions,
-        identityHasher=hasher,
-        users=users,
-        portal=portal,
-        smtpFactory=smtpFactory,
-        imapFactory=imapFactory,
-        authentication=authentication,
-        limits=limits,
-        limiter=limiter,
-        gateway=gateway,
-        relay=relay,
-        webSite=(
-            selfServiceSite(web, links, authentication.store, dataDir, users, hostname)
-            if links is not None
-            else None
-        ),
-    )
+    return built.addCallback(assemble)
 
 
 def _relaySettings(

@@ -311,8 +311,9 @@ class LimitedFactoryMixin:
         context: Any = None,
         limits: ServerLimits | None = None,
         limiter: ConnectionLimiter | None = None,
+        identityHasher: Any = None,
     ) -> None:
-        super().__init__(portal, context)  # type: ignore[call-arg]
+        super().__init__(portal, context, identityHasher)  # type: ignore[call-arg]
         self.limits = limits or ServerLimits()
         self.limiter = limiter or ConnectionLimiter(self.limits)
 

@@ -140,7 +140,7 @@ def parseRelayConfig(
 
 
 def _checkAuthorities(table: _Table, path: Path) -> None:
-    from clientid_twisted.server.tls import loadAuthorities
+    from clientid_twisted.certificate import loadAuthorities
 
     try:
         loadAuthorities(path)

@@ -11,13 +11,17 @@ in C{twistd mail}.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from clientid_twisted.server.assembly import MailServer
 
 from clientid_twisted.server.listening import handOver, targetOwner
 
@@ -160,6 +164,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.MultiService:
     """
     Build the service tree for C{twistd clientid-mail}.
+
+    The listeners join the tree once the device policy has its identity
+    key (L{assembleServer}'s L{Deferred <twisted.internet.defer.Deferred>}): at once for a local store, so
+    they start with the tree as usual; for a shared store (Redis), once it
+    has answered, and nothing listens before.
     """
     from clientid_twisted.server.assembly import assembleServer
 
@@ -168,8 +177,9 @@ def makeService(options: Options) -> service.MultiService:
         from clientid_twisted.server.metrics import ServerMetrics
 
         metrics = ServerMetrics()
+    top = service.MultiService()
     try:
-        server = assembleServer(
+        assembled = assembleServer(
             dataDir=Path(options["data-dir"]),
             configPath=Path(options["config"]) if options["config"] else None,
             certificatePath=options["certificate"],
@@ -189,24 +199,44 @@ def makeService(options: Options) -> service.MultiService:
     if owner is not None:
         # twistd --uid/--gid: what start-up made as root goes to the user
         # the server is about to become (docs/running.md).
-        handOver(_ownedPaths(server.dataDir, options["store"]), *owner)
+        dataDir = Path(options["data-dir"])
+        handOver(_ownedPaths(dataDir, options["store"]), *owner)
         _log.info(
             "data directory {dataDir} given to uid {uid} gid {gid}",
-            dataDir=str(server.dataDir), uid=owner[0], gid=owner[1],
+            dataDir=str(dataDir), uid=owner[0], gid=owner[1],
         )
-    top = service.MultiService()
-    # First in, last out: the store closes (committing queued writes) after
-    # every listener and session has stopped.
-    server.authentication.service.setServiceParent(top)
-    if server.relay is not None:
-        # Before the listeners, so stopped after them: a message accepted
-        # while sessions wind down is queued, and sent at the next start.
-        server.relay.setServiceParent(top)
     if metrics is not None:
         from clientid_twisted.server.metrics import metricsService
 
         metricsService(metrics, options["metrics"]).setServiceParent(top)
         _log.info("metrics served at /metrics on {endpoint}", endpoint=options["metrics"])
+    assembled.addCallback(_serve, top, options)
+    failedNow: list[Failure] = []
+
+    def failed(reason: Failure) -> None:
+        if top.running:
+            _log.failure("clientid-mail cannot serve", reason)
+        else:
+            failedNow.append(reason)
+
+    assembled.addErrback(failed)
+    if failedNow:
+        failedNow[0].trap(ValueError, OSError)
+        raise SystemExit(f"clientid-mail: {failedNow[0].value}")
+    return top
+
+
+def _serve(server: MailServer, top: service.MultiService, options: Options) -> None:
+    """
+    Add the store's service and the listeners of C{server} to C{top}.
+    """
+    # Before the listeners, so stopped after them: the store closes
+    # (committing queued writes) once every listener and session is done.
+    server.authentication.service.setServiceParent(top)
+    if server.relay is not None:
+        # Before the listeners, so stopped after them: a message accepted
+        # while sessions wind down is queued, and sent at the next start.
+        server.relay.setServiceParent(top)
     factories = {
         "smtp": server.smtpFactory,
         "smtps": TLSMemoryBIOFactory(server.tlsOptions, False, server.smtpFactory),
@@ -224,7 +254,6 @@ def makeService(options: Options) -> service.MultiService:
         # Added last, so stopped first: connections are refused while the
         # ports close, then sessions wind down (docs/limits.md).
         GracefulShutdownService(server.limiter).setServiceParent(top)
-    return top
 
 
 def _ownedPaths(dataDir: Path, storeURL: str | None) -> list[Path]:

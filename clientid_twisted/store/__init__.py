@@ -30,6 +30,7 @@ from clientid_twisted.store.memory import MemoryStore
 from clientid_twisted.store.sqlite import STORE_FILE, SQLiteStore
 
 __all__ = [
+    "isLocalStore",
     "openStore",
     "registerStoreScheme",
     "storeScheme",
@@ -73,6 +74,19 @@ def storeScheme(url: str | None) -> str:
             f"invalid store URL {url!r}: expected sqlite:///PATH, sqlite:PATH or memory:"
         )
     return scheme.lower()
+
+
+LOCAL_SCHEMES = frozenset({"sqlite", "memory"})
+"""Schemes of stores that belong to one process or data directory; every
+other store may be shared by several frontends."""
+
+
+def isLocalStore(url: str | None) -> bool:
+    """
+    Whether the store C{url} names belongs to this installation alone
+    (SQLite, memory) rather than being shared by frontends (Redis).
+    """
+    return storeScheme(url) in LOCAL_SCHEMES
 
 
 def openStore(

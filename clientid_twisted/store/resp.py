@@ -519,7 +519,7 @@ def _authorities(path: str) -> Any:
 
     @raise ValueError: If the file holds no certificate.
     """
-    from clientid_twisted.server.tls import loadAuthorities
+    from clientid_twisted.certificate import loadAuthorities
 
     return loadAuthorities(path)
 

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.web import server
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.policy.mailnotice import MailboxAlertObserver
+from clientid_twisted.server.mailnotice import MailboxAlertObserver
 from clientid_twisted.server.users import UserDatabase
 from clientid_twisted.web.config import WebConfig
 from clientid_twisted.web.links import LinkMaker, LinkSigner, deriveLinkKey

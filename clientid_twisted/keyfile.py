@@ -4,9 +4,11 @@ The installation secret that keys the fingerprints of CLIENTID tokens (see
 L{clientid_twisted.fingerprint}).
 
 It is made once, in C{DATA_DIR/clientid.key} by convention, and must then
-never change: a new key makes every stored device unknown.  Frontends that
-share a store (Redis) must share this file too.  It holds 64 hex digits
-(32 random bytes) and a newline, readable by its owner only.
+never change: a new key makes every stored device unknown.  A local store
+(SQLite) adopts this file's key when it is new; a shared store (Redis) keeps
+its own key, which wins over this file (see
+L{clientid_twisted.policy.builder.resolveIdentityHasher}).  It holds 64 hex
+digits (32 random bytes) and a newline, readable by its owner only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-__all__ = ["KEY_LENGTH", "KEY_FILE", "SecretError", "loadOrCreateKey"]
+__all__ = ["KEY_LENGTH", "KEY_FILE", "SecretError", "loadOrCreateKey", "readKeyIfPresent"]
 
 KEY_LENGTH = 32
 KEY_FILE = "clientid.key"
@@ -76,6 +78,19 @@ def loadOrCreateKey(path: Path) -> bytes:
         os.unlink(temporary)
     _log.info("created the identity hashing key {path}", path=str(path))
     return key
+
+
+def readKeyIfPresent(path: Path) -> bytes | None:
+    """
+    The key at C{path}, or L{None} if there is no such file (nothing is
+    made: a process using a shared store must leave no key of its own).
+
+    @raise SecretError: If the file holds something else.
+    """
+    try:
+        return _read(Path(path))
+    except FileNotFoundError:
+        return None
 
 
 def _createExclusive(path: Path, content: bytes) -> bool:

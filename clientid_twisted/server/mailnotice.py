@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from clientid_twisted.interfaces import IAlertObserver
 from clientid_twisted.policy.alerts import Alert
+from clientid_twisted.policy.notice import LINK_KINDS, asciiHost, messageLines, noticeLines
 from clientid_twisted.server.delivery import deliverToInbox
 from clientid_twisted.server.users import UserDatabase
 
@@ -34,10 +35,6 @@ WITHOUT_PASSWORD_KINDS = frozenset({"device-locked", "account-closed"})
 """Account alerts about failed logins that anyone can cause, with no
 password: mailed only with C{[alerts] notice_failures = true}."""
 
-LINK_KINDS = frozenset({"device-new", "device-refused"})
-"""The notices that carry approve and disown links for their devices, when
-the self-service site is on (docs/selfservice.md)."""
-
 _MAX_LISTED = 10
 """Devices of the rationed alerts listed, with their links, in the next
 notice of their kind."""
@@ -45,118 +42,6 @@ notice of their kind."""
 _MAX_WINDOWS = 10000
 """Open rationing windows kept before expired ones are dropped (alerts can
 name accounts that do not exist)."""
-
-_SUBJECTS = {
-    "device-new": "New device logged in to your mail account",
-    "device-refused": "Your mail password was used from a refused device",
-    "device-locked": "A device was locked out of your mail account",
-    "account-closed": "Failed logins to your mail account",
-    "no-clientid-login": "Login to your mail account without a device identity",
-    "login": "Login to your mail account",
-}
-
-
-def noticeLines(
-    alert: Alert,
-    hostname: str,
-    messageID: str,
-    repeated: int = 0,
-    links: Sequence[tuple[str, str, tuple[str, str]]] = (),
-) -> list[bytes]:
-    """
-    The notice for C{alert} as RFC 5322 lines (ASCII, no line ends).
-
-    @param repeated: How many alerts of the same kind were not mailed since
-        the last notice (rationing); said in the notice.
-    @param links: For each device the notice is about (C{alert}'s first,
-        then those of the rationed alerts): its type, fingerprint, and
-        approve and disown links of the self-service site; empty when the
-        site is off, and the notice sends the owner to the administrator.
-    """
-    ascii = _asciiHost(hostname)
-    when = email.utils.formatdate(alert.time, usegmt=True)
-    subject = _SUBJECTS.get(alert.kind, "Security notice for your mail account")
-    lines = _headerLines(str(alert.account), subject, alert.time, messageID, ascii) + [
-        f"Hello {alert.account},",
-        "",
-        f"On {when}, {alert.summary}.",
-        "",
-    ]
-    if repeated:
-        lines += [
-            f"This happened {repeated + 1} times since the last notice of this kind;",
-            "the details below are of the latest.",
-            "",
-        ]
-    if alert.typeName or alert.fingerprint:
-        lines.append(f"  Device:      {alert.typeName or '?'} {alert.fingerprint or ''}".rstrip())
-    if alert.address:
-        lines.append(f"  Address:     {alert.address}")
-    if alert.protocol:
-        lines.append(f"  Protocol:    {alert.protocol.upper()}")
-    if alert.detail:
-        lines.append(f"  Why:         {alert.detail}")
-    if links:
-        for typeName, fingerprint, (approve, disown) in links:
-            lines += [
-                "",
-                f"Device {typeName} {fingerprint}:",
-                "  If this was you, approve it (the link works once):",
-                f"    {approve}",
-                "  If it was not you, revoke it, then change your password:",
-                f"    {disown}",
-            ]
-    else:
-        lines += [
-            "",
-            "If this was you, there is nothing to do.",
-            "If it was not, change your password now and ask your administrator",
-            "to revoke the device"
-            + (f" (fingerprint {alert.fingerprint})." if alert.fingerprint else "."),
-        ]
-    lines += ["", f"-- {ascii}"]
-    return [_safe(line) for line in lines]
-
-
-def _headerLines(account: str, subject: str, when: float, messageID: str, asciiHost: str) -> list[str]:
-    return [
-        f"From: Mail security <postmaster@{asciiHost}>",
-        f"To: <{account}>",
-        f"Subject: {subject}",
-        f"Date: {email.utils.formatdate(when, usegmt=True)}",
-        f"Message-ID: {messageID}",
-        "Auto-Submitted: auto-generated",
-        "MIME-Version: 1.0",
-        "Content-Type: text/plain; charset=us-ascii",
-        "Content-Transfer-Encoding: 7bit",
-        "",
-    ]
-
-
-def messageLines(
-    account: str, subject: str, body: Sequence[str], hostname: str, messageID: str, when: float
-) -> list[bytes]:
-    """
-    A message from the server to C{account} as RFC 5322 lines: for what
-    is not an alert (the self-service site's sign-in link).
-    """
-    ascii = _asciiHost(hostname)
-    lines = _headerLines(account, subject, when, messageID, ascii) + list(body) + ["", f"-- {ascii}"]
-    return [_safe(line) for line in lines]
-
-
-def _asciiHost(hostname: str) -> str:
-    try:
-        return hostname.encode("idna").decode("ascii")
-    except UnicodeError:
-        return hostname.encode("ascii", "replace").decode("ascii")
-
-
-def _safe(line: str) -> bytes:
-    # Fields come from the network (an address, a type): never let one
-    # break a line or the message.
-    return line.replace("\r", "?").replace("\n", "?").encode("ascii", "replace")
-
 
 @implementer(IAlertObserver)
 class MailboxAlertObserver:
@@ -303,7 +188,7 @@ class MailboxAlertObserver:
         users = UserDatabase(self.usersPath)
         if not users.exists(account):
             return None
-        messageID = email.utils.make_msgid("clientid", domain=_asciiHost(self.hostname))
+        messageID = email.utils.make_msgid("clientid", domain=asciiHost(self.hostname))
         return deliverToInbox(
             self.dataDir, users, self.hostname, account, makeLines(messageID), clock=self._clock
         )
