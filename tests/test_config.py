@@ -156,6 +156,17 @@ class CheckConfigTests(SynchronousTestCase):
                 self.assertIn("/d/clientid.toml", str(e))
                 self.assertIn("no_such_key", str(e))
 
+    def test_tablesOwned(self) -> None:
+        """
+        Every table belongs to the policy (the library, which the cred
+        plugin checks) or to an application, named in
+        L{APPLICATION_TABLES} so the cred plugin can leave it alone.
+        """
+        from clientid_twisted.policy.config import APPLICATION_TABLES, POLICY_TABLES
+
+        self.assertEqual(set(CONFIG_TABLES), set(POLICY_TABLES) | APPLICATION_TABLES)
+        self.assertFalse(set(POLICY_TABLES) & APPLICATION_TABLES)
+
     def test_valid(self) -> None:
         checkConfig(
             {

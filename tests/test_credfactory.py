@@ -114,5 +114,21 @@ class MakeCheckerTests(TestCase):
         self.assertEqual(checker.policy.config.devices, "tofu")
         self.assertTrue(checker.policy.config.requireClientID)
 
+    def test_configChecked(self) -> None:
+        """
+        A C{config=} file: a misspelt policy table or key is an error; the
+        server's own tables (a shared C{clientid.toml}) are left alone.
+        """
+        config = Path(self.mktemp())
+        config.write_text('[limit]\nlockout_seconds = 1\n')
+        e = self.assertRaises(ValueError, strcred.makeChecker, f"clientid:inner=memory:a:b:config={config}")
+        self.assertIn("unknown table [limit]", str(e))
+        config.write_text('[policy]\ndevices = "tofu"\nnope = 1\n')
+        e = self.assertRaises(ValueError, strcred.makeChecker, f"clientid:inner=memory:a:b:config={config}")
+        self.assertIn("nope", str(e))
+        config.write_text('[server]\nhostname = "mx.example.net"\n[policy]\ndevices = "tofu"\n')
+        checker = self.makeChecker(f"clientid:inner=memory:alice:secret:config={config}")
+        self.assertEqual(checker.policy.config.devices, "tofu")
+
     def test_badMode(self) -> None:
         self.assertRaises(ValueError, strcred.makeChecker, "clientid:inner=memory:a:b:mode=sometimes")

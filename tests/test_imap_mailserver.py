@@ -413,7 +413,7 @@ class HandlingFlagWiringTests(SynchronousTestCase):
         dataDir = Path(self.mktemp())
         dataDir.mkdir()
         (dataDir / "clientid.toml").write_text('[types.UUID]\nhandling = ["ignore"]\n')
-        server = assembleServer(dataDir, hostname="mail.example.test")
+        server = self.successResultOf(assembleServer(dataDir, hostname="mail.example.test"))
         self.addCleanup(server.authentication.store.close)
         for factory in (server.smtpFactory, server.imapFactory):
             protocol = factory.buildProtocol(None)

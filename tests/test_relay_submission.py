@@ -234,7 +234,7 @@ class AssemblyTests(SynchronousTestCase):
         dataDir.mkdir()
         (dataDir / "clientid.toml").write_text(relayConfig(dataDir, 2525))
         metrics = ServerMetrics()
-        server = assembleServer(dataDir, metrics=metrics)
+        server = self.successResultOf(assembleServer(dataDir, metrics=metrics))
         self.addCleanup(server.authentication.store.close)
         self.assertIn(b"clientid_relay_queue_messages 0.0", metrics.scrape())
         message = server.relay.queue.newMessage("a@example.test", "b@remote.test", "a@example.test")
