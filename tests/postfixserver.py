@@ -104,8 +104,13 @@ class PostfixServer:
         xclientHosts: Sequence[str] = ("127.0.0.1",),
         main: Mapping[str, str] = {},
         submissionTLS: bool = True,
+        deliverInto: tuple[Path, str] | None = None,
     ) -> None:
         """
+        @param deliverInto: Another server's mail directory and the user
+            that owns it, to deliver into instead of this instance's own:
+            each mailbox is the maildir C{DIRECTORY/local@domain/}, as
+            Dovecot's C{mail_location = maildir:DIRECTORY/%u} reads it.
         @param saslSocket: The path of a Dovecot authentication socket
             (C{unix_listener}) for the submission port's AUTH; without
             one there is no submission port.
@@ -119,6 +124,9 @@ class PostfixServer:
         _requireRoot()
         owner = pwd.getpwnam("postfix")
         self._uid, self._gid = owner.pw_uid, owner.pw_gid
+        self._deliverInto = deliverInto
+        mailOwner = pwd.getpwnam(deliverInto[1] if deliverInto else "postfix")
+        self._mailUid, self._mailGid = mailOwner.pw_uid, mailOwner.pw_gid
         self.directory = Path(tempfile.mkdtemp(prefix="clientid-postfix-"))
         self.directory.chmod(0o755)
         self.domain = domain
@@ -137,7 +145,7 @@ class PostfixServer:
 
     @property
     def mailDirectory(self) -> Path:
-        return self.directory / "mail"
+        return self._deliverInto[0] if self._deliverInto else self.directory / "mail"
 
     @property
     def logPath(self) -> Path:
@@ -162,7 +170,9 @@ class PostfixServer:
         key.chmod(0o600)
         etc = self.configDirectory
         (etc / "vmailbox").write_text(
-            "".join(f"{box}@{self.domain} {box}/\n" for box in self.mailboxes)
+            "".join(
+                f"{box}@{self.domain} {self.maildir(box).name}/\n" for box in self.mailboxes
+            )
         )
         (etc / "senders").write_text(
             "".join(f"{box}@{self.domain} {box}@{self.domain}\n" for box in self.mailboxes)
@@ -188,8 +198,9 @@ class PostfixServer:
             "virtual_mailbox_domains": self.domain,
             "virtual_mailbox_base": str(self.mailDirectory),
             "virtual_mailbox_maps": f"texthash:{etc / 'vmailbox'}",
-            "virtual_uid_maps": f"static:{self._uid}",
-            "virtual_gid_maps": f"static:{self._gid}",
+            "virtual_uid_maps": f"static:{self._mailUid}",
+            "virtual_gid_maps": f"static:{self._mailGid}",
+            "virtual_minimum_uid": "1",
             "default_transport": "error:no mail leaves a test",
             "smtpd_relay_restrictions": "permit_sasl_authenticated, reject_unauth_destination",
             "smtpd_authorized_xclient_hosts": ", ".join(xclientHosts),
@@ -342,6 +353,8 @@ class PostfixServer:
         """
         The maildir that C{mailbox}'s mail is delivered to.
         """
+        if self._deliverInto:
+            return self.mailDirectory / f"{mailbox}@{self.domain}"
         return self.mailDirectory / mailbox
 
     def messages(self, mailbox: str) -> list[bytes]:

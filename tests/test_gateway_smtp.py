@@ -11,6 +11,7 @@ delivers into its own maildirs.
 from __future__ import annotations
 
 import base64
+import imaplib
 import io
 import re
 import smtplib
@@ -54,6 +55,7 @@ class GatewayTestCase(TestCase):
     useOption = False
     timeoutSeconds = 10
     backendTLS = True
+    imapToo = False
 
     def setUp(self) -> None:
         reason = canRunServer()
@@ -66,8 +68,13 @@ class GatewayTestCase(TestCase):
         self.addCleanup(self.dovecot.cleanUp)
         self.postfix = PostfixServer(
             saslSocket=str(self.dovecot.directory / "run" / "auth-postfix"),
-            main={"smtpd_client_port_logging": "yes", "smtpd_error_sleep_time": "0"},
+            main={
+                "smtpd_client_port_logging": "yes",
+                "smtpd_error_sleep_time": "0",
+                "message_size_limit": str(40 * 1024 * 1024),
+            },
             submissionTLS=self.backendTLS,
+            deliverInto=(self.dovecot.mailDir, self.dovecot.mailUser) if self.imapToo else None,
         ).start()
         self.addCleanup(self.postfix.cleanUp)
         self.backend = f"tcp:host=127.0.0.1:port={self.postfix.submissionPort}"
@@ -76,6 +83,8 @@ class GatewayTestCase(TestCase):
             f'[policy]\ndevices = "{self.devices}"\n'
             f"[gateway]\nbackend_timeout_seconds = {self.timeoutSeconds}\n"
         )
+        if self.imapToo:
+            config += f'imap_backend = "tcp:host=127.0.0.1:port={self.dovecot.port}"\n'
         if self.backendTLS:
             config += f'backend_starttls = true\nbackend_ca = "{self.postfix.caFile}"\n'
         arguments: tuple[str, ...] = ()
@@ -84,7 +93,8 @@ class GatewayTestCase(TestCase):
         else:
             config += f'smtp_backend = "{self.backend}"\n'
         self.work = Path(self.mktemp()).resolve()
-        self.server = RunningServer(self.work, config, protocols=("smtp",), arguments=arguments)
+        protocols = ("smtp", "imap") if self.imapToo else ("smtp",)
+        self.server = RunningServer(self.work, config, protocols=protocols, arguments=arguments)
         self.addCleanup(self.server.stop)
 
     def connect(self, identity: str | None = "tok-laptop") -> smtplib.SMTP:
@@ -127,9 +137,9 @@ class GatewayTestCase(TestCase):
         return len(re.findall(r"submission/smtpd\[\d+\]: connect from", self.postfix.log()))
 
 
-def _close(client: smtplib.SMTP) -> None:
+def _close(client: smtplib.SMTP | imaplib.IMAP4) -> None:
     try:
-        client.close()
+        client.close() if isinstance(client, smtplib.SMTP) else client.shutdown()
     except Exception:
         pass
 
@@ -221,6 +231,37 @@ class LoopbackPlaintextTests(ThunderbirdSequenceTests):
     backendTLS = False
 
 
+class BothGatewaysTests(GatewayTestCase):
+    """
+    The whole front: a message submitted through the SMTP gateway, which
+    Postfix delivers into Dovecot's maildir, read back through the IMAP
+    gateway.
+    """
+
+    imapToo = True
+    # Both on loopback, in plaintext: backend_starttls is one setting for
+    # both backends.
+    backendTLS = False
+
+    def test_submitThenRead(self) -> None:
+        client = self.login()
+        self.assertEqual(client.sendmail(ALICE, [BOB], BODY), {})
+        client.quit()
+        self.postfix.waitForMessages("bob")
+        imap = imaplib.IMAP4("127.0.0.1", self.server.ports["imap"], timeout=30)
+        self.addCleanup(_close, imap)
+        imap.starttls(ssl_context=self.server.context)
+        imap.login(BOB, USERS[BOB])
+        self.assertEqual(imap.select("INBOX"), ("OK", [b"1"]))
+        status, fetched = imap.fetch("1", "(BODY.PEEK[])")
+        self.assertEqual(status, "OK")
+        [(_, message), _] = fetched  # type: ignore[misc]
+        assert isinstance(message, bytes)
+        self.assertTrue(message.endswith(BODY), message)
+        self.assertIn(b"Received: from ", message)
+        imap.logout()
+
+
 class PostfixDecidesTests(GatewayTestCase):
     """
     After AUTH, Postfix decides on the mail, and its refusals reach the
@@ -285,14 +326,19 @@ class PostfixDecidesTests(GatewayTestCase):
 
     def test_largeMessageStreamed(self) -> None:
         """
-        A 4 MiB message with long lines goes through byte for byte.
+        A 30 MiB message with long lines goes through byte for byte, and
+        the gateway's memory grows by far less than the message: it is
+        streamed, not held.
         """
         line = b"x" * 998 + b"\r\n"
-        body = b"Subject: big\r\n\r\n" + line * (4 * 1024 * 1024 // len(line))
+        body = b"Subject: big\r\n\r\n" + line * (30 * 1024 * 1024 // len(line))
         client = self.login()
+        before = self.server.peakRSS()
         self.assertEqual(client.sendmail(ALICE, [BOB], body), {})
+        grown = self.server.peakRSS() - before
         client.quit()
-        [stored] = self.postfix.waitForMessages("bob", timeout=30)
+        self.assertLess(grown, 8 * 1024 * 1024)
+        [stored] = self.postfix.waitForMessages("bob", timeout=60)
         self.assertEqual(
             stored.split(b"\n\n", 1)[1], body.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
         )
