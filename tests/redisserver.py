@@ -99,6 +99,7 @@ class RedisServer:
         bind: Sequence[str] = ("127.0.0.1",),
         replicaOf: RedisServer | None = None,
         cluster: bool = False,
+        certificate: Any = None,
     ) -> None:
         """
         @param users: ACL users, each as the words of a C{user} directive
@@ -108,6 +109,9 @@ class RedisServer:
             C{password}, which must be the master's).
         @param cluster: Run in cluster mode (a lone node, serving no slot:
             for C{CLUSTER KEYSLOT}).
+        @param certificate: With C{tls}, the certificate to serve (and
+            trust, replicating over TLS): one shared by the servers of a
+            group; by default a throwaway one of its own.
         """
         self.program = requireRedisServer()
         self.port = port if port is not None else _freePort()
@@ -125,7 +129,7 @@ class RedisServer:
         if tls:
             from clientid_twisted.testing import throwawayCertificate
 
-            self.certificate = throwawayCertificate()
+            self.certificate = certificate if certificate is not None else throwawayCertificate()
             directory = Path(self.directory)
             (directory / "redis.crt").write_bytes(self.certificate.certificatePEM)
             (directory / "redis.key").write_bytes(self.certificate.keyPEM)
@@ -163,6 +167,9 @@ class RedisServer:
                 "--tls-key-file", str(directory / "redis.key"),
                 "--tls-ca-cert-file", self.caFile,
                 "--tls-auth-clients", "no",
+                # Replicas (any server, after a failover) and Sentinels
+                # reach their master over TLS too.
+                "--tls-replication", "yes",
             ]
         else:
             arguments += ["--port", str(self.port)]
@@ -349,16 +356,29 @@ class SentinelServer(RedisServer):
     MASTER = "mymaster"
 
     def __init__(self, master: RedisServer, quorum: int = 1, downAfterMs: int = 1000) -> None:
-        super().__init__()
+        super().__init__(tls=master.tls, certificate=master.certificate)
         self.program = requireProgram("redis-sentinel", "redis-sentinel", "Redis Sentinel")
         self.master = master
         self.quorum = quorum
         self.downAfterMs = downAfterMs
 
     def arguments(self) -> list[str]:
-        config = Path(self.directory) / "sentinel.conf"
+        directory = Path(self.directory)
+        config = directory / "sentinel.conf"
+        if self.tls:
+            listen = [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {directory / 'redis.crt'}",
+                f"tls-key-file {directory / 'redis.key'}",
+                f"tls-ca-cert-file {self.caFile}",
+                "tls-auth-clients no",
+                "tls-replication yes",
+            ]
+        else:
+            listen = [f"port {self.port}"]
         lines = [
-            f"port {self.port}",
+            *listen,
             "bind 127.0.0.1",
             "protected-mode no",
             f"dir {self.directory}",
@@ -384,9 +404,20 @@ class FailoverGroup:
     sync, every Sentinel knowing the replica); L{cleanUp} stops them all.
     """
 
-    def __init__(self, sentinels: int = 1, password: str | None = None) -> None:
-        self.master = RedisServer(password=password)
-        self.replica = RedisServer(password=password, replicaOf=self.master)
+    def __init__(self, sentinels: int = 1, password: str | None = None, tls: bool = False) -> None:
+        """
+        @param tls: Every server and Sentinel speaks only TLS, with one
+            throwaway certificate (L{RedisServer.caFile}).
+        """
+        certificate = None
+        if tls:
+            from clientid_twisted.testing import throwawayCertificate
+
+            certificate = throwawayCertificate()
+        self.master = RedisServer(password=password, tls=tls, certificate=certificate)
+        self.replica = RedisServer(
+            password=password, replicaOf=self.master, tls=tls, certificate=certificate
+        )
         quorum = 1 if sentinels < 3 else 2
         self.sentinels = [SentinelServer(self.master, quorum) for _ in range(sentinels)]
         self.servers: list[RedisServer] = [self.master, self.replica, *self.sentinels]
@@ -417,8 +448,12 @@ class FailoverGroup:
         """
         login = f":{quote(self.master.password, safe='')}@" if self.master.password else ""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        scheme = "redis+sentinel"
+        if self.master.tls:
+            scheme = "rediss+sentinel"
+            options = (f"ca={quote(self.master.caFile or '')}", *options)
         query = "?" + "&".join(options) if options else ""
-        return f"redis+sentinel://{login}{hosts}/{SentinelServer.MASTER}/0{query}"
+        return f"{scheme}://{login}{hosts}/{SentinelServer.MASTER}/0{query}"
 
     def cleanUp(self) -> None:
         for server in reversed(self.servers):

@@ -117,8 +117,8 @@ class SentinelURLTests(SynchronousTestCase):
 class SentinelTestCase(TestCase):
     timeout = 120
 
-    def group(self, sentinels: int = 1) -> FailoverGroup:
-        group = FailoverGroup(sentinels, password=PASSWORD).start()
+    def group(self, sentinels: int = 1, tls: bool = False) -> FailoverGroup:
+        group = FailoverGroup(sentinels, password=PASSWORD, tls=tls).start()
         self.addCleanup(group.cleanUp)
         self.prefix = uniquePrefix(self)
         return group
@@ -225,6 +225,26 @@ class DiscoveryTests(SentinelTestCase):
         self.assertIn("no longer the master", dropped[0])
         store._replyError(Failure(ReplyError("ERR other")))
         self.assertEqual(len(dropped), 1)
+
+    @defer.inlineCallbacks
+    def test_tls(self) -> Any:
+        """
+        C{rediss+sentinel://}: the Sentinels and the master speak only TLS,
+        with a certificate signed by the URL's C{ca}; both modes find the
+        master and use it, and an admin write is acknowledged by the
+        replica (which replicates over TLS).
+        """
+        group = self.group(tls=True)
+        url = group.url(f"prefix={self.prefix}", "timeout=1")
+        self.assertTrue(url.startswith("rediss+sentinel://"))
+        store = self.open(url)
+        yield self.decided(store)
+        yield store.setDeviceState("a", "d", "UUID", "f", APPROVED, None)
+        blocking = self.open(url, blocking=True)
+        yield blocking.setDeviceState("a", "e", "UUID", "f", APPROVED, None)
+        devices = yield blocking.listDevices("a")
+        self.assertEqual(sorted(d.digest for d in devices), ["d", "e"])
+        self.assertIsNotNone(group.replica.reply("HGET", f"{self.prefix}devices:a", "e"))
 
     def test_replicaIsNotTheMaster(self) -> None:
         """
