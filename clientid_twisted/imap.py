@@ -510,7 +510,11 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
             get the reply to an unknown command; L{True} when answered.
         """
         if not self.clientIDAvailable():
-            self._logRefusal("unavailable")
+            # Counted as SMTP counts it: after a login it is a refusal (as
+            # CLIENTID after AUTH is); switched off or in plaintext it is
+            # no CLIENTID command at all, just an unknown one.
+            if self.clientIDEnabled and self.isEncrypted():
+                self._logRefusal("after LOGIN")
             return False
         if not self.clientIDAdvertised:
             self._logRefusal("not advertised")

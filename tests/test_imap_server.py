@@ -346,11 +346,25 @@ class UnavailableTests(_Base):
         self.exchange(b"s SELECT INBOX")
         self.assertUnknown()
 
-    def test_loggedAsRefused(self) -> None:
+    def test_plaintextNotCounted(self) -> None:
+        """
+        In plaintext CLIENTID is an unknown command, not a refused
+        CLIENTID: no C{clientIDEvent}, as in SMTP (docs/running.md,
+        Metrics).
+        """
         self.exchange(b"a CLIENTID UUID " + TOKEN)
+        self.assertEqual([e for e in self.events if "clientIDEvent" in e], [])
+
+    def test_afterLoginLoggedAsRefused(self) -> None:
+        """
+        After a login it is refused, like CLIENTID after AUTH in SMTP.
+        """
+        self.ready()
+        self.login()
+        self.clientID(b"x")
         refused = [e for e in self.events if e.get("clientIDEvent") == "refused"]
         self.assertEqual(len(refused), 1)
-        self.assertEqual(refused[0]["reason"], "unavailable")
+        self.assertEqual(refused[0]["reason"], "after LOGIN")
         self.assertEqual(refused[0]["protocol"], "imap")
 
 

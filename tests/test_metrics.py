@@ -7,6 +7,7 @@ scrape, and what the labels never carry.
 from __future__ import annotations
 
 import base64
+import platform
 import smtplib
 import socket
 import ssl
@@ -16,11 +17,14 @@ from typing import Any
 
 from zope.interface.verify import verifyObject
 
+import twisted
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from clientid_twisted import __version__
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.server.metrics import CountingStore, ServerMetrics
 from clientid_twisted.server.tap import OptionError, Options, loopbackEndpoint, makeService
@@ -74,7 +78,7 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(
             _value(
                 self.metrics, "clientid_policy_refusals_total",
-                protocol="smtp", reason="device not approved", password="right",
+                protocol="smtp", reason="device_not_approved", password="right",
             ),
             1,
         )
@@ -83,7 +87,7 @@ class ObserverTests(SynchronousTestCase):
         self.metrics.observe({"alertKind": "device-new", "account": "a@b"})
         self.metrics.observe({"storeEvent": "down"})
         self.metrics.observe({"storeEvent": "up"})
-        self.assertEqual(_value(self.metrics, "clientid_alerts_total", kind="device-new"), 1)
+        self.assertEqual(_value(self.metrics, "clientid_alerts_total", kind="device_new"), 1)
         self.assertEqual(_value(self.metrics, "clientid_store_outages_total"), 1)
 
     def test_unknownProtocolLabel(self) -> None:
@@ -117,8 +121,8 @@ class CountingStoreTests(SynchronousTestCase):
         result = self.successResultOf(self.store.recordOutcome(record))
         self.assertEqual(result.locked, ("token-locked:d1",))
         self.successResultOf(self.store.setLock("account-closed:alice@example.test", 60, None))
-        self.assertEqual(_value(self.metrics, "clientid_locks_total", kind="token-locked"), 1)
-        self.assertEqual(_value(self.metrics, "clientid_locks_total", kind="account-closed"), 1)
+        self.assertEqual(_value(self.metrics, "clientid_locks_total", kind="token_locked"), 1)
+        self.assertEqual(_value(self.metrics, "clientid_locks_total", kind="account_closed"), 1)
         self.assertNotIn(b"alice", self.metrics.scrape())
 
     def test_errors(self) -> None:
@@ -127,7 +131,7 @@ class CountingStoreTests(SynchronousTestCase):
         self.failureResultOf(self.store.loadState(StateQuery(account="a")), StoreError)
         self.inner.loadState = original  # type: ignore[method-assign]
         self.successResultOf(self.store.loadState(StateQuery(account="a")))
-        self.assertEqual(_value(self.metrics, "clientid_store_errors_total", operation="loadState"), 1)
+        self.assertEqual(_value(self.metrics, "clientid_store_errors_total", operation="load_state"), 1)
 
 
 class OptionsTests(SynchronousTestCase):
@@ -207,15 +211,99 @@ class ScrapeTests(TestCase):
         self.assertIn('clientid_logins_total{protocol="smtp",result="failed"} 1.0', text)
         self.assertIn(
             'clientid_policy_refusals_total{password="right",protocol="smtp",'
-            'reason="device not approved (tofu limit reached)"} 1.0',
+            'reason="device_not_approved_tofu_limit_reached"} 1.0',
             text,
         )
         self.assertIn('clientid_commands_total{outcome="accepted",protocol="smtp",reason=""} 2.0', text)
-        self.assertIn('clientid_alerts_total{kind="device-new"} 1.0', text)
-        self.assertIn('clientid_alerts_total{kind="device-refused"} 1.0', text)
+        self.assertIn('clientid_alerts_total{kind="device_new"} 1.0', text)
+        self.assertIn('clientid_alerts_total{kind="device_refused"} 1.0', text)
         for secret in (ACCOUNT, "alice", GOOD_TOKEN, BAD_TOKEN, GOOD_TOKEN[:8], BAD_TOKEN[:8]):
             self.assertNotIn(secret, text)
         # No fingerprint either: 16 hex digits anywhere in a label.
         import re
 
         self.assertIsNone(re.search(r'"[0-9a-f]{16}', text))
+        # Every label value is a snake_case identifier.
+        for value in re.findall(r'="([^"]*)"', text):
+            self.assertRegex(value, r"^([a-z0-9_]*|[0-9.+a-zA-Z]+)$")
+        self.assertIn(f'clientid_build_info{{python="{platform.python_version()}",twisted="{twisted.__version__}",'
+                      f'version="{__version__}"}} 1.0', text)
+        self.assertIn("clientid_store_up 1.0", text)
+        self.assertIn('clientid_login_decision_seconds_count{protocol="smtp"} 2.0', text)
+        self.assertRegex(text, r'clientid_store_call_seconds_count\{operation="load_state"\} [1-9]')
+        self.assertIn('clientid_connections{protocol="smtp",tls="no"}', text)
+
+        def scrapeOpenMetrics() -> tuple[str, str]:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{metricsPort}/metrics",
+                headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"},
+            )
+            with urllib.request.urlopen(request, timeout=20) as r:
+                return r.headers["Content-Type"], r.read().decode("utf-8")
+
+        contentType, text = yield deferToThread(scrapeOpenMetrics)
+        self.assertTrue(contentType.startswith("application/openmetrics-text"), contentType)
+        self.assertTrue(text.endswith("# EOF\n"))
+        self.assertIn("clientid_build_info{", text)
+
+
+class GaugeAndHistogramTests(SynchronousTestCase):
+    """
+    The gauges an operator alerts on, and the decision-time histogram.
+    """
+
+    def setUp(self) -> None:
+        self.metrics = ServerMetrics()
+
+    def test_connectionsByProtocolAndTLS(self) -> None:
+        class Session:
+            def __init__(self, protocolName: str, encrypted: bool) -> None:
+                self.protocolName = protocolName
+                self.encrypted = encrypted
+
+            def isEncrypted(self) -> bool:
+                return self.encrypted
+
+        class Limiter:
+            live = [Session("smtp", True), Session("smtp", False), Session("imap", True), Session("imap", True)]
+
+            def sessions(self) -> list[Any]:
+                return list(self.live)
+
+        self.metrics.watchConnections(Limiter())
+        expected = {("smtp", "yes"): 1, ("smtp", "no"): 1, ("imap", "yes"): 2, ("imap", "no"): 0}
+        for (protocol, tls), count in expected.items():
+            self.assertEqual(_value(self.metrics, "clientid_connections", protocol=protocol, tls=tls), count)
+        Limiter.live = []
+        self.assertEqual(_value(self.metrics, "clientid_connections", protocol="imap", tls="yes"), 0)
+
+    def test_storeUpDown(self) -> None:
+        self.assertEqual(_value(self.metrics, "clientid_store_up"), 1)
+        self.metrics.observe({"storeEvent": "down"})
+        self.assertEqual(_value(self.metrics, "clientid_store_up"), 0)
+        self.metrics.observe({"storeEvent": "up"})
+        self.assertEqual(_value(self.metrics, "clientid_store_up"), 1)
+
+    def test_timedChecker(self) -> None:
+        from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+        from twisted.cred.credentials import UsernamePassword
+
+        from clientid_twisted.cred import identifyCredentials
+
+        inner = InMemoryUsernamePasswordDatabaseDontUse(alice=b"pw")
+        checker = self.metrics.timedChecker(inner)
+        verifyObject(ICredentialsChecker, checker)
+        self.assertEqual(checker.credentialInterfaces, tuple(inner.credentialInterfaces))
+        good = identifyCredentials(UsernamePassword(b"alice", b"pw"), None, None, "imap", True)
+        self.assertEqual(self.successResultOf(checker.requestAvatarId(good)), b"alice")
+        bad = identifyCredentials(UsernamePassword(b"alice", b"no"), None, None, "imap", True)
+        self.failureResultOf(checker.requestAvatarId(bad))
+        self.assertEqual(_value(self.metrics, "clientid_login_decision_seconds_count", protocol="imap"), 2)
+
+    def test_snakeCase(self) -> None:
+        from clientid_twisted.server.metrics import snakeCase
+
+        self.assertEqual(snakeCase("no EHLO since TLS"), "no_ehlo_since_tls")
+        self.assertEqual(snakeCase("after LOGIN"), "after_login")
+        self.assertEqual(snakeCase("token-locked"), "token_locked")
+        self.assertEqual(snakeCase("loadState"), "load_state")

@@ -217,7 +217,7 @@ def assembleServer(
                 relayQueue=relay.queue if relay else None,
                 senders=senders,
             ),
-            [authentication.checker],
+            [metrics.timedChecker(authentication.checker) if metrics is not None else authentication.checker],
         )
 
         # One count of connections for both protocols: the limits are the

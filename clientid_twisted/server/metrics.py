@@ -10,11 +10,23 @@ Locks and store errors are counted where they happen, by L{CountingStore}
 around the CLIENTID store.
 
 Labels never carry an account, a token, a fingerprint or an address: only
-protocol names and fixed words (outcomes, reasons, alert and lock kinds).
+protocol names and fixed words (outcomes, reasons, alert and lock kinds),
+as snake_case identifiers (C{no_ehlo_since_tls}, C{token_locked}), so a
+query never needs quoting tricks.
+
+Besides the counters: gauges for the open connections (by protocol and
+TLS state, read from the connection limiter at each scrape) and for the
+store's health, histograms of the login decision time (L{TimedChecker}
+around the portal's checker) and of each store call, and
+C{clientid_build_info}.  C{prometheus_client}'s own Twisted resource
+serves them, so a scraper that asks for OpenMetrics gets it.
 """
 
 from __future__ import annotations
 
+import platform
+import re
+import time
 from typing import Any, Callable, Iterable
 
 from zope.interface import implementer
@@ -25,37 +37,61 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+import twisted
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
+    Info,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from twisted.cred.checkers import ICredentialsChecker
+
+from clientid_twisted._version import __version__
 
 from clientid_twisted.server.listening import listener as makeListener
 from clientid_twisted.interfaces import IClientIDStore
 
-__all__ = ["ServerMetrics", "CountingStore", "MetricsResource", "metricsService"]
+__all__ = ["ServerMetrics", "CountingStore", "TimedChecker", "metricsService"]
 
 _PROTOCOLS = frozenset({"smtp", "imap"})
 _LOCK_KINDS = frozenset(
-    {"token-locked", "token-revoked", "account-closed", "address-locked", "under-attack"}
+    {"token_locked", "token_revoked", "account_closed", "address_locked", "under_attack"}
 )
 _MAX_LABEL = 64
+
+_DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Seconds: a password hash (scrypt, about 0.05-0.1 s) plus the policy."""
+
+_STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Seconds: SQLite answers in a fraction of a millisecond, Redis in one
+round trip; the top buckets are an outage's timeouts."""
+
+
+def snakeCase(value: str) -> str:
+    """
+    C{value} as a snake_case identifier: C{"no EHLO since TLS"} becomes
+    C{"no_ehlo_since_tls"}, C{"token-locked"} C{"token_locked"},
+    C{"loadState"} C{"load_state"}.
+    """
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", value)
+    return re.sub(r"[^a-z0-9]+", "_", words.lower()).strip("_") or "other"
 
 
 def _label(value: object, known: Iterable[str] | None = None) -> str:
     """
-    A label value: C{known} words as they are, anything else C{"other"}.
-    With no C{known} set, free text the code itself writes (reasons),
-    shortened.
+    A label value, in snake_case: C{known} words as they are, anything else
+    C{"other"}.  With no C{known} set, free text the code itself writes
+    (reasons), shortened.
     """
     if not isinstance(value, str) or not value:
         return "none" if value is None else "other"
+    label = snakeCase(value)
     if known is not None:
-        return value if value in known else "other"
-    return value[:_MAX_LABEL]
+        return label if label in known else "other"
+    return label[:_MAX_LABEL]
 
 
 class ServerMetrics:
@@ -106,11 +142,43 @@ class ServerMetrics:
         self.storeOutages = Counter(
             "clientid_store_outages", "Times the CLIENTID store became unavailable.", registry=r
         )
+        self.storeUp = Gauge(
+            "clientid_store_up",
+            "1 while the CLIENTID store answers, 0 during an outage (logins get a temporary failure).",
+            registry=r,
+        )
+        self.storeUp.set(1)
+        self.loginDecision = Histogram(
+            "clientid_login_decision_seconds",
+            "Time to decide a login (password check and device policy), by protocol; "
+            "the failure delay is not included.",
+            ["protocol"],
+            buckets=_DECISION_BUCKETS,
+            registry=r,
+        )
+        self.storeCall = Histogram(
+            "clientid_store_call_seconds",
+            "Time of each CLIENTID store call, by operation.",
+            ["operation"],
+            buckets=_STORE_BUCKETS,
+            registry=r,
+        )
+        Info("clientid_build", "The running version of clientid-twisted and what it runs on.", registry=r).info(
+            {"version": __version__, "twisted": twisted.__version__, "python": platform.python_version()}
+        )
         self.relayQueue = Gauge(
             "clientid_relay_queue_messages",
             "Messages in the relay queue waiting for (or being sent to) the smarthost.",
             registry=r,
         )
+
+    def watchConnections(self, limiter: Any) -> None:
+        """
+        Report the open connections of C{limiter} (a
+        L{ConnectionLimiter <clientid_twisted.server.connections.ConnectionLimiter>}),
+        by protocol and TLS state, read at each scrape.
+        """
+        self.registry.register(_ConnectionCollector(limiter))
 
     def relayQueueLength(self, length: Callable[[], int]) -> None:
         """
@@ -145,6 +213,9 @@ class ServerMetrics:
             self.alerts.labels(_label(event["alertKind"])).inc()
         elif event.get("storeEvent") == "down":
             self.storeOutages.inc()
+            self.storeUp.set(0)
+        elif event.get("storeEvent") == "up":
+            self.storeUp.set(1)
 
     # -- the store ------------------------------------------------------------
 
@@ -152,7 +223,17 @@ class ServerMetrics:
         self.locks.labels(_label(key.partition(":")[0], _LOCK_KINDS)).inc()
 
     def storeFailed(self, operation: str) -> None:
-        self.storeErrors.labels(operation).inc()
+        self.storeErrors.labels(snakeCase(operation)).inc()
+
+    def storeCallTook(self, operation: str, seconds: float) -> None:
+        self.storeCall.labels(snakeCase(operation)).observe(seconds)
+
+    def timedChecker(self, checker: Any) -> "TimedChecker":
+        """
+        Wrap the portal's checker so each login's decision time is
+        recorded.
+        """
+        return TimedChecker(checker, self)
 
     def countingStore(self, store: IClientIDStore) -> "CountingStore":
         """
@@ -185,13 +266,18 @@ class CountingStore:
         return getattr(self.store, name)
 
     def _call(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
         d = defer.maybeDeferred(method, *args)
+
+        def took(result: Any) -> Any:
+            self.metrics.storeCallTook(operation, time.perf_counter() - started)
+            return result
 
         def failed(reason: Failure) -> Failure:
             self.metrics.storeFailed(operation)
             return reason
 
-        return d.addErrback(failed)
+        return d.addBoth(took).addErrback(failed)
 
     def identityKey(self, candidate: bytes | None) -> Any:
         return self._call("identityKey", self.store.identityKey, candidate)
@@ -247,20 +333,59 @@ class CountingStore:
         return self._call("close", self.store.close)
 
 
-class MetricsResource(resource.Resource):
+@implementer(ICredentialsChecker)
+class TimedChecker:
     """
-    C{GET /metrics}: the counters in the Prometheus text format.
+    An L{ICredentialsChecker} that passes every login to C{checker} and
+    records how long its decision took, by protocol.
     """
 
-    isLeaf = True
-
-    def __init__(self, metrics: ServerMetrics) -> None:
-        resource.Resource.__init__(self)
+    def __init__(self, checker: Any, metrics: ServerMetrics) -> None:
+        self.checker = checker
         self.metrics = metrics
+        self.credentialInterfaces = tuple(checker.credentialInterfaces)
 
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return self.metrics.scrape()
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+        started = time.perf_counter()
+        protocol = _label(getattr(credentials, "protocolName", None), _PROTOCOLS)
+
+        def took(result: Any) -> Any:
+            self.metrics.loginDecision.labels(protocol).observe(time.perf_counter() - started)
+            return result
+
+        return defer.maybeDeferred(self.checker.requestAvatarId, credentials).addBoth(took)
+
+
+class _ConnectionCollector:
+    """
+    C{clientid_connections}: the limiter's open sessions by protocol and
+    TLS state, counted when scraped.
+    """
+
+    def __init__(self, limiter: Any) -> None:
+        self.limiter = limiter
+
+    def describe(self) -> list[Any]:
+        return [self._family()]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "clientid_connections",
+            "Open SMTP and IMAP connections, by protocol and whether TLS is up.",
+            labels=["protocol", "tls"],
+        )
+
+    def collect(self) -> Iterable[Any]:
+        counts = {(protocol, tls): 0 for protocol in sorted(_PROTOCOLS) for tls in ("yes", "no")}
+        for session in self.limiter.sessions():
+            protocol = _label(getattr(session, "protocolName", None), _PROTOCOLS)
+            encrypted = getattr(session, "isEncrypted", lambda: False)()
+            key = (protocol, "yes" if encrypted else "no")
+            counts[key] = counts.get(key, 0) + 1
+        family = self._family()
+        for (protocol, tls), count in counts.items():
+            family.add_metric([protocol, tls], count)
+        yield family
 
 
 class _ObserverService(service.Service):
@@ -288,8 +413,10 @@ def metricsService(
     The services that count and serve: the log observer, and an HTTP
     listener on C{description} (an endpoint string) answering C{/metrics}.
     """
+    from prometheus_client.twisted import MetricsResource
+
     root = resource.Resource()
-    root.putChild(b"metrics", MetricsResource(metrics))
+    root.putChild(b"metrics", MetricsResource(metrics.registry))
     site = server.Site(root)
     site.displayTracebacks = False
     top = service.MultiService()

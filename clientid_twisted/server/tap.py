@@ -210,6 +210,7 @@ def makeService(options: Options) -> service.MultiService:
 
         metricsService(metrics, options["metrics"]).setServiceParent(top)
         _log.info("metrics served at /metrics on {endpoint}", endpoint=options["metrics"])
+        assembled.addCallback(_watchConnections, metrics)
     assembled.addCallback(_serve, top, options)
     failedNow: list[Failure] = []
 
@@ -224,6 +225,15 @@ def makeService(options: Options) -> service.MultiService:
         failedNow[0].trap(ValueError, OSError)
         raise SystemExit(f"clientid-mail: {failedNow[0].value}")
     return top
+
+
+def _watchConnections(server: MailServer, metrics: Any) -> MailServer:
+    """
+    Have the metrics count C{server}'s open connections.
+    """
+    if server.limiter is not None:
+        metrics.watchConnections(server.limiter)
+    return server
 
 
 def _serve(server: MailServer, top: service.MultiService, options: Options) -> None:
