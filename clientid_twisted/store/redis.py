@@ -941,8 +941,8 @@ def openRedisStore(
 ) -> IClientIDStore:
     """
     The L{clientid_twisted.store.openStore} opener for C{redis://},
-    C{rediss://} and their C{+sentinel} forms.  C{create} does not apply: a Redis database is always
-    there.
+    C{rediss://} and their C{+sentinel} forms.  C{create} does not apply:
+    a Redis database is always there.
     """
     assert url is not None
     settings = parseRedisURL(url)
