@@ -1,9 +1,11 @@
 """
 The sdist and wheel built from the tree hold the licence (and the sdist the
 changelog) with SPDX licence metadata; the twistd dropin ships in the wheel:
-after a plain C{pip install} of the wheel into a fresh virtualenv, C{twistd
---help} lists C{clientid-mail}, C{twistd clientid-mail --version} prints
-our version, and the server starts and greets.
+after a plain C{pip install} of the wheel into a fresh virtualenv, with no
+C{dropin.cache} yet, C{twistd --reactor=poll -n clientid-mail} starts on
+the poll reactor and greets (importing the dropins must not install the
+default reactor first: issue 13, finding 1); C{twistd --help} lists
+C{clientid-mail} and C{twistd clientid-mail --version} prints our version.
 
 Slow (it builds a wheel and installs its dependencies), so marked; CI runs it.
 """
@@ -104,17 +106,14 @@ class WheelTests(SynchronousTestCase):
         # Run from an empty directory so nothing from the checkout is found.
         empty = self.work / "elsewhere"
         empty.mkdir()
-        help_ = self.run_(env / "bin" / "twistd", "--help", cwd=empty)
-        self.assertIn("clientid-mail", help_.stdout)
-        admin = self.run_(env / "bin" / "clientid-admin", "--help", cwd=empty)
-        self.assertIn("user", admin.stdout)
-        printed = self.run_(env / "bin" / "twistd", "clientid-mail", "--version", cwd=empty)
-        self.assertEqual(printed.stdout.splitlines()[0], f"clientid-mail (clientid-twisted) {__version__}")
-
+        # A fresh install: no plugin cache yet, so twistd imports every
+        # dropin (ours too) before it installs the reactor asked for.
+        self.assertEqual(list(env.rglob("dropin.cache")), [])
         port = _freePort()
         server = subprocess.Popen(
             [
                 str(env / "bin" / "twistd"),
+                "--reactor=poll",
                 "-n",
                 "--pidfile=",
                 "clientid-mail",
@@ -146,5 +145,15 @@ class WheelTests(SynchronousTestCase):
         self.assertIn("SHA-256 fingerprint", output)
         self.assertTrue((self.work / "data" / "tls" / "selfsigned.pem").exists())
         self.assertNotIn("Traceback", output)
+        self.assertNotIn("reactor already installed", output)
+        self.assertIn("PollReactor", output)
+
+        help_ = self.run_(env / "bin" / "twistd", "--help", cwd=empty)
+        self.assertIn("clientid-mail", help_.stdout)
+        admin = self.run_(env / "bin" / "clientid-admin", "--help", cwd=empty)
+        self.assertIn("user", admin.stdout)
+        printed = self.run_(env / "bin" / "twistd", "clientid-mail", "--version", cwd=empty)
+        self.assertEqual(printed.stdout.splitlines()[0], f"clientid-mail (clientid-twisted) {__version__}")
+
 
 

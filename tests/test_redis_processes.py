@@ -19,6 +19,7 @@ import base64
 import concurrent.futures
 import io
 import json
+import re
 import smtplib
 import subprocess
 import sys
@@ -178,6 +179,31 @@ class TwoProcessesOneRedisTests(SynchronousTestCase):
         status, out, err = self.admin("devices", "list", ALICE, "--json")
         self.assertEqual(status, 0, err)
         return {d["fingerprint"]: d["state"] for d in json.loads(out)}
+
+    def test_oneFingerprintEverywhere(self) -> None:
+        """
+        One identity key for both processes (the store's): the same token
+        has the same fingerprint in each process's protocol log lines and
+        alert lines, in the events and in C{clientid-admin devices list};
+        neither process made a C{clientid.key} of its own.
+        """
+        self.assertEqual(self.two.smtp(LAPTOP), SMTP_REFUSED)
+        self.assertEqual(self.one.imap(LAPTOP), IMAP_REFUSED)
+        [fingerprint] = self.states()
+        status, out, err = self.admin("events", "--json")
+        self.assertEqual(status, 0, err)
+        self.assertEqual({e["fingerprint"] for e in json.loads(out) if e.get("fingerprint")}, {fingerprint})
+        alerted = []
+        for frontend in (self.one, self.two):
+            log = frontend.server.log()
+            accepted = re.findall(r"CLIENTID accepted from .*fingerprint=(\S+)", log)
+            self.assertTrue(accepted, log)
+            self.assertEqual(set(accepted), {fingerprint}, log)
+            # The device-refused alert goes out once per period, from
+            # whichever process saw the device first.
+            alerted += re.findall(r"CLIENTID alert device-refused .*fingerprint=(\S+)", log)
+            self.assertFalse((frontend.server.dataDir / "clientid.key").exists())
+        self.assertEqual(set(alerted), {fingerprint})
 
     def test_approvalOnBoth(self) -> None:
         """
