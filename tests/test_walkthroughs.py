@@ -162,3 +162,40 @@ class TranscriptParsingTests(SynchronousTestCase):
     def test_everyDocumentParses(self) -> None:
         for document in documents():
             transcripts(document.read_text())
+
+
+class BareLineFeedTests(SynchronousTestCase):
+    """
+    Lines end in CRLF (RFC 5321 section 2.3.8, RFC 3501 section 2.2): a
+    bare LF does not end a command, so a client that sends one (openssl
+    s_client without -crlf) gets no reply until its CRLF.  Deliberately:
+    taking LF alone as a line end is what SMTP smuggling abuses (a
+    message's end written as LF.LF), and a submission server has no
+    legacy clients that need it (README, A session; docs/limits.md).
+    """
+
+    def setUp(self) -> None:
+        why = canRunServer()
+        if why is not None:
+            raise SkipTest(why)
+        self.server = RunningServer(Path(self.mktemp()), "", ("smtp", "imap"))
+        self.addCleanup(self.server.stop)
+
+    def check(self, protocol: str, greeting: bytes, command: bytes, answered: bytes) -> None:
+        s = connect(self.server.ports[protocol], timeout=1)
+        readUntil(s, greeting)
+        s.sendall(command + b"\n")
+        self.assertEqual(readUntil(s, rb"\r\n"), b"")  # nothing within a second
+        s.settimeout(10)
+        s.sendall(b"\r\n")
+        reply = readUntil(s, rb"\r\n")
+        s.close()
+        self.assertTrue(reply.startswith(answered), reply)
+
+    def test_smtp(self) -> None:
+        # The line "NOOP\n" ends at the CRLF; the LF in it is trailing
+        # white space to the command parser.
+        self.check("smtp", rb"^220 [^\r\n]*\r\n", b"NOOP", b"250 ")
+
+    def test_imap(self) -> None:
+        self.check("imap", rb"^\* OK[^\r\n]*\r\n", b"a NOOP", b"a OK ")
