@@ -90,14 +90,21 @@ class ServeTests(SynchronousTestCase):
             else:
                 self.fail(f"{name} never listened: {process.stderr.read()}")  # type: ignore[union-attr]
             process.send_signal(sig)
-            rc = process.wait(timeout=30)
+            # communicate() drains both pipes while waiting: a child whose
+            # shutdown log filled a pipe nobody read would never exit.
+            try:
+                out, err = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, err = process.communicate()
+                self.fail(f"{name} did not stop on signal {sig}:\n{out[-4000:]}\n{err[-4000:]}")
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
             process.stdout.close()  # type: ignore[union-attr]
             process.stderr.close()  # type: ignore[union-attr]
-        self.assertEqual(rc, 0)
+        self.assertEqual(process.returncode, 0, f"{out[-4000:]}\n{err[-4000:]}")
 
     def test_esmtpServerSIGTERM(self) -> None:
         self.assertServesAndStops("esmtp_server.py", "0", signal.SIGTERM)
