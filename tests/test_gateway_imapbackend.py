@@ -314,6 +314,19 @@ class PendingNoticesTests(SynchronousTestCase):
         notices.alertRaised(self.alert(None, "token-locked"))
         self.assertEqual(notices._pending, {})
 
+    def test_failureNoticesOnlyIfAsked(self) -> None:
+        """
+        As in the standalone server, alerts of failed logins without the
+        right password become notices only with [alerts] notice_failures.
+        """
+        notices = PendingNotices("h")
+        notices.alertRaised(self.alert("a@x", "device-locked"))
+        notices.alertRaised(self.alert("a@x", "account-closed"))
+        self.assertEqual(notices.take("a@x"), [])
+        notices = PendingNotices("h", failureNotices=True)
+        notices.alertRaised(self.alert("a@x", "device-locked"))
+        self.assertEqual(len(notices.take("a@x")), 1)
+
     def test_bounded(self) -> None:
         notices = PendingNotices("h", accounts=2, perAccount=2)
         for _ in range(3):

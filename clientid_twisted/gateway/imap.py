@@ -39,6 +39,7 @@ from clientid_twisted.policy.alerts import Alert
 from clientid_twisted.policy.decision import accountName
 from clientid_twisted.policy.notice import LINK_KINDS, noticeLines
 from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
+from clientid_twisted.server.mailnotice import WITHOUT_PASSWORD_KINDS
 
 __all__ = [
     "GatewayIMAP4Factory",
@@ -100,20 +101,28 @@ class PendingNotices:
         accounts: int = 10000,
         perAccount: int = 5,
         linksFor: Callable[[str, str], tuple[str, str]] | None = None,
+        failureNotices: bool = False,
     ) -> None:
         """
         @param linksFor: C{linksFor(account, fingerprint)}: a device's
             approve and disown links on the self-service site, for the
             notices of L{LINK_KINDS}; L{None} when the site is off.
+        @param failureNotices: C{[alerts] notice_failures}: whether the
+            alerts of failed logins without the right password
+            (C{device-locked}, C{account-closed}) become notices.
         """
         self.hostname = hostname
         self.linksFor = linksFor
+        self.failureNotices = failureNotices
         self._accounts = accounts
         self._perAccount = perAccount
         self._pending: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
 
     def alertRaised(self, alert: Alert) -> None:
         if not alert.forAccount or alert.account is None:
+            return
+        if alert.kind in WITHOUT_PASSWORD_KINDS and not self.failureNotices:
+            # As in the standalone server: anyone can cause these.
             return
         messageID = email.utils.make_msgid("clientid")
         links = []
@@ -282,34 +291,28 @@ class GatewayIMAP4Factory(MailIMAP4Factory):
 def gatewayIMAPFactory(
     config: GatewayConfig,
     policy: IClientIDPolicy,
-    hostname: str,
-    mailNotices: bool = True,
+    notices: PendingNotices | None = None,
     reactor: Any = None,
-    noticeLinks: Callable[[str, str], tuple[str, str]] | None = None,
     **factoryArguments: Any,
 ) -> GatewayIMAP4Factory:
     """
     The IMAP gateway's factory: logins checked by C{config.imapBackend}
     under the device policy, sessions relayed to it.
 
-    @param mailNotices: C{[alerts] mail_account}: APPEND the account's
-        notices to its backend INBOX at its next login.  The notices are
-        heard from C{policy}'s C{alertObservers} list (the built-in
-        L{clientid_twisted.policy.engine.DevicePolicy} has one).
-    @param noticeLinks: The self-service site's device links for those
-        notices, or L{None}.
+    @param notices: Where the policy's account notices wait for the
+        account's next login, to be APPENDed to its backend INBOX (give it
+        to the policy builder as an application observer:
+        L{clientid_twisted.server.assembly.assembleServer} does), or
+        L{None}: no INBOX notices.
     @param factoryArguments: For L{GatewayIMAP4Factory} (C{context},
-        C{limits}, C{limiter}).
+        C{limits}, C{limiter}, C{identityHasher}).
     @raise ValueError: If C{[gateway] backend_ca} cannot be read.
     """
     assert config.imapBackend is not None
     backend = Backend(config.imapBackend, config, reactor, "IMAP")
     checker = ClientIDChecker(IMAPBackendChecker(backend, reactor), policy)
     factory = GatewayIMAP4Factory(Portal(GatewayRealm(), [checker]), **factoryArguments)
-    observers = getattr(policy, "alertObservers", None)
-    if mailNotices and isinstance(observers, list):
-        factory.notices = PendingNotices(hostname, linksFor=noticeLinks)
-        observers.append(factory.notices)
+    factory.notices = notices
     _log.info(
         "IMAP gateway: logins and sessions go to {endpoint}",
         endpoint=config.imapBackend.description,

@@ -190,13 +190,34 @@ def assembleServer(
     # store's key; a new local store adopts clientid.key) keys the protocol
     # log too, so the log, the events, the alerts and `clientid-admin
     # devices list` agree.
+    inboxNotices = mailboxNotices(dataDir, users, serverName, reactor, linksFor)
+    # In IMAP gateway mode, notices for the accounts (which live on the
+    # backend) wait for the account's next login through the gateway.
+    gatewayNotices: list[Any] = []
+
+    def observers(settings: PolicyConfig, hasher: IdentityHasher) -> list[Any]:
+        found: list[Any] = list(inboxNotices(settings, hasher))
+        if gateway.imapBackend is not None and settings.alerts.mailAccount:
+            from clientid_twisted.gateway.imap import PendingNotices
+
+            links = linksFor(hasher)
+            gatewayNotices.append(
+                PendingNotices(
+                    serverName,
+                    linksFor=links.deviceLinks if links is not None else None,
+                    failureNotices=settings.alerts.noticeFailures,
+                )
+            )
+            found += gatewayNotices
+        return found
+
     built = buildAuthentication(
         ScryptChecker(users),
         config,
         storeURL,
         dataDir / KEY_FILE,
         dataDir=dataDir,
-        applicationObservers=mailboxNotices(dataDir, users, serverName, reactor, linksFor),
+        applicationObservers=observers,
         reactor=reactor,
         configSource=configFile,
         wrapStore=metrics.countingStore if metrics is not None else None,
@@ -249,9 +270,7 @@ def assembleServer(
             imapFactory: MailIMAP4Factory = gatewayIMAPFactory(
                 gateway,
                 authentication.policy,
-                serverName,
-                mailNotices=authentication.config.alerts.mailAccount,
-                noticeLinks=links.deviceLinks if links is not None else None,
+                notices=gatewayNotices[0] if gatewayNotices else None,
                 context=tlsOptions,
                 limits=limits,
                 limiter=limiter,
