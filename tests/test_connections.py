@@ -233,3 +233,29 @@ class RefusalTests(SynchronousTestCase):
             self.refused(MailIMAP4Factory()).value(),
             b"* BYE Too many connections from your address, try again later\r\n",
         )
+
+
+class RefusalLogTests(SynchronousTestCase):
+    """
+    Under a flood of refused connections the log gets one line per reason
+    per interval, and the next line says how many were not logged.
+    """
+
+    def test_rationed(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        from clientid_twisted.server.connections import REFUSAL_LOG_INTERVAL
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        limiter = ConnectionLimiter(ServerLimits(), clock=clock)
+        for _ in range(500):
+            limiter.logRefusal("smtp", "192.0.2.1", "too many from this address")
+        limiter.logRefusal("imap", "192.0.2.1", "too many from this address")
+        clock.advance(REFUSAL_LOG_INTERVAL)
+        limiter.logRefusal("smtp", "192.0.2.1", "too many from this address")
+        refused = [e for e in events if e.get("limitEvent") == "refused"]
+        self.assertEqual([(e["protocol"], e["unlogged"]) for e in refused], [("smtp", 0), ("imap", 0), ("smtp", 499)])
+        self.assertIn("(499 more refused for this reason since the last such line)", refused[2]["more"])

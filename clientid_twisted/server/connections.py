@@ -31,6 +31,9 @@ _log = Logger()
 _DRAIN_POLL_SECONDS = 0.1
 """How often a shutdown checks whether busy sessions have finished."""
 
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two log lines for connections refused for one reason."""
+
 _CLOSE_GRACE_SECONDS = 10.0
 """How long a connection told to close may take to read its goodbye before
 it is cut: a client that never reads would otherwise hold it open."""
@@ -86,6 +89,26 @@ class ConnectionLimiter:
         self._handshakes: dict[Any, str | None] = {}
         self._handshakesPerAddress: Counter[str | None] = Counter()
         self._drained: list[defer.Deferred[None]] = []
+        self._refusalLogged: dict[tuple[str, str], float] = {}
+        self._refusalsUnlogged: Counter[tuple[str, str]] = Counter()
+
+    # -- the refusal log ----------------------------------------------------------
+
+    def logRefusal(self, protocol: str, peer: str, reason: str) -> None:
+        """
+        Log a refused connection: the first of its protocol and reason, then
+        at most one line per L{REFUSAL_LOG_INTERVAL} seconds, which counts
+        those not logged since, so a flood (the moment limits matter most)
+        does not also flood the log.
+        """
+        key = (protocol, reason)
+        now = self.clock.seconds()
+        last = self._refusalLogged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            self._refusalsUnlogged[key] += 1
+            return
+        self._refusalLogged[key] = now
+        _logRefused(protocol, peer, reason, self._refusalsUnlogged.pop(key, 0))
 
     # -- counting ---------------------------------------------------------------
 
@@ -241,6 +264,18 @@ class ConnectionLimiter:
             self.release(session)
 
 
+def _logRefused(protocol: str, peer: str, reason: str, unlogged: int = 0) -> None:
+    _log.info(
+        "Refused {protocol} connection from {peer}: {reason}{more}",
+        limitEvent="refused",
+        protocol=protocol,
+        peer=peer,
+        reason=reason,
+        unlogged=unlogged,
+        more=f" ({unlogged} more refused for this reason since the last such line)" if unlogged else "",
+    )
+
+
 class RefusedConnection(Protocol):
     """
     What a connection over a limit gets instead of a session: one goodbye
@@ -251,24 +286,25 @@ class RefusedConnection(Protocol):
     """
 
     def __init__(self, goodbye: bytes, reason: str, protocolName: str,
-                 callLater: Callable[..., Any] | None = None) -> None:
+                 callLater: Callable[..., Any] | None = None,
+                 logRefusal: Callable[[str, str, str], None] | None = None) -> None:
+        """
+        @param logRefusal: Logs the refusal (L{ConnectionLimiter.logRefusal},
+            which rations the lines); by default every refusal is a line.
+        """
         self.goodbye = goodbye
         self.reason = reason
         self.protocolName = protocolName
         self._callLater = callLater
+        self._logRefusal = logRefusal
         self._abortCall: Any = None
 
     transport: Any
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        _log.info(
-            "Refused {protocol} connection from {peer}: {reason}",
-            limitEvent="refused",
-            protocol=self.protocolName,
-            peer=str(getattr(peer, "host", peer)),
-            reason=self.reason,
-        )
+        host = str(getattr(peer, "host", peer))
+        (self._logRefusal or _logRefused)(self.protocolName, host, self.reason)
         self.transport.write(self.goodbye + b"\r\n")
         self.transport.loseConnection()
         callLater = self._callLater
@@ -324,7 +360,9 @@ class LimitedFactoryMixin:
         refusal = self.limiter.admit(p, addr)
         if refusal is None:
             return p
-        return RefusedConnection(self.goodbye(p, refusal), refusal, self.protocolName)
+        return RefusedConnection(
+            self.goodbye(p, refusal), refusal, self.protocolName, logRefusal=self.limiter.logRefusal
+        )
 
     def goodbye(self, protocol: Any, refusal: str) -> bytes:
         """
