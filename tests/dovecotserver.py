@@ -103,6 +103,7 @@ instance_name = clientid-test-{self.port}
 protocols = imap
 listen = 127.0.0.1
 shutdown_clients = yes
+mailbox_idle_check_interval = 1 secs
 {sslLines}disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
