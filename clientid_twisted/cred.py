@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cred -*-
+# -*- test-case-name: tests.test_checker -*-
 """
 Credentials that carry the client identity to C{twisted.cred}.
 

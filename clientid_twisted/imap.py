@@ -36,7 +36,7 @@ from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.sasl import foreignAuthorization
-from clientid_twisted.sessionstate import ClientIDSessionMixin
+from clientid_twisted.sessioninfo import ClientIDSessionMixin
 from clientid_twisted.identity import (
     ClientIdentity,
     MalformedClientID,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cred -*-
+# -*- test-case-name: tests.test_checker -*-
 """
 The seams between the parts of clientid-twisted.
 

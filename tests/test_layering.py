@@ -9,6 +9,7 @@ importing the dropins or the library's packages picks no reactor.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -259,3 +260,24 @@ class PluginImportTests(SynchronousTestCase):
         for name in clientid_twisted.policy.__all__:
             self.assertTrue(hasattr(clientid_twisted.policy, name), name)
         self.assertRaises(AttributeError, getattr, clientid_twisted, "noSuchName")
+
+
+class HeaderTests(SynchronousTestCase):
+    def test_testCaseNamesExist(self) -> None:
+        """
+        Every module names its tests in a C{test-case-name} header, and
+        each named test module exists.
+        """
+        problems = []
+        for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "twisted" / "plugins").glob("*.py")]):
+            head = "".join(path.read_text("utf-8").splitlines(keepends=True)[:2])
+            match = re.search(r"test-case-name:\s*(\S+)\s*-\*-", head)
+            if match is None:
+                if path.stat().st_size and path.name != "_version.py":
+                    problems.append(f"{path.relative_to(ROOT)}: no test-case-name header")
+                continue
+            for name in match.group(1).split(","):
+                module = ROOT.joinpath(*name.split("."))
+                if not (module.with_suffix(".py").exists() or (module / "__init__.py").exists()):
+                    problems.append(f"{path.relative_to(ROOT)}: {name} does not exist")
+        self.assertEqual(problems, [])

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_selfservice -*-
+# -*- test-case-name: tests.test_web_resource -*-
 """
 What an account owner may do to their own devices, over the store that
 the policy and C{clientid-admin} use, so a change holds on every frontend

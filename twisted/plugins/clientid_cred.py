@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_credfactory,tests.test_layering -*-
 """
 The C{twisted.cred} checker factory dropin: C{clientid:inner=...} strings
 (C{--auth} and C{strcred.makeChecker}) make a

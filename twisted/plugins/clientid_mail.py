@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap,tests.test_layering -*-
 """
 The twistd dropin for C{twistd clientid-mail}.
 
