@@ -1,0 +1,221 @@
+"""
+Twisted's private names (issue 13, finding 4): every one the package uses
+is listed here, with the place that uses it; L{KNOWN} is the whole list,
+and docs/twisted-fixes.md says for each why (which Twisted bug or gap it
+works around).  A new private name fails L{PrivateNameTests.test_noNewPrivateNames}
+until it is listed and explained; a Twisted release that renames or drops
+one fails L{PrivateNameTests.test_twistedStillHasThem}, naming it, instead
+of an override silently no longer being called.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from pathlib import Path
+
+import twisted
+from twisted.python.reflect import namedAny
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "clientid_twisted"
+
+KNOWN: dict[str, set[tuple[str, str]]] = {
+    "clientid_twisted.gateway.config": {
+        ("twisted.internet.endpoints", "_parse"),
+    },
+    "clientid_twisted.gateway.imap": {
+        ("twisted.mail.imap4.IMAP4Server", "_onLogout"),
+        ("twisted.mail.imap4.IMAP4Server", "_unblock"),
+        ("twisted.protocols.basic.LineReceiver", "_buffer"),
+    },
+    "clientid_twisted.gateway.smtp": {
+        ("twisted.mail.smtp.ESMTP", "_cbAuthenticated"),
+        ("twisted.mail.smtp.SMTP", "_onLogout"),
+        ("twisted.protocols.basic.LineOnlyReceiver", "_buffer"),
+    },
+    "clientid_twisted.imap": {
+        ("twisted.mail.imap4.IMAP4Client", "_capCache"),
+        ("twisted.mail.imap4.IMAP4Client", "_startedTLS"),
+        ("twisted.mail.imap4.IMAP4Server", "_onLogout"),
+        ("twisted.mail.imap4.IMAP4Server", "_pendingLiteral"),
+        ("twisted.mail.imap4.IMAP4Server", "_unblock"),
+        ("twisted.protocols.basic.LineReceiver", "_buffer"),
+        ("twisted.protocols.basic.LineReceiver", "_busyReceiving"),
+    },
+    "clientid_twisted.server.imapserver": {
+        ("twisted.mail.imap4", "_FetchParser"),
+        ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebFetch"),
+        ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebSearch"),
+        ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebSpewMessage"),
+        ("twisted.mail.imap4.IMAP4Server", "_cbAppendGotMailbox"),
+        ("twisted.mail.imap4.IMAP4Server", "_cbCopySelectedMailbox"),
+        ("twisted.mail.imap4.IMAP4Server", "_cbSelectWork"),
+        ("twisted.mail.imap4.IMAP4Server", "_cbStatusGotMailbox"),
+        ("twisted.mail.imap4.IMAP4Server", "_fileLiteral"),
+        ("twisted.mail.imap4.IMAP4Server", "_pendingLiteral"),
+        ("twisted.mail.imap4.IMAP4Server", "_unblock"),
+        ("twisted.protocols.basic.LineReceiver", "_buffer"),
+    },
+    "clientid_twisted.server.lines": {
+        ("twisted.protocols.basic.LineOnlyReceiver", "_buffer"),
+    },
+    "clientid_twisted.server.submission": {
+        ("twisted.mail.smtp.SMTP", "_messageHandled"),
+    },
+    "clientid_twisted.smtp": {
+        ("twisted.mail.smtp.ESMTP", "_cbAuthenticated"),
+        ("twisted.mail.smtp.ESMTPClient", "_tlsMode"),
+        ("twisted.mail.smtp.SMTP", "_onLogout"),
+        ("twisted.protocols.basic.LineOnlyReceiver", "_buffer"),
+    },
+}
+
+
+def moduleName(p: Path) -> str:
+    parts = list(p.relative_to(ROOT).with_suffix('').parts)
+    if parts[-1] == '__init__':
+        parts.pop()
+    return '.'.join(parts)
+
+def private(n: str) -> bool:
+    return n.startswith('_') and not (n.startswith('__') and n.endswith('__'))
+
+def twistedPrivateOf(obj: type, allClasses: list[type]) -> dict[str, str]:
+    """
+    The private names Twisted's classes define in the MRO of C{obj} and of
+    every class of ours that derives from it (a mixin's Twisted names are
+    its users' bases'), each with the class that defines it.
+    """
+    names: dict[str, str] = {}
+    related = [obj] + [c for c in allClasses if issubclass(c, obj) and c is not obj]
+    for klass in related:
+        for base in klass.__mro__[1:]:
+            if (base.__module__ or '').startswith('twisted'):
+                for n in vars(base):
+                    if private(n):
+                        names.setdefault(n, f'{base.__module__}.{base.__qualname__}')
+    return names
+
+def allOurClasses() -> list[type]:
+    out: list[type] = []
+    for path in sorted(PACKAGE.rglob('*.py')):
+        try:
+            module = importlib.import_module(moduleName(path))
+        except Exception:
+            continue
+        for v in vars(module).values():
+            if inspect.isclass(v) and (v.__module__ or '').startswith('clientid_twisted'):
+                out.append(v)
+    return out
+
+def scan() -> dict[str, set[tuple[str, str]]]:
+    """
+    Every private Twisted name each module of the package uses, as
+    C{(owner, name)}: imported (C{from twisted... import _x}), reached
+    through a Twisted module or class (C{imap4._FetchParser}), name-mangled
+    (C{_IMAP4Server__ebSearch}), or defined or used on C{self} in a class
+    whose Twisted bases define it (an override or a read of Twisted's
+    private state).
+    """
+    found: dict[str, set[tuple[str, str]]] = {}
+    classes = allOurClasses()
+    for path in sorted(PACKAGE.rglob('*.py')):
+        name = moduleName(path)
+        tree = ast.parse(path.read_text())
+        try:
+            module = importlib.import_module(name)
+        except Exception as e:  # pragma: no cover
+            raise AssertionError(f'{name} cannot be imported: {e}')
+        uses: set[tuple[str, str]] = set()
+        # names bound to twisted objects at module level
+        twistedNames: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split('.')[0] == 'twisted':
+                for a in node.names:
+                    if private(a.name):
+                        uses.add((node.module, a.name))
+                    twistedNames[a.asname or a.name] = f'{node.module}.{a.name}'
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split('.')[0] == 'twisted':
+                        twistedNames[(a.asname or a.name).split('.')[0]] = a.name if a.asname else 'twisted'
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and private(node.attr):
+                # chain root
+                chain = [node.attr]
+                v = node.value
+                while isinstance(v, ast.Attribute):
+                    chain.append(v.attr)
+                    v = v.value
+                if isinstance(v, ast.Name) and v.id in twistedNames:
+                    uses.add((twistedNames[v.id] + ''.join('.' + c for c in reversed(chain[1:])), node.attr))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and ('_IMAP4Server__' in node.value or '_SMTP__' in node.value or '_ESMTP__' in node.value):
+                uses.add(('(mangled string)', node.value))
+            if isinstance(node, ast.Attribute) and ('_IMAP4Server__' in node.attr):
+                uses.add(('(mangled)', node.attr))
+        # classes: private names of twisted bases used via self or overridden
+        for cls in ast.walk(tree):
+            if not isinstance(cls, ast.ClassDef):
+                continue
+            obj = getattr(module, cls.name, None)
+            if not inspect.isclass(obj):
+                continue
+            twistedPrivate = twistedPrivateOf(obj, classes)
+            for node in ast.walk(cls):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in twistedPrivate:
+                    uses.add((twistedPrivate[node.name], node.name))
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ('self', 'p', 'protocol') and node.attr in twistedPrivate:
+                    uses.add((twistedPrivate[node.attr], node.attr))
+        if uses:
+            found[name] = uses
+    return found
+
+
+class PrivateNameTests(SynchronousTestCase):
+    def test_noNewPrivateNames(self) -> None:
+        """
+        The package uses no private Twisted name that L{KNOWN} does not
+        list for that module.
+        """
+        found = scan()
+        new = {
+            module: sorted(uses - KNOWN.get(module, set()))
+            for module, uses in found.items()
+            if uses - KNOWN.get(module, set())
+        }
+        self.assertEqual(
+            new, {}, "private Twisted names: list them in KNOWN and say why in docs/twisted-fixes.md"
+        )
+
+    def test_twistedStillHasThem(self) -> None:
+        """
+        The installed Twisted still defines every private name we use.
+        """
+        missing = []
+        for module, uses in sorted(KNOWN.items()):
+            for owner, name in sorted(uses):
+                if not hasattr(namedAny(owner), name):
+                    missing.append(f"{owner}.{name} (used by {module})")
+        self.assertEqual(
+            missing,
+            [],
+            f"Twisted {twisted.__version__} moved private names the workarounds in "
+            "docs/twisted-fixes.md rely on",
+        )
+
+    def test_scanSeesUses(self) -> None:
+        """
+        The scan finds an override, a read on C{self} and a name reached
+        through a Twisted module (checked on the modules known to have
+        them).
+        """
+        found = scan()
+        self.assertIn(("twisted.mail.imap4", "_FetchParser"), found["clientid_twisted.server.imapserver"])
+        self.assertIn(
+            ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebSearch"),
+            found["clientid_twisted.server.imapserver"],
+        )
+        self.assertIn(("twisted.protocols.basic.LineReceiver", "_buffer"), found["clientid_twisted.imap"])
