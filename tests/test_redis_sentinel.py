@@ -354,9 +354,12 @@ class FailoverTests(SentinelTestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(group.master.reply("ROLE")[0], b"slave")
         self.assertNotEqual((yield frontend.smtp(tokens[1]))[0], SMTP_OK)
-        self.log(temporary, answers, switched)
+        self.report(temporary, answers, switched)
 
-    def log(self, temporary: list[Any], answers: list[Any], switched: float) -> None:
+    def report(self, temporary: list[Any], answers: list[Any], switched: float) -> None:
+        """
+        What the switch cost, for docs/frontends.md (pytest -s shows it).
+        """
         print(
             f"\nfailover: {len(temporary)} temporary failures of {len(answers)} logins, "
             f"switched in {switched:.1f} s"
