@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import time
 from typing import Any
+from urllib.parse import quote
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -154,7 +156,7 @@ class DiscoveryTests(SentinelTestCase):
         dead = freePort()
         hosts = f"127.0.0.1:{dead},127.0.0.1:{group.sentinels[0].port}"
         url = (
-            f"redis+sentinel://:{PASSWORD.replace('@', '%40').replace(' ', '%20')}@{hosts}"
+            f"redis+sentinel://:{quote(PASSWORD, safe='')}@{hosts}"
             f"/{SentinelServer.MASTER}/0?prefix={self.prefix}&timeout=0.5"
         )
         store = self.open(url)
@@ -245,6 +247,30 @@ class DiscoveryTests(SentinelTestCase):
         devices = yield blocking.listDevices("a")
         self.assertEqual(sorted(d.digest for d in devices), ["d", "e"])
         self.assertIsNotNone(group.replica.reply("HGET", f"{self.prefix}devices:a", "e"))
+
+    @defer.inlineCallbacks
+    def test_frozenSentinel(self) -> Any:
+        """
+        A Sentinel that accepts connections and never answers, first in the
+        URL, does not keep either mode from the master: each Sentinel gets
+        a share of the timeout, and one that failed is asked last.
+        """
+        group = self.group()
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        self.addCleanup(silent.close)
+        hosts = f"127.0.0.1:{silent.getsockname()[1]},127.0.0.1:{group.sentinels[0].port}"
+        url = (
+            f"redis+sentinel://:{quote(PASSWORD, safe='')}@{hosts}/{SentinelServer.MASTER}/0"
+            f"?prefix={self.prefix}&timeout=1"
+        )
+        started = time.monotonic()
+        store = self.open(url)
+        yield self.decided(store, seconds=10)
+        blocking = self.open(url, blocking=True)
+        self.assertEqual((yield blocking.listDevices("a")), [])
+        self.assertLess(time.monotonic() - started, 10)
 
     def test_replicaIsNotTheMaster(self) -> None:
         """

@@ -33,6 +33,7 @@ __all__ = [
     "SentinelSettings",
     "SentinelLocator",
     "locateMasterBlocking",
+    "askTimeout",
     "loginCommands",
     "checkMaster",
 ]
@@ -119,7 +120,7 @@ class SentinelLocator:
         self.settings = settings
         self.template = template
         self._reactor = reactor
-        self._timeout = timeout
+        self._timeout = askTimeout(settings, timeout)
         self._order = list(settings.sentinels)
 
     @defer.inlineCallbacks
@@ -133,8 +134,14 @@ class SentinelLocator:
         for sentinel in list(self._order):
             try:
                 address = yield self._ask(sentinel)
+            except defer.CancelledError:
+                raise  # the connection attempt was given up: stop asking
             except Exception as e:
                 reasons.append(f"{_hostPort(sentinel)}: {_why(e)}")
+                # Asked last next time: a Sentinel that is down or frozen
+                # must not delay every connection.
+                self._order.remove(sentinel)
+                self._order.append(sentinel)
                 continue
             self._order.remove(sentinel)
             self._order.insert(0, sentinel)
@@ -161,6 +168,15 @@ class SentinelLocator:
         return d.addCallback(lambda replies: _masterAddress(replies[-1], self.settings.master, self.template))
 
 
+def askTimeout(settings: SentinelSettings, timeout: float) -> float:
+    """
+    How long one Sentinel may take to answer: a share of the store's
+    timeout, so that asking every Sentinel in turn, one of them frozen,
+    still leaves time to connect to the master within it.
+    """
+    return timeout / (len(settings.sentinels) + 1)
+
+
 def locateMasterBlocking(
     settings: SentinelSettings, template: RedisAddress, timeout: float
 ) -> RedisAddress:
@@ -172,7 +188,7 @@ def locateMasterBlocking(
     reasons = []
     for sentinel in settings.sentinels:
         try:
-            connection = BlockingRedisConnection(sentinel, timeout)
+            connection = BlockingRedisConnection(sentinel, askTimeout(settings, timeout))
             try:
                 for command in loginCommands(sentinel):
                     connection.execute(*command)
