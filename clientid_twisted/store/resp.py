@@ -30,14 +30,15 @@ import hiredis
 from attrs import field, frozen
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clientid_twisted.store.errors import StoreError
 
 __all__ = [
+    "connectQuietly",
     "RedisAddress",
     "ReplyError",
     "encodeCommand",
@@ -52,6 +53,30 @@ __all__ = [
 
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 1.0
+
+
+class _OneProtocolFactory(Factory):
+    """
+    Hands out one protocol, without the "Starting factory" / "Stopping
+    factory" log lines a factory writes for each connection attempt: during
+    a Redis outage the store retries twice a second, and those lines would
+    drown the one line that says the store is down.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
+def connectQuietly(endpoint: Any, protocol: Protocol) -> defer.Deferred[Any]:
+    """
+    Twisted's C{connectProtocol}, without a log line per attempt.
+    """
+    return endpoint.connect(_OneProtocolFactory(protocol))  # type: ignore[no-any-return]
 
 
 @frozen
@@ -308,7 +333,7 @@ class RedisConnection:
         reactor, timeout = self._reactor, self.timeout
 
         def connect(address: RedisAddress) -> defer.Deferred[Any]:
-            return connectProtocol(clientEndpoint(reactor, address, timeout), protocol)
+            return connectQuietly(clientEndpoint(reactor, address, timeout), protocol)
 
         attempt: defer.Deferred[Any]
         try:

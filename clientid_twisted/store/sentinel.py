@@ -17,7 +17,6 @@ from typing import Any
 from attrs import evolve, frozen
 
 from twisted.internet import defer
-from twisted.internet.endpoints import connectProtocol
 
 from clientid_twisted.store.errors import StoreError
 from clientid_twisted.store.resp import (
@@ -26,6 +25,7 @@ from clientid_twisted.store.resp import (
     RedisProtocol,
     ReplyError,
     clientEndpoint,
+    connectQuietly,
 )
 
 __all__ = [
@@ -161,7 +161,7 @@ class SentinelLocator:
                 protocol.transport.loseConnection()
             return result
 
-        d = connectProtocol(clientEndpoint(self._reactor, sentinel, self._timeout), protocol)
+        d = connectQuietly(clientEndpoint(self._reactor, sentinel, self._timeout), protocol)
         d.addCallback(ask)
         d.addTimeout(self._timeout, self._reactor)
         d.addBoth(close)
