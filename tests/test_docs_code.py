@@ -215,3 +215,12 @@ class DocsTextTests(SynchronousTestCase):
                     for word in cited:
                         if word:
                             self.assertTrue(any(h.startswith(word.lower()) for h in headings), word)
+
+    def test_performanceForReaders(self) -> None:
+        """
+        docs/performance.md reads as documentation, not a work log: no
+        "this round", no issue numbers or goals by number.
+        """
+        text = self.text("performance.md")
+        for phrase in (r"this round", r"\bissue\b", r"\bround's\b", r"goal \d", r"git archive"):
+            self.assertIsNone(re.search(phrase, text, re.I), phrase)
