@@ -25,7 +25,6 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from clientid_twisted.server.users import UserDatabase
 from tests.runningserver import canRunServer, readUntil
-from tests.services import freePort
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,11 +85,26 @@ class OneLineErrorTests(SynchronousTestCase):
         raise AssertionError("tcp:notaport parsed")
 
 
+def privilegedPort() -> int:
+    """
+    A free TCP port below 1024 on 127.0.0.1 (the caller is root).
+    """
+    for port in range(1023, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SkipTest("no free port below 1024")
+
+
 class PrivilegeDropTests(SynchronousTestCase):
     """
     C{twistd --uid 65534 --gid 65534 clientid-mail}, started as root: the
-    process runs as that user, owns its data directory, and serves logins
-    that write to the store.
+    port (below 1024) is bound before the drop, the process runs as that
+    user, owns its data directory, and serves logins that write to the
+    store.
     """
 
     def setUp(self) -> None:
@@ -112,7 +126,8 @@ class PrivilegeDropTests(SynchronousTestCase):
         dataDir = self.work / "data"
         dataDir.mkdir(mode=0o700)
         UserDatabase(dataDir / "users.json").addUser("alice@example.test", "hunter2")
-        port = freePort()
+        # A privileged port: bound as root before the drop, as 465 would be.
+        port = privilegedPort()
         log = self.work / "server.log"
         with open(log, "wb") as output:
             process = subprocess.Popen(
