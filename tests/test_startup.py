@@ -85,6 +85,18 @@ class OneLineErrorTests(SynchronousTestCase):
         raise AssertionError("tcp:notaport parsed")
 
 
+def _readableByOthers(path: Path) -> bool:
+    """
+    Whether users other than the owner can reach C{path} (every parent
+    searchable) and read it.
+    """
+    path = path.resolve()
+    for parent in [*reversed(path.parents), path]:
+        if not parent.stat().st_mode & 0o001:
+            return False
+    return bool(path.stat().st_mode & 0o004)
+
+
 def privilegedPort() -> int:
     """
     A free TCP port below 1024 on 127.0.0.1 (the caller is root).
@@ -117,6 +129,11 @@ class PrivilegeDropTests(SynchronousTestCase):
             self.nobody = pwd.getpwuid(65534)
         except KeyError:
             raise SkipTest("no user 65534 here")
+        # After the drop the server still imports modules (lazily): the
+        # code must be readable by that user.
+        for tree in (ROOT / "clientid_twisted", Path(sys.prefix)):
+            if not _readableByOthers(tree):
+                raise SkipTest(f"{tree} is not readable by other users, so not by uid 65534 after the drop")
         # Under /tmp with a traversable parent: the user must reach it.
         self.work = Path(tempfile.mkdtemp(prefix="clientid-uid-"))
         self.addCleanup(shutil.rmtree, self.work, ignore_errors=True)
