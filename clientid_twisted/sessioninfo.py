@@ -16,7 +16,7 @@ from clientid_twisted.authlog import describeClientID, escapeForLog
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 
-__all__ = ["ClientIDSessionMixin"]
+__all__ = ["ClientIDSessionMixin", "peerHost"]
 
 
 class ClientIDSessionMixin:
@@ -78,5 +78,17 @@ class ClientIDSessionMixin:
         }
 
     def _peerHost(self) -> str:
-        peer = self.transport.getPeer()
-        return str(getattr(peer, "host", peer))
+        return peerHost(self.transport)
+
+
+def peerHost(transport: Any) -> str:
+    """
+    The address at the other end of C{transport}, as text for log lines
+    (C{"-"} when the transport can no longer say): the one place the
+    protocols, their guards and the connection limiter read it.
+    """
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return "-"
+    return str(getattr(peer, "host", peer))

@@ -90,7 +90,6 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
     _authSeen = False
     _ehloSinceTLS = False
     _discardingPlaintext = False
-    _rawCommandLine = b""
     _authMechanism = b""
     _heldLines: list[bytes] | None = None
 
@@ -144,16 +143,17 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
 
     def state_COMMAND(self, line: bytes) -> None:
         """
-        Keep the raw line for CLIENTID, and answer a line with NUL or
+        Take CLIENTID lines before Twisted's command splitter (which strips
+        and collapses white space): the handler gets the raw line, as the
+        IMAP mixin's C{parse_command} does.  Answer a line with NUL or
         non-ASCII bytes with a 500 instead of letting Twisted's command
         lookup raise (which drops the connection).
         """
-        self._rawCommandLine = line
         verb = _CLIENTID_VERB.match(line)
         if verb is not None:
             # CLIENTID, whatever follows the name (a NUL, non-ASCII): where
             # the extension is usable that is a malformed CLIENTID (501).
-            self.ext_CLIENTID(line[verb.end():].strip())
+            self.clientIDCommand(line)
         elif _UNCLEAN.search(line):
             self.sendCode(500, b"Syntax error: command contains NUL or non-ASCII bytes")
         else:
@@ -243,13 +243,12 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
 
     # -- CLIENTID -----------------------------------------------------------
 
-    def ext_CLIENTID(self, rest: bytes) -> None:
+    def clientIDCommand(self, line: bytes) -> None:
         """
-        Handle C{CLIENTID type token}, parsing the raw line (Twisted's
-        command splitter strips and collapses white space).
+        Handle a C{CLIENTID type token} command line, raw as it came.
         """
         if not self.clientIDAvailable():
-            self.do_UNKNOWN(rest)
+            self.do_UNKNOWN(line)
             return
         if self._authSeen:
             self._refuseClientID(503, b"Bad sequence of commands: CLIENTID must come before AUTH", "after AUTH")
@@ -260,7 +259,6 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         if self.clientIdentity is not None:
             self._refuseClientID(503, b"Bad sequence of commands: CLIENTID already given", "repeated")
             return
-        line = self._rawCommandLine
         prefix = _COMMAND_PREFIX.match(line)
         try:
             if prefix is None:

@@ -406,8 +406,8 @@ class OurServerTests(_ProbeTestCase):
         seen: list[Any] = []
 
         class Recording(SubmissionESMTP):
-            def ext_CLIENTID(self, rest: bytes) -> None:
-                super().ext_CLIENTID(rest)
+            def clientIDCommand(self, line: bytes) -> None:
+                super().clientIDCommand(line)
                 if self.clientIdentity is not None:
                     seen.append(self.clientIdentity)
 

@@ -235,7 +235,6 @@ class GatewayESMTP(SubmissionESMTP):
         if verb not in RELAYED:
             # EHLO, AUTH, CLIENTID, VRFY, unknown...: the front's, as
             # before the login.
-            self._rawCommandLine = line
             SubmissionESMTP.lineReceived(self, line)
             if verb in (b"EHLO", b"HELO") and self.relay is not None:
                 # EHLO resets the mail transaction, which lives on the

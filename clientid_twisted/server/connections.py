@@ -22,6 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from clientid_twisted.sessioninfo import peerHost
 from clientid_twisted.server.limits import ServerLimits
 
 __all__ = ["addressKey", "ConnectionLimiter", "RefusedConnection"]
@@ -302,8 +303,7 @@ class RefusedConnection(Protocol):
     transport: Any
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        host = str(getattr(peer, "host", peer))
+        host = peerHost(self.transport)
         (self._logRefusal or _logRefused)(self.protocolName, host, self.reason)
         self.transport.write(self.goodbye + b"\r\n")
         self.transport.loseConnection()

@@ -25,6 +25,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 
+from clientid_twisted.sessioninfo import peerHost
 from clientid_twisted.server.connections import (
     _CLOSE_GRACE_SECONDS,
     _CUT_LINGER_SECONDS,
@@ -175,11 +176,7 @@ class SessionGuardMixin:
         super().connectionLost(reason)  # type: ignore[misc]
 
     def _peer(self) -> str:
-        try:
-            peer = self.transport.getPeer()
-        except Exception:
-            return "-"
-        return str(getattr(peer, "host", peer))
+        return peerHost(self.transport)
 
     def _logLimit(self, event: str, **fields: Any) -> None:
         _log.info(
