@@ -274,3 +274,18 @@ class EndTests(RelayTestCase):
         self.protocol.connectionLost()
         self.assertTrue(self.backendTransport.disconnecting)
         self.assertIsNone(self.backendTransport.producer)
+
+    def test_backendGoneThenClient(self) -> None:
+        """
+        The backend's connection ends first, then the client's: nothing is
+        asked of the backend's dead transport (a TLS one has no producer
+        to unregister any more and raises).
+        """
+
+        def gone() -> None:
+            raise AttributeError("'Client' object has no attribute 'protocol'")
+
+        self.backendProtocol.connectionLost()
+        self.backendTransport.unregisterProducer = gone  # type: ignore[method-assign]
+        self.protocol.connectionLost()
+        self.assertTrue(self.client.transport.disconnecting)

@@ -214,6 +214,16 @@ class BackendSession:
         if transport is not None and not self.protocol.closed.called:
             transport.loseConnection()
 
+    def end(self) -> None:
+        """
+        The client's connection is gone: stop taking its input as this
+        connection's producer (unless this one is gone too: a TLS
+        transport then has nothing left to unregister) and close.
+        """
+        if not self.protocol.closed.called:
+            self.transport.unregisterProducer()
+        self.close()
+
 
 def printable(data: bytes) -> str:
     """

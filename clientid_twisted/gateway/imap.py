@@ -263,12 +263,9 @@ class GatewayIMAP4Server(MailIMAP4Server):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        relay = self._relay
-        if relay is not None:
-            relay.transport.unregisterProducer()
         super().connectionLost(reason)
-        if relay is not None:
-            relay.close()
+        if self._relay is not None:
+            self._relay.end()
 
 
 class GatewayIMAP4Factory(MailIMAP4Factory):

@@ -409,12 +409,9 @@ class GatewayESMTP(SubmissionESMTP):
         return super().isBusy()
 
     def connectionLost(self, reason: Any = None) -> None:
-        relay = self.relay
-        if relay is not None and not relay.protocol.closed.called:
-            relay.transport.unregisterProducer()
         super().connectionLost(reason)
-        if relay is not None:
-            relay.close()
+        if self.relay is not None:
+            self.relay.end()
 
 
 class GatewaySubmissionFactory(SubmissionFactory):
