@@ -226,6 +226,7 @@ class PostfixServer:
                 "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
                 "  -o smtpd_sender_restrictions=reject_sender_login_mismatch\n"
                 "  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"
+                "  -o smtpd_forbid_bare_newline=normalize\n"
             )
         settings.update(main)
         (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))

@@ -290,6 +290,29 @@ class PostfixDecidesTests(GatewayTestCase):
         client.quit()
         self.assertEqual(self.postfix.messages("alice"), [])
 
+    def test_bareLineFeedsAreData(self) -> None:
+        """
+        A bare LF is not a line end for the gateway nor for Postfix
+        (C{smtpd_forbid_bare_newline = normalize}): commands smuggled
+        behind C{LF . LF} stay message data, and one message is delivered.
+        """
+        client = self.login()
+        self.assertEqual(client.docmd("MAIL", f"FROM:<{ALICE}>"), (250, b"2.1.0 Ok"))
+        self.assertEqual(client.docmd("RCPT", f"TO:<{BOB}>"), (250, b"2.1.5 Ok"))
+        self.assertEqual(client.docmd("DATA")[0], 354)
+        client.send(
+            b"Subject: smuggling\r\n\r\nhello\n.\nMAIL FROM:<" + ALICE.encode()
+            + b">\nRCPT TO:<" + ALICE.encode() + b">\nDATA\nsmuggled\r\n.\r\n"
+        )
+        code, text = client.getreply()
+        self.assertEqual(code, 250, text)
+        self.assertEqual(client.docmd("NOOP"), (250, b"2.0.0 Ok"))
+        client.quit()
+        [stored] = self.postfix.waitForMessages("bob")
+        self.assertIn(b"smuggled", stored)
+        self.assertEqual(self.postfix.messages("alice"), [])
+        self.assertEqual(self.postfix.log().count("status=sent"), 1)
+
     def test_frontCommandsAfterLogin(self) -> None:
         """
         After AUTH, EHLO is the gateway's (CLIENTID still listed) and
