@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -141,7 +141,16 @@ def namesClientID(line: bytes) -> bool:
     return len(words) >= 2 and words[1].upper() == b"CLIENTID"
 
 
-class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
+if TYPE_CHECKING:
+    # What the mixins are mixed into, for the type checker only: at run
+    # time they derive from nothing of Twisted's (they go first).
+    _IMAP4ServerBase = imap4.IMAP4Server
+    _IMAP4ClientBase = imap4.IMAP4Client
+else:
+    _IMAP4ServerBase = _IMAP4ClientBase = object
+
+
+class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
     """
     Adds CLIENTID to an L{imap4.IMAP4Server} subclass.
 
@@ -246,7 +255,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         C{SASL-IR} while some C{AUTH=} is listed; password mechanisms are
         not offered while C{LOGINDISABLED} is.
         """
-        cap = super().capabilities()  # type: ignore[misc]
+        cap = super().capabilities()
         if b"LOGINDISABLED" in cap:
             mechanisms = [
                 mechanism
@@ -270,13 +279,13 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         they list CLIENTID, which counts as advertising it.
         """
         listed = self.clientIDAvailable()
-        super().sendServerGreeting()  # type: ignore[misc]
+        super().sendServerGreeting()
         if listed:
             self.clientIDAdvertised = True
 
     def do_CAPABILITY(self, tag: bytes) -> None:
         listed = self.clientIDAvailable()
-        super().do_CAPABILITY(tag)  # type: ignore[misc]
+        super().do_CAPABILITY(tag)
         if listed:
             self.clientIDAdvertised = True
 
@@ -294,13 +303,13 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         Twisted's BAD, without client data or exception text in it
         (L{withoutClientData}).
         """
-        super().sendBadResponse(tag, withoutClientData(message))  # type: ignore[misc]
+        super().sendBadResponse(tag, withoutClientData(message))
 
     def sendNegativeResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         """
         Twisted's NO, without client data or exception text in it.
         """
-        super().sendNegativeResponse(tag, withoutClientData(message))  # type: ignore[misc]
+        super().sendNegativeResponse(tag, withoutClientData(message))
 
     # -- line handling ----------------------------------------------------
 
@@ -308,7 +317,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         # A new read after STARTTLS comes through the TLS layer.
         if not self._busyReceiving:
             self._discardingPlaintext = False
-        return super().dataReceived(data)  # type: ignore[misc]
+        return super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> Any:
         """
@@ -317,7 +326,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         """
         if self._discardingPlaintext:
             return None
-        return super().lineReceived(line)  # type: ignore[misc]
+        return super().lineReceived(line)
 
     def parse_command(self, line: bytes) -> Any:
         """
@@ -349,7 +358,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
                 # Not available: the very path an unknown command takes.
                 # Twisted finds no handler for CLIENTID and answers as it
                 # does for any other name it does not know.
-            return super().parse_command(line)  # type: ignore[misc]
+            return super().parse_command(line)
         except Exception:
             self._log.failure(
                 "Unexpected error handling an IMAP command from {peer}",
@@ -365,12 +374,12 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         """
         if _PRINTABLE.fullmatch(cmd) is None:
             return None
-        return super().lookupCommand(cmd)  # type: ignore[misc]
+        return super().lookupCommand(cmd)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connectionGone = True
         self._stopIdlePoll()
-        super().connectionLost(reason)  # type: ignore[misc]
+        super().connectionLost(reason)
 
     # -- polling the selected mailbox ----------------------------------------
 
@@ -430,7 +439,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
         every C{idlePollInterval} seconds meanwhile, so new mail is
         announced while the client waits (Thunderbird IDLEs).
         """
-        super().do_IDLE(tag)  # type: ignore[misc]
+        super().do_IDLE(tag)
         if self.state == "select" and self.idlePollInterval:
             self._scheduleIdlePoll()
 
@@ -439,7 +448,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
 
     def parse_idle(self, *args: Any) -> None:
         self._stopIdlePoll()
-        super().parse_idle(*args)  # type: ignore[misc]
+        super().parse_idle(*args)
 
     def _scheduleIdlePoll(self) -> None:
         self._idlePollCall = self.callLater(self.idlePollInterval, self._idlePoll)
@@ -481,7 +490,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin):
             self.sendNegativeResponse(tag, b"TLS already negotiated")
             return
         wasStarted = self.startedTLS
-        super().do_STARTTLS(tag)  # type: ignore[misc]
+        super().do_STARTTLS(tag)
         if self.startedTLS and not wasStarted:
             self._forgetPlaintext()
 
@@ -866,7 +875,7 @@ class ClientIDIMAP4Factory(ServerFactory):
         L{clientid_twisted.testing.synchronousScheduler} in tests.
     """
 
-    protocol = ClientIDIMAP4Server  # type: ignore[assignment]
+    protocol = ClientIDIMAP4Server
     clientIDEnabled = True
     identityHasher: IdentityHasher | None = None
     identityLogPolicy: Callable[[str], bool] | None = None
@@ -892,7 +901,7 @@ class ClientIDIMAP4Factory(ServerFactory):
 
     def buildProtocol(self, addr: Any) -> Any:
         # A copy each: Twisted's STARTTLS adds to the protocol's own.
-        p = self.protocol(  # type: ignore[call-arg]
+        p = self.protocol(
             chal=dict(self.challengers),
             contextFactory=self.context,
             scheduler=self.scheduler,
@@ -918,7 +927,7 @@ class ClientIDNotAllowed(Exception):
     """
 
 
-class ClientIDIMAP4ClientMixin:
+class ClientIDIMAP4ClientMixin(_IMAP4ClientBase):
     """
     Makes an L{imap4.IMAP4Client} able to present a client identity.
 
@@ -947,11 +956,11 @@ class ClientIDIMAP4ClientMixin:
     def serverGreeting(self, caps: dict[bytes, Any] | None) -> None:
         if caps is not None and self._isEncrypted():
             self._capabilitiesSinceTLS = caps
-        super().serverGreeting(caps)  # type: ignore[misc]
+        super().serverGreeting(caps)
 
     def getCapabilities(self, useCache: int = 1) -> defer.Deferred[Any]:
         cached = useCache and self._capCache is not None
-        d = super().getCapabilities(useCache)  # type: ignore[misc]
+        d = super().getCapabilities(useCache)
         if not cached:
             d.addCallback(self._recordCapabilities)
         return d
@@ -963,17 +972,17 @@ class ClientIDIMAP4ClientMixin:
 
     def _startedTLS(self, result: Any, context: Any) -> Any:
         self._capabilitiesSinceTLS = None
-        return super()._startedTLS(result, context)  # type: ignore[misc]
+        return super()._startedTLS(result, context)
 
     # Any login attempt ends the time for CLIENTID.
 
     def login(self, username: bytes, password: bytes) -> defer.Deferred[Any]:
         self._loginStarted = True
-        return super().login(username, password)  # type: ignore[misc]
+        return super().login(username, password)
 
     def authenticate(self, secret: bytes) -> defer.Deferred[Any]:
         self._loginStarted = True
-        return super().authenticate(secret)  # type: ignore[misc]
+        return super().authenticate(secret)
 
     def _refusal(self) -> str | None:
         if not self._isEncrypted():

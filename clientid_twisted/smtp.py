@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 
 from twisted.cred.error import UnauthorizedLogin
@@ -58,7 +58,16 @@ UNRECOGNIZED = b"5.5.2 Syntax error, command unrecognized"
 not available, byte for byte)."""
 
 
-class ClientIDESMTPMixin(ClientIDSessionMixin):
+if TYPE_CHECKING:
+    # What the mixin is mixed into, for the type checker only: at run time
+    # the mixin derives from nothing of Twisted's (it goes before ESMTP).
+    _ESMTPBase = smtp.ESMTP
+    _ESMTPSenderBase = smtp.ESMTPSender
+else:
+    _ESMTPBase = _ESMTPSenderBase = object
+
+
+class ClientIDESMTPMixin(ClientIDSessionMixin, _ESMTPBase):
     """
     Adds CLIENTID to an L{twisted.mail.smtp.ESMTP} subclass.
 
@@ -127,7 +136,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         must never run as if it came over TLS (RFC 3207 section 4.2).
         """
         self._discardingPlaintext = False
-        super().dataReceived(data)  # type: ignore[misc]
+        super().dataReceived(data)
         if self._discardingPlaintext:
             self._buffer = b""
             self._discardingPlaintext = False
@@ -139,7 +148,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
             # A login is being decided: the command waits for its answer.
             self._heldLines.append(line)
             return None
-        return super().lineReceived(line)  # type: ignore[misc]
+        return super().lineReceived(line)
 
     def state_COMMAND(self, line: bytes) -> None:
         """
@@ -157,7 +166,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         elif _UNCLEAN.search(line):
             self.sendCode(500, b"Syntax error: command contains NUL or non-ASCII bytes")
         else:
-            super().state_COMMAND(line)  # type: ignore[misc]
+            super().state_COMMAND(line)
 
     def do_UNKNOWN(self, rest: bytes) -> None:
         """
@@ -174,7 +183,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         newest draft says it SHOULD NOT be, and a client that pipelines AUTH
         behind CLIENTID cannot react to the CLIENTID reply.
         """
-        ext = super().extensions()  # type: ignore[misc]
+        ext = super().extensions()
         if self.isEncrypted():
             ext.pop(b"STARTTLS", None)
         if self.clientIDAvailable():
@@ -185,19 +194,19 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
     def do_EHLO(self, rest: bytes) -> None:
         self.clientIdentity = None
         self._ehloSinceTLS = True
-        super().do_EHLO(rest)  # type: ignore[misc]
+        super().do_EHLO(rest)
 
     def do_HELO(self, rest: bytes) -> None:
         self.clientIdentity = None
         self._ehloSinceTLS = False
-        super().do_HELO(rest)  # type: ignore[misc]
+        super().do_HELO(rest)
 
     def ext_STARTTLS(self, rest: bytes) -> None:
         if self.isEncrypted():
             self.sendCode(503, b"TLS already active")
             return
         wasStarted = self.startedTLS
-        super().ext_STARTTLS(rest)  # type: ignore[misc]
+        super().ext_STARTTLS(rest)
         if self.startedTLS and not wasStarted:
             self._forgetSession()
 
@@ -230,7 +239,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         switched off by C{noisy}, wrote them raw).
         """
         helo, origin, recipients = self._helo, self._from, list(self._to)
-        super().do_DATA(rest)  # type: ignore[misc]
+        super().do_DATA(rest)
         if self.mode == smtp.DATA:
             self._log.info(
                 "Receiving message from {peer} (helo={helo}): from={origin} to={recipients}",
@@ -405,7 +414,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin):
         )
 
     def _cbClientIDLogin(self, result: Any, credentials: Any) -> None:
-        self._cbAuthenticated(result)  # type: ignore[attr-defined]
+        self._cbAuthenticated(result)
         self._log.info(
             "AUTH succeeded for {username} from {peer} "
             "({clientID})",
@@ -487,7 +496,7 @@ class ClientIDESMTPFactory(smtp.SMTPFactory):
 # -- client side ---------------------------------------------------------------
 
 
-class ClientIDESMTPSenderMixin:
+class ClientIDESMTPSenderMixin(_ESMTPSenderBase):
     """
     Makes an L{twisted.mail.smtp.ESMTPClient} present a client identity.
 
@@ -516,23 +525,23 @@ class ClientIDESMTPSenderMixin:
             self.clientIdentity is not None
             and not self.clientIDSent
             and self._tlsMode
-            and ISSLTransport.providedBy(self.transport)  # type: ignore[attr-defined]
+            and ISSLTransport.providedBy(self.transport)
             and b"CLIENTID" in offered
         ):
             self.clientIDSent = True
 
             def carryOn(code: int, resp: bytes) -> None:
                 self.clientIDAccepted = code == 250
-                super(ClientIDESMTPSenderMixin, self).authenticate(  # type: ignore[misc]
+                super(ClientIDESMTPSenderMixin, self).authenticate(
                     code, resp, items
                 )
 
             self._expected = [250]
             self._okresponse = carryOn
             self._failresponse = carryOn
-            self.sendLine(b"CLIENTID " + self.clientIdentity.toArguments())  # type: ignore[attr-defined]
+            self.sendLine(b"CLIENTID " + self.clientIdentity.toArguments())
             return
-        super().authenticate(code, resp, items)  # type: ignore[misc]
+        super().authenticate(code, resp, items)
 
 
 class ClientIDESMTPSender(ClientIDESMTPSenderMixin, smtp.ESMTPSender):
