@@ -174,6 +174,19 @@ def scan() -> dict[str, set[tuple[str, str]]]:
     return found
 
 
+def missingNames(known: dict[str, set[tuple[str, str]]]) -> list[str]:
+    """
+    The names of C{known} the installed Twisted does not define, each as
+    C{owner.name (used by module)}.
+    """
+    missing = []
+    for module, uses in sorted(known.items()):
+        for owner, name in sorted(uses):
+            if not hasattr(namedAny(owner), name):
+                missing.append(f"{owner}.{name} (used by {module})")
+    return missing
+
+
 class PrivateNameTests(SynchronousTestCase):
     def test_noNewPrivateNames(self) -> None:
         """
@@ -194,16 +207,23 @@ class PrivateNameTests(SynchronousTestCase):
         """
         The installed Twisted still defines every private name we use.
         """
-        missing = []
-        for module, uses in sorted(KNOWN.items()):
-            for owner, name in sorted(uses):
-                if not hasattr(namedAny(owner), name):
-                    missing.append(f"{owner}.{name} (used by {module})")
+        missing = missingNames(KNOWN)
         self.assertEqual(
             missing,
             [],
             f"Twisted {twisted.__version__} moved private names the workarounds in "
             "docs/twisted-fixes.md rely on",
+        )
+
+    def test_missingNameIsNamed(self) -> None:
+        """
+        A name a Twisted release dropped is reported with its owner and
+        the module that uses it.
+        """
+        known = {"clientid_twisted.imap": {("twisted.mail.imap4.IMAP4Server", "_goneInThisRelease")}}
+        self.assertEqual(
+            missingNames(known),
+            ["twisted.mail.imap4.IMAP4Server._goneInThisRelease (used by clientid_twisted.imap)"],
         )
 
     def test_scanSeesUses(self) -> None:
