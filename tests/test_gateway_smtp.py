@@ -23,6 +23,7 @@ from pathlib import Path
 from twisted.trial.unittest import TestCase
 
 from clientid_twisted.admin import main as adminMain
+from clientid_twisted.certificate import selfSignedCertificate
 from tests.dovecotserver import DovecotServer
 from tests.postfixserver import PostfixServer
 from tests.runningserver import RunningServer, canRunServer, readUntil
@@ -56,6 +57,8 @@ class GatewayTestCase(TestCase):
     timeoutSeconds = 10
     backendTLS = True
     imapToo = False
+    backendCA: str | None = None
+    """A PEM file for backend_ca instead of Postfix's own certificate."""
 
     def setUp(self) -> None:
         reason = canRunServer()
@@ -86,7 +89,7 @@ class GatewayTestCase(TestCase):
         if self.imapToo:
             config += f'imap_backend = "tcp:host=127.0.0.1:port={self.dovecot.port}"\n'
         if self.backendTLS:
-            config += f'backend_starttls = true\nbackend_ca = "{self.postfix.caFile}"\n'
+            config += f'backend_starttls = true\nbackend_ca = "{self.backendCA or self.postfix.caFile}"\n'
         arguments: tuple[str, ...] = ()
         if self.useOption:
             arguments = ("--smtp-backend", self.backend)
@@ -473,3 +476,42 @@ class OutageTests(GatewayTestCase):
         self.assertEqual(code, 421, text)
         self.assertEqual(self.auth()[1], UNAVAILABLE)
         self.assertEqual(self.server.log().count(unavailable), 2)
+
+
+    def test_notAnswering(self) -> None:
+        """
+        A backend that accepts connections but says nothing: a temporary
+        failure after backend_timeout_seconds.
+        """
+        self.postfix.stop()
+        assert self.postfix.submissionPort is not None
+        silent = socket.socket()
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        silent.bind(("127.0.0.1", self.postfix.submissionPort))
+        silent.listen(5)
+        self.addCleanup(silent.close)
+        started = time.monotonic()
+        self.assertEqual(self.auth()[1], UNAVAILABLE)
+        self.assertGreaterEqual(time.monotonic() - started, 2.9)
+        self.assertIn("no answer within 3 s", self.server.log())
+
+
+class UntrustedBackendTests(GatewayTestCase):
+    """
+    A backend whose certificate does not chain to backend_ca gets no
+    password: the login is a temporary failure.
+    """
+
+    def setUp(self) -> None:
+        other = Path(self.mktemp())
+        other.write_bytes(selfSignedCertificate("localhost", days=2)[0])
+        self.backendCA = str(other.resolve())
+        super().setUp()
+
+    def test_certificateRefused(self) -> None:
+        self.assertEqual(self.auth()[1], UNAVAILABLE)
+        log = self.postfix.log()
+        self.assertIn("certificate verify failed", self.server.log())
+        self.assertNotIn("sasl_username", log)
+        self.assertNotIn("authentication failed", log)
+        self.assertIn("SMTP backend " + self.backend + " unavailable", self.server.log())

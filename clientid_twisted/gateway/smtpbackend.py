@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -174,8 +175,12 @@ class BackendSMTPProtocol(LineOnlyReceiver):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.closed.called:
             return
-        if not reason.check(BackendUnavailable):
+        if reason.check(ConnectionDone):
             reason = Failure(BackendUnavailable("the backend closed the connection"))
+        elif not reason.check(BackendUnavailable):
+            # A TLS failure says why (certificate verify failed, ...).
+            why = printable(reason.getErrorMessage().encode("utf-8", "replace"))
+            reason = Failure(BackendUnavailable(f"the connection failed: {why}"))
         if not self.greeting.called:
             self.greeting.errback(reason)
         waiting, self._waiting = self._waiting, []
