@@ -17,7 +17,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest
 
-__all__ = ["freePort", "requireProgram"]
+__all__ = ["freePort", "requireProgram", "silentListener"]
 
 _SEARCH_PATH = os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/lib/postfix/sbin", "/usr/lib/dovecot"]
@@ -54,3 +54,16 @@ def freePort() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def silentListener(port: int) -> socket.socket:
+    """
+    A socket listening on 127.0.0.1:C{port} that accepts connections (the
+    kernel does) and never answers: a backend that hangs.  The caller
+    closes it.
+    """
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    silent.bind(("127.0.0.1", port))
+    silent.listen(5)
+    return silent

@@ -22,6 +22,7 @@ from twisted.trial.unittest import TestCase
 from clientid_twisted.admin import main as adminMain
 from tests.dovecotserver import DovecotServer, requireDovecot
 from tests.runningserver import RunningServer, readUntil
+from tests.services import silentListener
 
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
@@ -457,11 +458,7 @@ class OutageTests(GatewayTestCase):
         failure after backend_timeout_seconds.
         """
         self.dovecot.stop()
-        silent = socket.socket()
-        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        silent.bind(("127.0.0.1", self.dovecot.port))
-        silent.listen(5)
-        self.addCleanup(silent.close)
+        self.addCleanup(silentListener(self.dovecot.port).close)
         started = time.monotonic()
         self.assertEqual(self.refusal(self.connect()), UNAVAILABLE)
         self.assertGreaterEqual(time.monotonic() - started, 2.9)

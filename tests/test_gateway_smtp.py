@@ -27,6 +27,7 @@ from clientid_twisted.certificate import selfSignedCertificate
 from tests.dovecotserver import DovecotServer
 from tests.postfixserver import PostfixServer
 from tests.runningserver import RunningServer, canRunServer, readUntil
+from tests.services import silentListener
 
 ALICE = "alice@test.example"
 BOB = "bob@test.example"
@@ -485,11 +486,7 @@ class OutageTests(GatewayTestCase):
         """
         self.postfix.stop()
         assert self.postfix.submissionPort is not None
-        silent = socket.socket()
-        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        silent.bind(("127.0.0.1", self.postfix.submissionPort))
-        silent.listen(5)
-        self.addCleanup(silent.close)
+        self.addCleanup(silentListener(self.postfix.submissionPort).close)
         started = time.monotonic()
         self.assertEqual(self.auth()[1], UNAVAILABLE)
         self.assertGreaterEqual(time.monotonic() - started, 2.9)
