@@ -303,9 +303,11 @@ class PostfixServer:
         self._makeQueue()
         started = self._postfix("start")
         if started.returncode != 0:
-            raise RuntimeError(
-                f"postfix did not start:\n{started.stdout}{started.stderr}\n{self.log()}"
-            )
+            message = f"postfix did not start:\n{started.stdout}{started.stderr}\n{self.log()}"
+            # Leave nothing behind: the caller has no instance to clean up.
+            self._running = True
+            self.cleanUp()
+            raise RuntimeError(message)
         self._running = True
         return self
 

@@ -11,6 +11,7 @@ import smtplib
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.postfixserver import PostfixServer
+from tests.services import silentListener
 
 BODY = b"Subject: fixture\r\n\r\nline one\r\n.leading dot\r\n\xc3\xa9 eight bit\r\n"
 
@@ -72,3 +73,17 @@ class PostfixServerTests(SynchronousTestCase):
         self.assertTrue(second.isRunning())
         send(second, "carol@other.example")
         self.assertEqual(len(second.waitForMessages("carol", 2)), 2)
+
+    def test_failedStartLeavesNothing(self) -> None:
+        """
+        A start that fails (here: a port already taken) says why and
+        removes the instance's directory.
+        """
+        server = PostfixServer()
+        taken = silentListener(server.smtpPort)
+        self.addCleanup(taken.close)
+        with self.assertRaises(RuntimeError) as caught:
+            server.start()
+        self.assertIn("postfix did not start", str(caught.exception))
+        self.assertFalse(server.directory.exists())
+        self.assertFalse(server.isRunning())
