@@ -68,6 +68,10 @@ class SelfTestTests(SynchronousTestCase):
         self.assertSelfTest("custom_policy.py")
 
 
+def _defaultSIGINT() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServeTests(SynchronousTestCase):
     """
     C{python examples/NAME.py PORT} serves on loopback and exits cleanly on
@@ -81,6 +85,11 @@ class ServeTests(SynchronousTestCase):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell that runs the tests in the background starts them with
+            # SIGINT ignored, which children inherit, and Twisted (rightly)
+            # leaves an ignored SIGINT alone: give the child the default, as
+            # a terminal would.
+            preexec_fn=_defaultSIGINT,
         )
         try:
             assert process.stdout is not None
