@@ -11,20 +11,11 @@ from attrs import evolve
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.policy.alerts import Alert
 from clientid_twisted.server.mailnotice import MailboxAlertObserver
 from clientid_twisted.server.users import UserDatabase, usersPath
-from tests.test_policy_alerts import synchronously
+from tests.test_policy_alerts import ALERT, synchronously
 
-REFUSED = Alert(
-    kind="device-refused",
-    time=1_700_000_000.0,
-    account="alice@example.test",
-    typeName="UUID",
-    fingerprint="0123456789abcdef",
-    address="192.0.2.1",
-    protocol="imap",
-)
+REFUSED = evolve(ALERT, kind="device-refused")
 
 
 class NoticeLinkTests(SynchronousTestCase):
