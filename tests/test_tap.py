@@ -97,6 +97,49 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertTrue((dataDir / "tls" / "selfsigned.pem").exists())
         self.assertTrue((dataDir / "clientid.key").exists())
 
+    def test_sharedStoreListensOnceKeyed(self) -> None:
+        """
+        With a store that gives its identity key later (Redis), nothing
+        listens before it has: the listeners join the tree once the key is
+        known, with it in both protocol factories, and no clientid.key is
+        made.
+        """
+        from twisted.internet import defer
+        from twisted.internet.task import Clock
+        from twisted.logger import globalLogPublisher
+
+        from clientid_twisted.store import _SCHEMES, MemoryStore, registerStoreScheme
+
+        answer: defer.Deferred[bytes] = defer.Deferred()
+
+        class Later(MemoryStore):
+            def identityKey(self, candidate: object) -> defer.Deferred[bytes]:
+                return answer
+
+        registerStoreScheme("later", lambda url, dataDir, **kw: Later(Clock()))
+        self.addCleanup(_SCHEMES.pop, "later")
+        logged: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        dataDir = Path(self.mktemp())
+        options = Options()
+        options.parseOptions(["--data-dir", str(dataDir), "--store", "later:", "--smtp", "tcp:0"])
+        top = makeService(options)
+        self.assertEqual([service.name for service in top], [])
+        self.assertIn(
+            "waiting for the CLIENTID store's identity key before listening",
+            [e.get("log_format") for e in logged],
+        )
+        answer.callback(b"s" * 32)
+        self.assertEqual(
+            sorted(service.name for service in top), ["clientid store", "graceful shutdown", "smtp tcp:0"]
+        )
+        store = top.getServiceNamed("clientid store").store
+        self.addCleanup(store.close)
+        factory = top.getServiceNamed("smtp tcp:0").factory
+        self.assertEqual(factory.identityHasher.key, b"s" * 32)
+        self.assertFalse((dataDir / "clientid.key").exists())
+
     def test_operatorCertificate(self) -> None:
         """
         With --certificate and --private-key nothing is generated.

@@ -224,6 +224,8 @@ def makeService(options: Options) -> service.MultiService:
     if failedNow:
         failedNow[0].trap(ValueError, OSError)
         raise SystemExit(f"clientid-mail: {failedNow[0].value}")
+    if not assembled.called:
+        _log.info("waiting for the CLIENTID store's identity key before listening")
     return top
 
 
