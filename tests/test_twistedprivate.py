@@ -45,7 +45,7 @@ KNOWN: dict[str, set[tuple[str, str]]] = {
         ("twisted.protocols.basic.LineReceiver", "_buffer"),
         ("twisted.protocols.basic.LineReceiver", "_busyReceiving"),
     },
-    "clientid_twisted.server.imapserver": {
+    "clientid_twisted._imapfixes": {
         ("twisted.mail.imap4", "_FetchParser"),
         ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebFetch"),
         ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebSearch"),
@@ -56,14 +56,18 @@ KNOWN: dict[str, set[tuple[str, str]]] = {
         ("twisted.mail.imap4.IMAP4Server", "_cbStatusGotMailbox"),
         ("twisted.mail.imap4.IMAP4Server", "_fileLiteral"),
         ("twisted.mail.imap4.IMAP4Server", "_pendingLiteral"),
+        ("twisted.mail.imap4.LiteralFile", "_memoryFileLimit"),
+    },
+    "clientid_twisted._smtpfixes": {
+        ("twisted.mail.smtp.SMTP", "_messageHandled"),
+    },
+    "clientid_twisted.server.imapserver": {
+        ("twisted.mail.imap4.IMAP4Server", "_pendingLiteral"),
         ("twisted.mail.imap4.IMAP4Server", "_unblock"),
         ("twisted.protocols.basic.LineReceiver", "_buffer"),
     },
     "clientid_twisted.server.lines": {
         ("twisted.protocols.basic.LineOnlyReceiver", "_buffer"),
-    },
-    "clientid_twisted.server.submission": {
-        ("twisted.mail.smtp.SMTP", "_messageHandled"),
     },
     "clientid_twisted.smtp": {
         ("twisted.mail.smtp.ESMTP", "_cbAuthenticated"),
@@ -164,6 +168,12 @@ def scan() -> dict[str, set[tuple[str, str]]]:
             if not inspect.isclass(obj):
                 continue
             twistedPrivate = twistedPrivateOf(obj, classes)
+            for stmt in cls.body:
+                # a class attribute replacing one of Twisted's
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+                for t in targets:
+                    if isinstance(t, ast.Name) and t.id in twistedPrivate:
+                        uses.add((twistedPrivate[t.id], t.id))
             for node in ast.walk(cls):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in twistedPrivate:
                     uses.add((twistedPrivate[node.name], node.name))
@@ -233,9 +243,12 @@ class PrivateNameTests(SynchronousTestCase):
         them).
         """
         found = scan()
-        self.assertIn(("twisted.mail.imap4", "_FetchParser"), found["clientid_twisted.server.imapserver"])
+        self.assertIn(("twisted.mail.imap4", "_FetchParser"), found["clientid_twisted._imapfixes"])
         self.assertIn(
             ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebSearch"),
-            found["clientid_twisted.server.imapserver"],
+            found["clientid_twisted._imapfixes"],
+        )
+        self.assertIn(
+            ("twisted.mail.imap4.LiteralFile", "_memoryFileLimit"), found["clientid_twisted._imapfixes"]
         )
         self.assertIn(("twisted.protocols.basic.LineReceiver", "_buffer"), found["clientid_twisted.imap"])

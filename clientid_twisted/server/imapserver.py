@@ -29,6 +29,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from clientid_twisted import __version__
+from clientid_twisted._imapfixes import IMAP4ServerFixesMixin, logFailed, setsSeen
 from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.imap import ClientIDIMAP4Factory, ClientIDIMAP4Server, namesClientID
 from clientid_twisted.server.connections import LimitedFactoryMixin
@@ -40,10 +41,6 @@ __all__ = ["MailIMAP4Server", "MailIMAP4Factory"]
 _log = Logger()
 
 _LITERAL_AT_END = re.compile(rb"\{([0-9]+)(\+?)\}\Z")
-
-_SPOOL_IN_MEMORY = 1024 * 1024
-"""APPEND literals larger than this go to a temporary file, not memory
-(Twisted keeps up to 10 MiB per session in memory)."""
 
 _GOODBYES = {
     "idle-timeout": b"Autologout; idle for too long",
@@ -65,24 +62,7 @@ def _literalSize(digits: bytes) -> int:
     return int(digits) if len(digits) <= 18 else 10**18
 
 
-class _SpooledLiteral(imap4.LiteralFile):
-    _memoryFileLimit = _SPOOL_IN_MEMORY
-
-
-def _setsSeen(query: list[Any]) -> bool:
-    """
-    Whether a FETCH of these items sets C{\\Seen} (RFC 3501 section 6.4.5):
-    C{BODY[...]} without C{.PEEK}, C{RFC822} and C{RFC822.TEXT}.
-    """
-    for item in query:
-        if isinstance(item, imap4._FetchParser.Body) and not item.peek:
-            return True
-        if isinstance(item, (imap4._FetchParser.RFC822, imap4._FetchParser.RFC822Text)):
-            return True
-    return False
-
-
-class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
+class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Server):
     """
     IMAP4rev1 over the server's maildirs, with CLIENTID.
     """
@@ -155,37 +135,6 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
     auth_ID = select_ID = unauth_ID
 
     # -- SELECT and EXAMINE ---------------------------------------------------------
-
-    def _cbSelectWork(self, mbox: Any, cmdName: bytes, tag: bytes) -> None:
-        """
-        Twisted's, with the untagged answers RFC 3501 section 6.3.1 requires
-        and Twisted leaves out: C{OK [UNSEEN n]}, C{OK [PERMANENTFLAGS
-        (...)]} and C{OK [UIDNEXT n]}.
-        """
-        if mbox is None or "\\noselect" in [f.lower() for f in mbox.getFlags()]:
-            super()._cbSelectWork(mbox, cmdName, tag)
-            return
-        flags = [flag.encode("ascii") if isinstance(flag, str) else flag for flag in mbox.getFlags()]
-        self.sendUntaggedResponse(b"%d EXISTS" % (mbox.getMessageCount(),))
-        self.sendUntaggedResponse(b"%d RECENT" % (mbox.getRecentCount(),))
-        self.sendUntaggedResponse(b"FLAGS (" + b" ".join(flags) + b")")
-        firstUnseen = getattr(mbox, "firstUnseen", lambda: None)()
-        if firstUnseen is not None:
-            self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % (firstUnseen,))
-        if mbox.isWriteable():
-            # Keywords are stored (the uidlist), and new ones may be made.
-            self.sendPositiveResponse(
-                None, b"[PERMANENTFLAGS (" + b" ".join(flags + [b"\\*"]) + b")] Flags permitted"
-            )
-        else:
-            self.sendPositiveResponse(None, b"[PERMANENTFLAGS ()] Read-only mailbox")
-        self.sendPositiveResponse(None, b"[UIDVALIDITY %d] UIDs valid" % (mbox.getUIDValidity(),))
-        self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % (mbox.getUIDNext(),))
-        mode = b"READ-WRITE" if mbox.isWriteable() else b"READ-ONLY"
-        mbox.addListener(self)
-        self.sendPositiveResponse(tag, b"[" + mode + b"] " + cmdName + b" successful")
-        self.state = "select"
-        self.mbox = mbox
 
     def sendGoodbye(self, event: str) -> None:
         self.sendLine(b"* BYE " + _GOODBYES[event])
@@ -329,15 +278,6 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
         self._skipBytes = size - skipped
         self._dropContinuation = True
 
-    def _fileLiteral(self, size: int) -> defer.Deferred[Any]:
-        # Twisted's, with a literal that spools to disk sooner.
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.parseState = "pending"
-        self._pendingLiteral = _SpooledLiteral(size, d)
-        self.sendContinuationRequest(b"Ready for %d octets of data" % (size,))
-        self.setRawMode()
-        return d
-
     def parse_command(self, line: bytes) -> Any:
         if self.draining:
             self.closeSession("shutdown")
@@ -386,28 +326,10 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
             )
 
     def do_FETCH(self, tag: bytes, messages: Any, query: Any, uid: int = 0) -> None:
-        if query and self.mbox.isWriteable() and _setsSeen(query):
+        if query and self.mbox.isWriteable() and setsSeen(query):
             d = defer.maybeDeferred(self.mbox.store, messages, ["\\Seen"], 1, uid)
-            d.addErrback(lambda f: _logFailed("setting \\Seen on FETCH", f))
+            d.addErrback(lambda f: logFailed("setting \\Seen on FETCH", f))
         super().do_FETCH(tag, messages, query, uid)
-
-    def _IMAP4Server__ebFetch(self, reason: Failure, tag: bytes) -> None:
-        # Twisted's private errback for FETCH: a traceback in the log and
-        # the exception's text in a BAD for whatever failed.
-        self.setTimeout(self._oldTimeout)
-        del self._oldTimeout
-        if reason.check(imap4.IllegalIdentifierError, imap4.IllegalQueryError):
-            self.sendBadResponse(tag, b"FETCH failed: invalid message set")
-            return
-        _logFailed("FETCH", reason)
-        self.sendNegativeResponse(tag, b"[SERVERBUG] FETCH failed")
-
-    def _IMAP4Server__ebSpewMessage(self, reason: Failure) -> None:
-        # A message failed half-way through its FETCH response: nothing
-        # can be said to the client in step, so the connection ends (as in
-        # Twisted), with one log line instead of a traceback.
-        _logFailed("FETCH response", reason)
-        self.transport.loseConnection()
 
     select_FETCH: Any = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
@@ -443,70 +365,6 @@ class MailIMAP4Server(SessionGuardMixin, ClientIDIMAP4Server):
             return None
         return super().spew_body(part, id, msg, _w, _f)
 
-    def _cbAppendGotMailbox(self, mbox: Any, tag: bytes, flags: Any, date: Any, message: Any) -> None:
-        if not mbox:
-            self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
-            return
-        decodedFlags = [f.decode("ascii") if isinstance(f, bytes) else f for f in flags or ()]
-        d = defer.maybeDeferred(mbox.addMessage, message, decodedFlags, date)
-        d.addCallbacks(self._appended, self._appendFailed, callbackArgs=(tag,), errbackArgs=(tag,))
-
-    def _appended(self, result: object, tag: bytes) -> None:
-        # The selected mailbox announces the new message (EXISTS) itself
-        # when it notices it; only it knows this session's count.
-        poll = getattr(self.mbox, "poll", None)
-        if callable(poll):
-            poll()
-        self.sendPositiveResponse(tag, b"APPEND completed")
-
-    def _appendFailed(self, reason: Failure, tag: bytes) -> None:
-        if reason.check(imap4.MailboxException):
-            self.sendNegativeResponse(tag, b"APPEND failed: " + str(reason.value).encode("ascii", "replace"))
-            return
-        _logFailed("APPEND", reason)
-        self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed")
-
-    def _cbStatusGotMailbox(self, mbox: Any, tag: bytes, mailbox: str, names: list[str]) -> None:
-        # Twisted's failure path raises a TypeError of its own (it adds a
-        # str to bytes), so an unknown STATUS item left the command
-        # unanswered and a traceback in the log.
-        if not mbox:
-            self.sendNegativeResponse(tag, b"Could not open mailbox")
-            return
-        d = defer.maybeDeferred(mbox.requestStatus, names)
-        d.addCallbacks(
-            self._statusReady, self._statusFailed, callbackArgs=(tag, mailbox), errbackArgs=(tag,)
-        )
-
-    def _statusReady(self, status: dict[str, int], tag: bytes, mailbox: str) -> None:
-        items = " ".join(f"{name} {value}" for name, value in status.items())
-        self.sendUntaggedResponse(
-            b"STATUS " + mailbox.encode("imap4-utf-7") + b" (" + items.encode("ascii") + b")"
-        )
-        self.sendPositiveResponse(tag, b"STATUS complete")
-
-    def _statusFailed(self, reason: Failure, tag: bytes) -> None:
-        if reason.check(KeyError):
-            self.sendBadResponse(tag, b"STATUS failed: unknown status item")
-            return
-        _logFailed("STATUS", reason)
-        self.sendNegativeResponse(tag, b"[SERVERBUG] STATUS failed")
-
-    def _IMAP4Server__ebSearch(self, reason: Failure, tag: bytes) -> None:
-        # Twisted's private errback for SEARCH (name-mangled, so this is
-        # how a subclass reaches it): it logs every failure with a
-        # traceback, also a client's unknown search key.
-        if reason.check(imap4.IllegalQueryError, imap4.IllegalClientResponse):
-            self.sendBadResponse(tag, b"SEARCH failed: invalid search criteria")
-            return
-        _logFailed("SEARCH", reason)
-        self.sendNegativeResponse(tag, b"[SERVERBUG] SEARCH failed")
-
-    def _cbCopySelectedMailbox(self, mbox: Any, tag: bytes, messages: Any, mailbox: Any, uid: int) -> None:
-        if not mbox:
-            self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
-            return
-        super()._cbCopySelectedMailbox(mbox, tag, messages, mailbox, uid)
 
 
 def _isIDList(fields: Any) -> bool:
@@ -536,20 +394,6 @@ def _headerSection(headers: dict[str, str]) -> bytes:
         for name, value in headers.items()
     ]
     return "".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape") + b"\r\n"
-
-
-def _logFailed(command: str, reason: Failure) -> None:
-    """
-    One line for a command a client's request made fail: the exception's
-    type and text, never a traceback (a client can repeat a command
-    thousands of times; a traceback each filled the disk).
-    """
-    _log.error(
-        "{command} failed: {errorType}: {error}",
-        command=command,
-        errorType=type(reason.value).__name__,
-        error=escapeForLog(str(reason.value)[:200]),
-    )
 
 
 def _checkMailboxName(parsed: tuple[bytes, bytes]) -> tuple[bytes, bytes]:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
+from clientid_twisted._smtpfixes import SMTPServerFixesMixin
 from clientid_twisted.server.connections import LimitedFactoryMixin
 from clientid_twisted.server.delivery import storageError
 from clientid_twisted.server.guard import SessionGuardMixin
@@ -62,7 +63,7 @@ _GOODBYES = {
 }
 
 
-class SubmissionESMTP(SessionGuardMixin, ClientIDESMTP, BoundedLineOnlyReceiver):
+class SubmissionESMTP(SMTPServerFixesMixin, SessionGuardMixin, ClientIDESMTP, BoundedLineOnlyReceiver):
     """
     An authenticated-submission ESMTP server with CLIENTID.
     """
@@ -236,16 +237,12 @@ class SubmissionESMTP(SessionGuardMixin, ClientIDESMTP, BoundedLineOnlyReceiver)
 
         return make
 
-    def _messageHandled(self, resultList: list[tuple[bool, Any]]) -> None:
+    def messageNotStored(self, failures: list[Failure]) -> None:
         """
-        The reply at the end of DATA: a failed store is temporary (452 when
-        the disk is full, 451 otherwise) and logged as one line, never the
-        permanent 550 and traceback of Twisted's.
+        A failed store is temporary (452 when the disk is full, 451
+        otherwise) and logged as one line, never the permanent 550 and
+        traceback of Twisted's.
         """
-        failures = [result for success, result in resultList if not success]
-        if not failures:
-            self.sendCode(250, b"Delivery in progress")
-            return
         for failure in failures:
             _log.error(
                 "message not stored: {errorType}: {error}",
