@@ -81,6 +81,10 @@ class IMAP4ServerFixesMixin(_IMAP4ServerBase):
     the class that uses it, before C{IMAP4Server}, in the bases.
     """
 
+    # Attributes of IMAP4Server Twisted types too narrowly.
+    transport: Any
+    _pendingLiteral: Any
+
     # -- bug 6: SELECT leaves out UNSEEN, PERMANENTFLAGS and UIDNEXT ----------
 
     def _cbSelectWork(self, mbox: Any, cmdName: bytes, tag: bytes) -> None:

@@ -246,7 +246,7 @@ class SubmissionESMTP(SMTPServerFixesMixin, SessionGuardMixin, ClientIDESMTP, Bo
         for failure in failures:
             _log.error(
                 "message not stored: {errorType}: {error}",
-                errorType=failure.type.__name__,
+                errorType=type(failure.value).__name__,
                 error=str(failure.value),
             )
         # The most telling reply: a full disk if any copy met one.
