@@ -150,6 +150,22 @@ class IClientIDStore(Interface):
             L{clientid_twisted.store.records.DeviceRecord}.
         """
 
+    def renameDevice(account, digest, name, event):
+        """
+        Set the name the owner gave an existing device, leaving everything
+        else of its record as it is.
+
+        @param name: The checked name
+            (L{clientid_twisted.devicename.checkDeviceName}); L{None}
+            removes it.
+        @param event: An L{clientid_twisted.store.records.Event} to record
+            with the change, or L{None}.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the renamed
+            L{clientid_twisted.store.records.DeviceRecord}, or failing with
+            L{clientid_twisted.store.errors.UnknownDevice} (and recording
+            nothing) if the account has no such device.
+        """
+
     def forgetDevices(account, event):
         """
         Remove every device record of C{account}, approved, pending or

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store.errors import StoreError, UnknownDevice
 from clientid_twisted.store.records import (
     APPROVED,
     PENDING,
@@ -457,6 +457,65 @@ class StoreTestsMixin:
             (device.state, device.typeName, device.logins, device.firstSeen),
             (REVOKED, "UUID", 1, START),
         )
+
+    @defer.inlineCallbacks
+    def test_renameDevice(self) -> Any:
+        """
+        A device keeps its name, in every read (the decision's too) and
+        through later logins and state changes; only that device is named,
+        and the event is recorded with the store's time.
+        """
+        yield self.record(device=update(create=PENDING))
+        yield self.record(device=update(digest="d2" * 32))
+        name = "Anna's phone \u00e9\u6f22 \U0001f4f1"
+        event = Event("device-renamed", account="alice@example.test", fingerprint="d1" * 8)
+        renamed = yield self.store.renameDevice("alice@example.test", "d1" * 32, name, event)
+        self.assertEqual(  # type: ignore[attr-defined]
+            (renamed.name, renamed.state, renamed.logins, renamed.typeName),
+            (name, PENDING, 1, "UUID"),
+        )
+        self.clock.advance(5)
+        after = yield self.record(device=update(succeeded=False))
+        self.assertEqual((after.device.name, after.device.failures), (name, 1))  # type: ignore[attr-defined]
+        approved = yield self.store.setDeviceState(
+            "alice@example.test", "d1" * 32, "UUID", "d1" * 8, APPROVED, None
+        )
+        self.assertEqual(approved.name, name)  # type: ignore[attr-defined]
+        state = yield self.state()
+        self.assertEqual(state.device, approved)  # type: ignore[attr-defined]
+        devices = yield self.store.listDevices("alice@example.test")
+        self.assertEqual(  # type: ignore[attr-defined]
+            {d.digest: d.name for d in devices}, {"d1" * 32: name, "d2" * 32: None}
+        )
+        events = yield self.store.listEvents("alice@example.test", 10)
+        self.assertEqual(  # type: ignore[attr-defined]
+            [(e.kind, e.time) for e in events], [("device-renamed", START)]
+        )
+
+    @defer.inlineCallbacks
+    def test_renameDeviceRemovesName(self) -> Any:
+        yield self.record(device=update())
+        yield self.store.renameDevice("alice@example.test", "d1" * 32, "laptop", None)
+        cleared = yield self.store.renameDevice("alice@example.test", "d1" * 32, None, None)
+        self.assertIsNone(cleared.name)  # type: ignore[attr-defined]
+        [device] = yield self.store.listDevices("alice@example.test")
+        self.assertIsNone(device.name)  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_renameUnknownDevice(self) -> Any:
+        """
+        Renaming a device the account does not have fails with
+        L{UnknownDevice} and creates nothing, records nothing.
+        """
+        yield self.record(device=update(account="bob@example.test"))
+        yield self.assertFailure(  # type: ignore[attr-defined]
+            self.store.renameDevice(
+                "alice@example.test", "d1" * 32, "x", Event("device-renamed", account="alice@example.test")
+            ),
+            UnknownDevice,
+        )
+        self.assertEqual((yield self.store.listDevices("alice@example.test")), [])  # type: ignore[attr-defined]
+        self.assertEqual((yield self.store.listEvents(None, 10)), [])  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_setLockForever(self) -> Any:

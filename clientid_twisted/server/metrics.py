@@ -53,6 +53,7 @@ from clientid_twisted._version import __version__
 
 from clientid_twisted.server.listening import listener as makeListener
 from clientid_twisted.interfaces import IClientIDStore
+from clientid_twisted.store.errors import UnknownDevice
 
 __all__ = ["ServerMetrics", "CountingStore", "TimedChecker", "metricsService"]
 
@@ -274,7 +275,9 @@ class CountingStore:
             return result
 
         def failed(reason: Failure) -> Failure:
-            self.metrics.storeFailed(operation)
+            # A caller's mistake (no such device) is not a store failure.
+            if not reason.check(UnknownDevice):
+                self.metrics.storeFailed(operation)
             return reason
 
         return d.addBoth(took).addErrback(failed)
@@ -309,6 +312,9 @@ class CountingStore:
             state,
             event,
         )
+
+    def renameDevice(self, account: str, digest: str, name: str | None, event: Any) -> Any:
+        return self._call("renameDevice", self.store.renameDevice, account, digest, name, event)
 
     def forgetDevices(self, account: str, event: Any) -> Any:
         return self._call("forgetDevices", self.store.forgetDevices, account, event)

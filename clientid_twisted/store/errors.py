@@ -5,7 +5,7 @@ How a store says it cannot answer.
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreMissing"]
+__all__ = ["StoreError", "StoreMissing", "UnknownDevice"]
 
 
 class StoreError(OSError):
@@ -24,4 +24,12 @@ class StoreMissing(StoreError):
     The store, or the directory it would live in, does not exist and may
     not be made here: only the server's first start (or C{clientid-admin
     init}) makes one.
+    """
+
+
+class UnknownDevice(LookupError):
+    """
+    The account has no device with that digest: a caller's mistake (or a
+    record forgotten meanwhile), not a store failure, so not a
+    L{StoreError}.
     """

@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store.errors import StoreError, UnknownDevice
 from clientid_twisted.store.records import (
     FOREVER,
     AddMember,
@@ -238,6 +238,22 @@ class MemoryStore:
         if current is None:
             current = DeviceRecord(account, digest, typeName, fingerprint, state)
         new = devices[digest] = evolve(current, state=state)
+        if event is not None:
+            self._record(event, now, [])
+        return defer.succeed(new)
+
+    def renameDevice(
+        self, account: str, digest: str, name: str | None, event: Event | None
+    ) -> defer.Deferred[DeviceRecord]:
+        try:
+            now = self._now()
+        except StoreError:
+            return defer.fail()
+        devices = self._devices.get(account, {})
+        current = devices.get(digest)
+        if current is None:
+            return defer.fail(UnknownDevice(f"{account} has no device {digest}"))
+        new = devices[digest] = evolve(current, name=name)
         if event is not None:
             self._record(event, now, [])
         return defer.succeed(new)

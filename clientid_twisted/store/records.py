@@ -94,6 +94,8 @@ class DeviceRecord:
     @ivar state: One of L{DEVICE_STATES}.
     @ivar firstSeen: When it first tried to log in; L{None} for a device an
         operator approved or revoked before it was ever seen.
+    @ivar name: What the owner calls it ("Anna's phone"), checked by
+        L{clientid_twisted.devicename.checkDeviceName}; L{None}: unnamed.
     """
 
     account: str
@@ -107,6 +109,7 @@ class DeviceRecord:
     lastProtocol: str | None = None
     logins: int = 0
     failures: int = 0
+    name: str | None = None
 
 
 @frozen

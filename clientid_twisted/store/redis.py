@@ -52,7 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store.errors import StoreError, UnknownDevice
 from clientid_twisted.store.memory import _newestFirst
 from clientid_twisted.store.records import (
     AddMember,
@@ -355,6 +355,7 @@ def _device(account: str, digest: str, d: dict[str, Any]) -> DeviceRecord:
         get("lp"),
         int(get("n", 0)),
         int(get("x", 0)),
+        get("nm"),
     )
 
 
@@ -439,9 +440,11 @@ def _fieldsDevice(account: str, digest: str, reply: list[Any], at: int) -> Devic
     """
     A device record from the fields a decision's script answers with
     (from C{reply[at]}: type, fingerprint, state, first and last seen, last
-    address and protocol, logins, failures; L{None} for absent ones).
+    address and protocol, logins, failures, name; L{None} for absent ones).
     """
-    t, f, state, firstSeen, lastSeen, address, protocol, logins, failures = reply[at : at + 9]
+    t, f, state, firstSeen, lastSeen, address, protocol, logins, failures, name = reply[
+        at : at + 10
+    ]
     return DeviceRecord(
         account,
         digest,
@@ -454,6 +457,7 @@ def _fieldsDevice(account: str, digest: str, reply: list[Any], at: int) -> Devic
         None if protocol is None else protocol.decode("utf-8"),
         0 if logins is None else int(float(logins)),
         0 if failures is None else int(float(failures)),
+        None if name is None else name.decode("utf-8"),
     )
 
 
@@ -867,6 +871,27 @@ class RedisStore:
             ),
             # The script always answers with the record it has just written.
             lambda raw: cast(DeviceRecord, _parseDevice(account, digest, raw)),
+        )
+
+    def renameDevice(
+        self, account: str, digest: str, name: str | None, event: Event | None
+    ) -> defer.Deferred[DeviceRecord]:
+        def parse(raw: bytes | None) -> DeviceRecord:
+            record = _parseDevice(account, digest, raw)
+            if record is None:
+                raise UnknownDevice(f"{account} has no device {digest}")
+            return record
+
+        return self._run(
+            SCRIPTS["renameDevice"],
+            (
+                account,
+                digest,
+                name or "",
+                _eventJSON(event) if event is not None else "",
+                (event.account or "") if event is not None else "",
+            ),
+            parse,
         )
 
     def setLock(self, key: str, seconds: float | None, event: Event | None) -> defer.Deferred[float]:

@@ -18,7 +18,10 @@ would need) and starts with the same C{ARGV}:
 The key layout (C{P} is the prefix, C{clientid:} by default):
 
     - C{P identity-key}: string, the token-hashing key (hex);
-    - C{P devices:ACCOUNT}: hash, digest to the device record (JSON);
+    - C{P devices:ACCOUNT}: hash, digest to the device record (JSON:
+      C{t} type, C{f} fingerprint, C{s} state, C{fs}/C{ls} first/last seen,
+      C{la}/C{lp} last address/protocol, C{n} logins, C{x} failures, C{nm}
+      the owner's name for it, absent when unnamed);
     - C{P approved:ACCOUNT}: set of the account's approved digests;
     - C{P n:COUNTER}: hash C{c} (count), C{e} (window end);
     - C{P set:KEY}: hash C{e} (window end), C{n} (size), C{m:MEMBER};
@@ -135,8 +138,9 @@ end
 
 -- A stored device record (decoded) as the fields the client reads, after
 -- those already in OUT: type, fingerprint, state, first seen, last seen,
--- last address, last protocol, logins, failures; each a string, or false
--- (a nil reply) for one the record lacks.
+-- last address, last protocol, logins, failures, name; each a string, or
+-- false (a nil reply) for one the record lacks (records stored before
+-- names existed have no nm).
 local function opt(v)
   if v == nil or v == cjson.null then return false end
   if type(v) == 'number' then return fmt(v) end
@@ -154,6 +158,7 @@ local function deviceFields(dev, out)
   out[n + 7] = opt(dev.lp)
   out[n + 8] = opt(dev.n)
   out[n + 9] = opt(dev.x)
+  out[n + 10] = opt(dev.nm)
   return out
 end
 
@@ -403,6 +408,21 @@ if ARGV[11] ~= '' then record(ARGV[11], ARGV[12]) end
 return encoded
 """
 
+_RENAME_DEVICE = r"""
+-- ARGV[6..9]: account, digest, name ('' removes it), event JSON ('' none);
+-- ARGV[10]: the event's account.  Answers the record written, or false
+-- (nil) if there is no such device (then nothing is written).
+local k = P .. 'devices:' .. ARGV[6]
+local raw = redis.call('HGET', k, ARGV[7])
+if not raw then return false end
+local dev = cjson.decode(raw)
+if ARGV[8] == '' then dev.nm = nil else dev.nm = ARGV[8] end
+local encoded = cjson.encode(dev)
+redis.call('HSET', k, ARGV[7], encoded)
+if ARGV[9] ~= '' then record(ARGV[9], ARGV[10]) end
+return encoded
+"""
+
 _SET_LOCK = r"""
 local ends = math.huge
 if ARGV[7] ~= '' then ends = now + tonumber(ARGV[7]) end
@@ -450,6 +470,7 @@ SCRIPTS = {
         _script("loadState", _LOAD_STATE, writes=False),
         _script("recordOutcome", _RECORD_OUTCOME),
         _script("setDeviceState", _SET_DEVICE_STATE),
+        _script("renameDevice", _RENAME_DEVICE),
         _script("setLock", _SET_LOCK),
         _script("clearKeys", _CLEAR_KEYS),
         _script("forgetDevices", _FORGET_DEVICES),

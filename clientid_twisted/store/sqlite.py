@@ -552,6 +552,11 @@ class SQLiteStore:
             sqlops.setDeviceState, (), account, digest, typeName, fingerprint, state, event
         )
 
+    def renameDevice(
+        self, account: str, digest: str, name: str | None, event: Event | None
+    ) -> defer.Deferred[DeviceRecord]:
+        return self._write(sqlops.renameDevice, (), account, digest, name, event)
+
     def forgetDevices(self, account: str, event: Event | None) -> defer.Deferred[None]:
         return self._write(sqlops.forgetDevices, (), account, event)
 

@@ -18,6 +18,7 @@ from typing import Iterable
 
 from attrs import evolve
 
+from clientid_twisted.store.errors import UnknownDevice
 from clientid_twisted.store.records import (
     APPROVED,
     FOREVER,
@@ -40,6 +41,7 @@ __all__ = [
     "recordOutcome",
     "listDevices",
     "setDeviceState",
+    "renameDevice",
     "setLock",
     "clearKeys",
     "activeLocks",
@@ -49,8 +51,9 @@ __all__ = [
 
 _DEVICE_COLUMNS = (
     "account, digest, type, fingerprint, state, first_seen, last_seen, "
-    "last_address, last_protocol, logins, failures"
+    "last_address, last_protocol, logins, failures, name"
 )
+_DEVICE_MARKS = ", ".join("?" * len(_DEVICE_COLUMNS.split(",")))
 
 
 def _device(row: tuple | None) -> DeviceRecord | None:  # type: ignore[type-arg]
@@ -210,7 +213,7 @@ def _updateDevice(
         return None
     new, changed = applied
     connection.execute(
-        f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ({_DEVICE_MARKS}) "
         "ON CONFLICT (account, digest) DO UPDATE SET state = excluded.state, "
         "first_seen = excluded.first_seen, last_seen = excluded.last_seen, "
         "last_address = excluded.last_address, last_protocol = excluded.last_protocol, "
@@ -227,6 +230,7 @@ def _updateDevice(
             new.lastProtocol,
             new.logins,
             new.failures,
+            new.name,
         ),
     )
     if changed and update.event is not None:
@@ -318,6 +322,31 @@ def setDeviceState(
         "ON CONFLICT (account, digest) DO UPDATE SET state = excluded.state",
         (account, digest, typeName, fingerprint, state),
     )
+    if event is not None:
+        _record(connection, now, event, None)
+    row = connection.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE account = ? AND digest = ?",
+        (account, digest),
+    ).fetchone()
+    return DeviceRecord(*row)
+
+
+def renameDevice(
+    connection: sqlite3.Connection,
+    now: float,
+    account: str,
+    digest: str,
+    name: str | None,
+    event: Event | None,
+) -> DeviceRecord:
+    """
+    @raise UnknownDevice: If the account has no such device.
+    """
+    updated = connection.execute(
+        "UPDATE devices SET name = ? WHERE account = ? AND digest = ?", (name, account, digest)
+    ).rowcount
+    if not updated:
+        raise UnknownDevice(f"{account} has no device {digest}")
     if event is not None:
         _record(connection, now, event, None)
     row = connection.execute(

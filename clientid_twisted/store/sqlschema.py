@@ -68,6 +68,10 @@ MIGRATIONS: Sequence[Sequence[str]] = [
         )""",
         "CREATE INDEX events_by_account ON events (account, id)",
     ],
+    # 1 -> 2: the name the owner gives a device (NULL: unnamed).
+    [
+        "ALTER TABLE devices ADD COLUMN name TEXT",
+    ],
 ]
 
 
