@@ -15,6 +15,7 @@ import random
 import time
 from typing import Any
 
+import attrs
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
@@ -704,6 +705,37 @@ class LiveRedisTests(TestCase):
                           result.device.firstSeen), ("pending", 4, 2, 1700000000.25))
         self.assertEqual((yield store.loadState(StateQuery(account="alice", digest="d2"))).device,
                          result.device)
+
+
+    @defer.inlineCallbacks
+    def test_storedRecordsRenamed(self) -> Any:
+        """
+        A record stored before names existed reads as unnamed; renaming it
+        adds C{nm} to its JSON and keeps every other field, and the name is
+        read on the decision path (the script's flat reply) as well as by
+        C{listDevices}; removing the name removes C{nm}.
+        """
+        store = self.open()
+        key = self.prefix + "devices:alice"
+        old = {"s": "pending", "fs": "1700000000.25", "t": "UUID", "f": "f2", "x": 2, "n": 3}
+        self.server.command("HSET", key, "d2", json.dumps(old))
+        before = (yield store.loadState(StateQuery(account="alice", digest="d2"))).device
+        self.assertIsNone(before.name)
+        name = "Anna's \"phone\" \u00e9 \U0001f4f1"
+        renamed = yield store.renameDevice("alice", "d2", name, None)
+        self.assertEqual(renamed, attrs.evolve(before, name=name))
+        stored = json.loads(self.server.reply("HGET", key, "d2"))
+        self.assertEqual(stored, {**old, "nm": name})
+        state = yield store.loadState(StateQuery(account="alice", digest="d2"))
+        self.assertEqual(state.device, renamed)
+        result = yield store.recordOutcome(
+            OutcomeRecord(device=update(account="alice", digest="d2", create=None))
+        )
+        self.assertEqual((result.device.name, result.device.logins), (name, 4))
+        [listed] = yield store.listDevices("alice")
+        self.assertEqual(listed, result.device)
+        yield store.renameDevice("alice", "d2", None, None)
+        self.assertNotIn("nm", json.loads(self.server.reply("HGET", key, "d2")))
 
 
 class FaultTests(TestCase):

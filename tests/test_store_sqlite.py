@@ -31,7 +31,7 @@ from clientid_twisted.store.records import (
     StateQuery,
 )
 from clientid_twisted.store.sqlite import SQLiteStore
-from clientid_twisted.store.sqlschema import MIGRATIONS, schemaVersion
+from clientid_twisted.store.sqlschema import MIGRATIONS, migrate, schemaVersion
 from tests.storesuite import START, StoreTestsMixin, update
 
 
@@ -111,6 +111,45 @@ class FileTests(SynchronousTestCase):
         connection.close()
         # Opening again runs nothing twice (the ALTER would fail).
         self.open(migrations=newer)
+
+    def test_version1Upgraded(self) -> None:
+        """
+        A database of schema version 1 (before device names) opens: it is
+        migrated to the latest version, keeps its rows, reads them as
+        unnamed, and its devices can then be renamed.
+        """
+        self.path.parent.mkdir(parents=True)
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        migrate(connection, MIGRATIONS[:1])
+        connection.execute(
+            "INSERT INTO devices (account, digest, type, fingerprint, state, first_seen, "
+            "last_seen, last_address, last_protocol, logins, failures) "
+            "VALUES ('alice@example.test', ?, 'UUID', ?, 'approved', 1.0, 2.0, '192.0.2.1', 'imap', 3, 1)",
+            ("d" * 64, "d" * 16),
+        )
+        connection.execute("INSERT INTO events (time, kind, account) VALUES (2.0, 'device-new', 'alice@example.test')")
+        self.assertEqual(schemaVersion(connection), 1)
+        connection.close()
+        store = self.open()
+        [device] = self.successResultOf(store.listDevices("alice@example.test"))
+        self.assertEqual(
+            (device.state, device.firstSeen, device.lastSeen, device.lastAddress, device.logins,
+             device.failures, device.name),
+            (APPROVED, 1.0, 2.0, "192.0.2.1", 3, 1, None),
+        )
+        [event] = self.successResultOf(store.listEvents("alice@example.test", 10))
+        self.assertEqual(event.kind, "device-new")
+        renamed = self.successResultOf(
+            store.renameDevice("alice@example.test", "d" * 64, "Anna's phone", None)
+        )
+        self.assertEqual(renamed.name, "Anna's phone")
+        store.close()
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(schemaVersion(connection), len(MIGRATIONS))
+        self.assertEqual(
+            connection.execute("SELECT name, logins FROM devices").fetchall(), [("Anna's phone", 3)]
+        )
 
     def test_newerSchemaRefused(self) -> None:
         self.open().close()
