@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
@@ -183,6 +184,102 @@ class SiteTests(TestCase):
         unknown = yield self.request("POST", "/devices/signin", {"address": "nobody@example.test", "csrf": csrf})
         self.assertEqual((known.code, known.body), (unknown.code, unknown.body))
         self.assertEqual([n.account for n in self.mailed], ["alice@example.test"])
+
+    @defer.inlineCallbacks
+    def signIn(self) -> Any:
+        """
+        Sign in to the device page by the mailed link; the page.
+        """
+        form = yield self.request("GET", "/devices")
+        yield self.request("POST", "/devices/signin", {"address": "alice@example.test", "csrf": form.field("csrf")})
+        url = next(line for line in self.mailed[-1].lines if line.startswith("https://"))
+        confirm = yield self.request("GET", url)
+        yield self.request("POST", "/signin", {"t": confirm.field("t"), "csrf": confirm.field("csrf")})
+        return (yield self.request("GET", "/devices"))
+
+    def name(self) -> str | None:
+        return self.successResultOf(self.store.listDevices("alice@example.test"))[0].name
+
+    @defer.inlineCallbacks
+    def test_rename(self) -> Any:
+        """
+        The owner names a device from the device page with the session's
+        CSRF token: the name is kept, shown escaped in the table, in the
+        rename field and in every action's aria-label, recorded as an
+        event without the name, and logged escaped.
+        """
+        logged: list[str] = []
+
+        def observe(event: Any) -> None:
+            text = formatEvent(event) or ""
+            if "renamed device" in text:
+                logged.append(text)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        page = yield self.signIn()
+        self.assertIn('<label for="device-name-0">Name', page.text)
+        self.assertIn('id="device-name-0" name="name" value=""', page.text)
+        csrf = page.field("csrf")
+        name = "Anna's <b>ph\u00f6ne</b>"
+        forged = yield self.request(
+            "POST", "/devices/change", {"action": "rename", "fingerprint": self.fingerprint, "name": name, "csrf": "x"}
+        )
+        self.assertEqual(forged.code, 403)
+        self.assertIsNone(self.name())
+        renamed = yield self.request(
+            "POST", "/devices/change",
+            {"action": "rename", "fingerprint": self.fingerprint, "name": f"  {name} ", "csrf": csrf},
+        )
+        self.assertEqual(renamed.code, 200)
+        self.assertEqual(self.name(), name)
+        shown = "Anna&#x27;s &lt;b&gt;ph\u00f6ne&lt;/b&gt;"
+        self.assertNotIn("<b>", renamed.text)
+        self.assertIn(f"renamed to \u201c{shown}\u201d", renamed.text)
+        self.assertIn(f"<td><strong>{shown}</strong><br><code>UUID {self.fingerprint}</code>", renamed.text)
+        self.assertIn(f'name="name" value="{shown}"', renamed.text)
+        for label in ("Approve", "Revoke", "Rename"):
+            self.assertIn(f'aria-label="{label} {shown} (UUID {self.fingerprint})"', renamed.text)
+        [event] = [e for e in self.successResultOf(self.store.listEvents("alice@example.test", 10))
+                   if e.kind == "device-renamed"]
+        self.assertEqual((event.fingerprint, event.detail, event.protocol), (self.fingerprint, "by owner (device page)", "web"))
+        [line] = logged
+        self.assertIn("to Anna's <b>ph\\xc3\\xb6ne</b> from 127.0.0.1", line)
+        cleared = yield self.request(
+            "POST", "/devices/change", {"action": "rename", "fingerprint": self.fingerprint, "name": " ", "csrf": csrf}
+        )
+        self.assertIn("no longer has a name", cleared.text)
+        self.assertIsNone(self.name())
+
+    @defer.inlineCallbacks
+    def test_renameRefused(self) -> Any:
+        """
+        A name with control characters, or too long, is refused with a
+        clear message and changes nothing; so is an unknown device.
+        """
+        page = yield self.signIn()
+        csrf = page.field("csrf")
+        yield self.request(
+            "POST", "/devices/change", {"action": "rename", "fingerprint": self.fingerprint, "name": "kept", "csrf": csrf}
+        )
+        for bad, said in (
+            ("line\r\nbreak", "cannot hold control characters"),
+            ("\x1b[2Jclear", "cannot hold control characters"),
+            ("x" * 65, "at most 64 characters"),
+        ):
+            refused = yield self.request(
+                "POST", "/devices/change", {"action": "rename", "fingerprint": self.fingerprint, "name": bad, "csrf": csrf}
+            )
+            self.assertEqual(refused.code, 400)
+            self.assertIn(f'<p role="status">Not renamed: A device name', refused.text)
+            self.assertIn(said, refused.text)
+            self.assertEqual(self.name(), "kept")
+        unknown = yield self.request(
+            "POST", "/devices/change", {"action": "rename", "fingerprint": "0" * 16, "name": "x", "csrf": csrf}
+        )
+        self.assertIn("No such device on this account.", unknown.text)
+        kinds = [e.kind for e in self.successResultOf(self.store.listEvents("alice@example.test", 10))]
+        self.assertEqual(kinds, ["web-sign-in", "device-renamed"])
 
     @defer.inlineCallbacks
     def test_deviceSession(self) -> Any:

@@ -14,9 +14,10 @@ import datetime
 from html import escape
 from typing import Sequence
 
+from clientid_twisted.devicename import MAX_NAME_LENGTH
 from clientid_twisted.store.records import DeviceRecord, Event
 
-__all__ = ["STYLESHEET", "page", "message", "confirmLink", "signInForm", "devicePage"]
+__all__ = ["STYLESHEET", "page", "message", "confirmLink", "signInForm", "devicePage", "describeDevice"]
 
 STYLESHEET = b"""\
 body{font-family:system-ui,sans-serif;margin:0;padding:1rem;max-width:48rem;line-height:1.5;color:#111;background:#fff}
@@ -30,6 +31,8 @@ input[type=text],input[type=email]{font-size:1rem;padding:.4rem;max-width:100%}
 .danger{background:#a51d2d;color:#fff;border:0}
 .state-approved{color:#26a269}.state-revoked{color:#a51d2d}
 code{font-size:.9rem}
+.sr{position:absolute;left:-9999px;width:1px;height:1px;overflow:hidden}
+form.rename{margin-top:.3rem}form.rename input{width:12rem}
 caption{text-align:left;font-weight:bold;padding:.4rem 0}
 @media (max-width:40rem){table,caption,thead,tbody,tr,th,td{display:block}thead{position:absolute;left:-9999px}td{border:0;padding:.15rem .4rem}tr{border-bottom:1px solid #ccc;padding:.5rem 0}td[data-label]::before{content:attr(data-label) ": ";font-weight:bold}}
 """
@@ -127,13 +130,16 @@ def devicePage(
     """
     said = f'<p role="status">{escape(notice)}</p>' if notice else ""
     rows = []
-    for d in devices:
+    for n, d in enumerate(devices):
         device = f"<code>{escape(d.typeName)} {escape(d.fingerprint)}</code>"
+        if d.name is not None:
+            device = f"<strong>{escape(d.name)}</strong><br>{device}"
         actions = []
         if d.state != "approved":
             actions.append(_action("approve", "Approve", d, csrf))
         if d.state != "revoked":
             actions.append(_action("revoke", "Revoke", d, csrf, danger=True))
+        actions.append(_renameForm(n, d, csrf))
         rows.append(
             "<tr>"
             f"<td>{device}</td>"
@@ -171,11 +177,36 @@ def devicePage(
     return page("Your mail devices", body)
 
 
+def describeDevice(device: DeviceRecord) -> str:
+    """
+    How a device is called in plain text (not escaped): its owner's name
+    for it, if any, then its type and short fingerprint.
+    """
+    known = f"{device.typeName} {device.fingerprint}"
+    return known if device.name is None else f"{device.name} ({known})"
+
+
 def _action(action: str, label: str, device: DeviceRecord, csrf: str, danger: bool = False) -> str:
     css = ' class="danger"' if danger else ""
     return (
         '<form class="inline" method="post" action="/devices/change">'
         f"{_hidden('csrf', csrf)}{_hidden('action', action)}{_hidden('fingerprint', device.fingerprint)}"
-        f'<button type="submit"{css} aria-label="{escape(label)} {escape(device.typeName)} '
-        f'{escape(device.fingerprint)}">{escape(label)}</button></form> '
+        f'<button type="submit"{css} aria-label="{escape(label)} {escape(describeDevice(device))}">'
+        f"{escape(label)}</button></form> "
+    )
+
+
+def _renameForm(n: int, device: DeviceRecord, csrf: str) -> str:
+    """
+    The form that names the C{n}th device: a labelled text field holding
+    its current name, and a button.
+    """
+    field = f"device-name-{n}"
+    return (
+        '<form class="rename" method="post" action="/devices/change">'
+        f"{_hidden('csrf', csrf)}{_hidden('action', 'rename')}{_hidden('fingerprint', device.fingerprint)}"
+        f'<label for="{field}">Name<span class="sr"> for {escape(describeDevice(device))}</span></label> '
+        f'<input type="text" id="{field}" name="name" value="{escape(device.name or "")}" '
+        f'maxlength="{MAX_NAME_LENGTH}" autocomplete="off" placeholder="e.g. Anna\'s phone"> '
+        f'<button type="submit" aria-label="Rename {escape(describeDevice(device))}">Rename</button></form>'
     )

@@ -8,7 +8,7 @@ The self-service site as a C{twisted.web} resource tree.
     - C{GET /devices}: the signed-in owner's devices, or the sign-in form;
       C{POST /devices/signin} mails a sign-in link; C{GET /signin?t=...}
       confirms it and C{POST /signin} opens a session;
-    - C{POST /devices/change} approves or revokes a device;
+    - C{POST /devices/change} approves, revokes or renames a device;
       C{POST /signout} ends the session.
 
 Every response carries a strict Content-Security-Policy, refuses framing,
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from clientid_twisted.devicename import BadDeviceName
 from clientid_twisted.policy.manage import ManagementError
 from clientid_twisted.store.records import APPROVED, REVOKED
 from clientid_twisted.web import pages
@@ -265,7 +266,7 @@ class SignIn(_Page):
 
 class DeviceChange(_Page):
     """
-    C{POST /devices/change}: approve or revoke one device.
+    C{POST /devices/change}: approve, revoke or rename one device.
     """
 
     def render_POST(self, request: Any) -> Any:
@@ -277,6 +278,8 @@ class DeviceChange(_Page):
         if not self.csrfOK(request, session):
             return self.refuse(request, 403, "Form expired", "Reload the device page and try again.")
         action = self.arg(request, "action")
+        if action == "rename":
+            return self.answer(request, self.rename(request, session))
         if action not in ("approve", "revoke"):
             return self.refuse(request, 400, "Unknown action", "Reload the device page and try again.")
         state = APPROVED if action == "approve" else REVOKED
@@ -294,6 +297,24 @@ class DeviceChange(_Page):
             return (yield page.renderDevices(session, f"Device {record.typeName} {record.fingerprint} {verb}."))
 
         return self.answer(request, change())
+
+    @defer.inlineCallbacks
+    def rename(self, request: Any, session: Session) -> Any:
+        page = DevicesPage(self.service, self.sessions)
+        try:
+            record = yield self.service.rename(
+                session.account, self.arg(request, "fingerprint"), self.arg(request, "name"), self.peer(request)
+            )
+        except ManagementError:
+            return (yield page.renderDevices(session, "No such device on this account."))
+        except BadDeviceName as e:
+            request.setResponseCode(400)
+            return (yield page.renderDevices(session, f"Not renamed: {e}"))
+        if record.name is None:
+            said = f"Device {record.typeName} {record.fingerprint} no longer has a name."
+        else:
+            said = f"Device {record.typeName} {record.fingerprint} renamed to \u201c{record.name}\u201d."
+        return (yield page.renderDevices(session, said))
 
 
 class SignOut(_Page):

@@ -21,8 +21,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from clientid_twisted.authlog import escapeForLog
+from clientid_twisted.devicename import checkDeviceName
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.policy.manage import ManagementError, matchDevice
+from clientid_twisted.store.errors import UnknownDevice
 from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
 from clientid_twisted.web.links import APPROVE, SIGN_IN, InvalidLink, LinkClaim, LinkMaker
 
@@ -211,6 +213,49 @@ class SelfService:
             fingerprint=record.fingerprint,
             address=escapeForLog(address),
             via=via,
+        )
+        return new
+
+    @defer.inlineCallbacks
+    def rename(self, account: str, fingerprint: str, text: str, address: str) -> Any:
+        """
+        Name one of the account's devices as its owner typed it (an empty
+        name removes it).
+
+        The event says who renamed which device but not to what: the name
+        is the owner's text, shown escaped on their own page only; the log
+        line has it escaped.
+
+        @raise ManagementError: If the account has no such device.
+        @raise clientid_twisted.devicename.BadDeviceName: If the name is
+            too long or holds control characters.
+        @return: A Deferred of the device's new L{DeviceRecord}.
+        """
+        name = checkDeviceName(text)
+        records = yield self.store.listDevices(account)
+        record = matchDevice(records, account, fingerprint)
+        event = Event(
+            "device-renamed",
+            account,
+            record.typeName,
+            record.fingerprint,
+            address=address,
+            protocol="web",
+            detail="by owner (device page)" if name is not None else "name removed by owner (device page)",
+        )
+        try:
+            new = yield self.store.renameDevice(account, record.digest, name, event)
+        except UnknownDevice:
+            # Forgotten between the two calls (the account was removed).
+            raise ManagementError(f"{account} has no device with fingerprint {fingerprint}") from None
+        self.log.info(
+            "web: {account} renamed device type={clientIDType} fingerprint={fingerprint} "
+            "to {name} from {address}",
+            account=escapeForLog(account),
+            clientIDType=escapeForLog(record.typeName),
+            fingerprint=record.fingerprint,
+            name=escapeForLog(name),
+            address=escapeForLog(address),
         )
         return new
 
