@@ -491,6 +491,7 @@ def _devicesList(context: _Context) -> None:
                         "last_protocol": view.record.lastProtocol,
                         "logins": view.record.logins,
                         "failures": view.record.failures,
+                        "name": view.record.name,
                     }
                     for view in views
                 ],
@@ -503,7 +504,10 @@ def _devicesList(context: _Context) -> None:
         return
     _table(
         context,
-        ["TYPE", "FINGERPRINT", "STATE", "FIRST SEEN", "LAST SEEN", "LAST ADDRESS", "LOGINS", "FAILURES"],
+        [
+            "TYPE", "FINGERPRINT", "STATE", "FIRST SEEN", "LAST SEEN", "LAST ADDRESS", "LOGINS",
+            "FAILURES", "NAME",
+        ],
         [
             [
                 view.record.typeName,
@@ -514,6 +518,8 @@ def _devicesList(context: _Context) -> None:
                 view.record.lastAddress or "-",
                 str(view.record.logins),
                 str(view.record.failures),
+                # Last: the owner's name may hold spaces.
+                view.record.name or "-",
             ]
             for view in views
         ],

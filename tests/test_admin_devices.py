@@ -95,10 +95,31 @@ class DevicesListTests(AdminDevicesTestCase):
         self.assertEqual(
             header.split(),
             ["TYPE", "FINGERPRINT", "STATE", "FIRST", "SEEN", "LAST", "SEEN", "LAST", "ADDRESS",
-             "LOGINS", "FAILURES"],
+             "LOGINS", "FAILURES", "NAME"],
         )
         self.assertEqual(row.split()[:3], ["UUID", self.fingerprint, "pending"])
-        self.assertEqual(row.split()[-3:], ["192.0.2.1", "1", "0"])
+        self.assertEqual(row.split()[-4:], ["192.0.2.1", "1", "0", "-"])
+
+    def rename(self, name: str) -> None:
+        """
+        The owner named the device (as the device page does).
+        """
+        store = self.store()
+        digest = self.hasher.digest(ClientIdentity("UUID", TOKEN))
+        resultOf(store.renameDevice(ALICE, digest, name, None))
+        store.close()
+
+    def test_tableShowsName(self) -> None:
+        """
+        The owner's name for a device is the table's last column, whole
+        (spaces and all).
+        """
+        self.seen()
+        self.rename("Anna's phone \u00e9")
+        status, out, err = self.admin("devices", "list", ALICE)
+        header, row = out.splitlines()
+        self.assertTrue(header.rstrip().endswith("FAILURES  NAME"), header)
+        self.assertTrue(row.endswith("0         Anna's phone \u00e9"), row)
 
     def test_json(self) -> None:
         self.seen()
@@ -114,6 +135,9 @@ class DevicesListTests(AdminDevicesTestCase):
             },
         )
         self.assertRegex(device["first_seen"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertIsNone(device["name"])
+        self.rename("Anna's phone")
+        self.assertEqual(self.listed()[0]["name"], "Anna's phone")
 
     def test_showsTokenLocks(self) -> None:
         self.seen(state=APPROVED)
