@@ -182,10 +182,11 @@ class SelfServiceBrowserTests(SynchronousTestCase):
 
     def test_devicePage(self) -> None:
         """
-        Sign in by the mailed link, approve and then revoke a device (refused
-        at once), sign out.
+        Sign in by the mailed link, name a device, approve and then revoke
+        it (refused at once), sign out.
         """
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
 
         self.assertFalse(_canLogIn(self.server, PHONE))
         self.browser.get(f"https://localhost:{self.webPort}/devices")
@@ -201,12 +202,29 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         page = self.browser.page_source
         self.assertNotIn(PHONE, page)
         self.assertNotIn(LAPTOP, page)
-        self.shot("selfservice-devices.png")
         phone = self.fingerprintOf(PHONE)
-        self.browser.find_element(By.CSS_SELECTOR, f'button[aria-label="Approve UUID {phone}"]').click()
+        # Rename the phone with the keyboard: type into its labelled name
+        # field and press Enter.
+        field = self.browser.find_element(
+            By.XPATH,
+            f'//form[input[@name="action" and @value="rename"] and input[@name="fingerprint" and @value="{phone}"]]'
+            '//input[@name="name"]',
+        )
+        label = self.browser.find_element(By.CSS_SELECTOR, f'label[for="{field.get_attribute("id")}"]')
+        self.assertIn(f"Name for UUID {phone}", label.get_attribute("textContent"))
+        field.send_keys("Anna's phone", Keys.RETURN)
+        self.waitFor("renamed to")
+        status = self.browser.find_element(By.CSS_SELECTOR, 'p[role="status"]').text
+        self.assertEqual(status, f"Device UUID {phone} renamed to \u201cAnna's phone\u201d.")
+        self.assertIn("Anna's phone", self.browser.find_element(By.TAG_NAME, "table").text)
+        named = f"Anna's phone (UUID {phone})"
+        # The same store as the operator's: the name is in devices list.
+        self.assertIn("Anna's phone", self.admin("devices", "list", ALICE))
+        self.shot("selfservice-devices.png")
+        self.browser.find_element(By.XPATH, f'//button[@aria-label="Approve {named}"]').click()
         self.waitFor(f"Device UUID {phone} approved")
         self.assertTrue(_canLogIn(self.server, PHONE))
-        self.browser.find_element(By.CSS_SELECTOR, f'button[aria-label="Revoke UUID {phone}"]').click()
+        self.browser.find_element(By.XPATH, f'//button[@aria-label="Revoke {named}"]').click()
         self.waitFor(f"Device UUID {phone} revoked")
         self.assertFalse(_canLogIn(self.server, PHONE))
         self.click("Sign out")
@@ -214,7 +232,7 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         self.browser.get(f"https://localhost:{self.webPort}/devices")
         self.assertIn("Mail me a sign-in link", self.browser.page_source)
         events = self.admin("events", "--account", ALICE)
-        for kind in ["web-sign-in", "device-approved", "device-revoked", "web-sign-out"]:
+        for kind in ["web-sign-in", "device-renamed", "device-approved", "device-revoked", "web-sign-out"]:
             self.assertIn(kind, events)
 
     def fingerprintOf(self, token: str) -> str:
