@@ -29,8 +29,8 @@ from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.server.metrics import CountingStore, ServerMetrics
 from clientid_twisted.server.tap import OptionError, Options, loopbackEndpoint, makeService
 from clientid_twisted.server.users import UserDatabase
-from clientid_twisted.store.errors import StoreError
-from clientid_twisted.store.records import Bump, OutcomeRecord, StateQuery
+from clientid_twisted.store.errors import StoreError, UnknownDevice
+from clientid_twisted.store.records import APPROVED, Bump, OutcomeRecord, StateQuery
 from clientid_twisted.testing import MemoryStore
 
 ACCOUNT, PASSWORD = "alice@example.test", "alice password"
@@ -133,6 +133,24 @@ class CountingStoreTests(SynchronousTestCase):
         self.successResultOf(self.store.loadState(StateQuery(account="a")))
         self.assertEqual(_value(self.metrics, "clientid_store_errors_total", operation="load_state"), 1)
 
+
+    def test_renameDevice(self) -> None:
+        """
+        C{renameDevice} passes through; renaming a device that is not there
+        fails as the store says, timed but not counted as a store error.
+        """
+        self.successResultOf(self.inner.setDeviceState("a@x", "d1", "UUID", "f1", APPROVED, None))
+        record = self.successResultOf(self.store.renameDevice("a@x", "d1", "phone", None))
+        self.assertEqual(record.name, "phone")
+        self.failureResultOf(self.store.renameDevice("a@x", "d2", "phone", None), UnknownDevice)
+        self.assertEqual(
+            _value(self.metrics, "clientid_store_errors_total", operation="rename_device"), 0
+        )
+        self.inner.renameDevice = lambda *a: defer.fail(StoreError("down"))  # type: ignore[method-assign]
+        self.failureResultOf(self.store.renameDevice("a@x", "d1", "x", None), StoreError)
+        self.assertEqual(
+            _value(self.metrics, "clientid_store_errors_total", operation="rename_device"), 1
+        )
 
 class OptionsTests(SynchronousTestCase):
     """

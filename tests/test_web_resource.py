@@ -271,7 +271,7 @@ class SiteTests(TestCase):
                 "POST", "/devices/change", {"action": "rename", "fingerprint": self.fingerprint, "name": bad, "csrf": csrf}
             )
             self.assertEqual(refused.code, 400)
-            self.assertIn(f'<p role="status">Not renamed: A device name', refused.text)
+            self.assertIn('<p role="status">Not renamed: A device name', refused.text)
             self.assertIn(said, refused.text)
             self.assertEqual(self.name(), "kept")
         unknown = yield self.request(
