@@ -22,9 +22,16 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from clientid_twisted._linefixes import LineBufferMixin
 from clientid_twisted.authlog import escapeForLog
 
-__all__ = ["IMAP4ServerFixesMixin", "logFailed", "setsSeen"]
+__all__ = [
+    "IMAP4ClientSeamsMixin",
+    "IMAP4ServerFixesMixin",
+    "IMAP4ServerSeamsMixin",
+    "logFailed",
+    "setsSeen",
+]
 
 _log = Logger()
 
@@ -33,9 +40,102 @@ _SPOOL_IN_MEMORY = 1024 * 1024
 (Twisted keeps up to 10 MiB per session in memory)."""
 
 if TYPE_CHECKING:
+    # What the mixins are mixed into, for the type checker only: at run
+    # time they derive from nothing of Twisted's (they go first).
     _IMAP4ServerBase = imap4.IMAP4Server
+    _IMAP4ClientBase = imap4.IMAP4Client
 else:
-    _IMAP4ServerBase = object
+    _IMAP4ServerBase = _IMAP4ClientBase = object
+
+
+class IMAP4ServerSeamsMixin(LineBufferMixin, _IMAP4ServerBase):
+    """
+    The private parts of C{IMAP4Server} the CLIENTID mixin needs, behind
+    public names (L{clientid_twisted.imap.ClientIDIMAP4ServerMixin} and the
+    servers built on it use these, never Twisted's names).
+    """
+
+    _busyReceiving: bool
+    _pendingLiteral: Any
+    _onLogout: Any
+
+    @property
+    def readingData(self) -> bool:
+        """
+        Whether C{LineReceiver.dataReceived} is still handing out the
+        lines of one read (C{_busyReceiving}).  Gap: bug 1 needs to know
+        when a new read, one that came through TLS, begins.
+        """
+        return self._busyReceiving
+
+    @property
+    def pendingLiteral(self) -> Any:
+        """
+        What takes the next raw bytes or line while C{parseState} is
+        C{"pending"}: a literal being read, or a L{defer.Deferred} for the
+        next line (C{_pendingLiteral}).  Gap: SASL continuation lines and
+        the literal guards need it; Twisted has no public way to ask for
+        the next line.
+        """
+        return self._pendingLiteral
+
+    @pendingLiteral.setter
+    def pendingLiteral(self, value: Any) -> None:
+        self._pendingLiteral = value
+
+    @property
+    def logoutHook(self) -> Any:
+        """
+        What Twisted calls when the session ends (the realm's logout,
+        C{_onLogout}).  Gap: a protocol that does its own login must set
+        it, and Twisted documents no way to.
+        """
+        return self._onLogout
+
+    @logoutHook.setter
+    def logoutHook(self, logout: Any) -> None:
+        self._onLogout = logout
+
+    def _unblock(self) -> None:
+        # Twisted calls this to run the lines it queued while a command
+        # ran; the servers refine that (bug 6, logins held, the gateway's
+        # relay) by overriding replayHeldLines.
+        self.replayHeldLines()
+
+    def replayHeldLines(self) -> None:
+        """
+        Run the lines queued (in C{blocked}) while a command ran, as
+        Twisted does.
+        """
+        super()._unblock()
+
+
+class IMAP4ClientSeamsMixin(_IMAP4ClientBase):
+    """
+    The private parts of C{IMAP4Client} the CLIENTID client needs, behind
+    public names.
+    """
+
+    _capCache: dict[bytes, Any] | None
+
+    def hasCachedCapabilities(self) -> bool:
+        """
+        Whether C{getCapabilities()} will answer from its cache
+        (C{_capCache}) without asking the server.  Gap: CLIENTID must know
+        whether the capabilities were read over TLS.
+        """
+        return self._capCache is not None
+
+    def _startedTLS(self, result: Any, context: Any) -> Any:
+        # Twisted's private callback when STARTTLS succeeded.
+        self.tlsStarted()
+        return super()._startedTLS(result, context)
+
+    def tlsStarted(self) -> None:
+        """
+        Called when STARTTLS succeeded, before Twisted forgets and re-reads
+        the capabilities.  Gap: Twisted offers no public event for it.
+        """
 
 
 class _SpooledLiteral(imap4.LiteralFile):

@@ -15,12 +15,72 @@ from typing import TYPE_CHECKING, Any
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-__all__ = ["SMTPServerFixesMixin"]
+from clientid_twisted._linefixes import LineBufferMixin
+
+__all__ = ["ESMTPSeamsMixin", "ESMTPSenderSeamsMixin", "SMTPServerFixesMixin"]
 
 if TYPE_CHECKING:
+    # What the mixins are mixed into, for the type checker only: at run
+    # time they derive from nothing of Twisted's (they go first).
     _SMTPBase = smtp.SMTP
+    _ESMTPBase = smtp.ESMTP
+    _ESMTPSenderBase = smtp.ESMTPSender
 else:
-    _SMTPBase = object
+    _SMTPBase = _ESMTPBase = _ESMTPSenderBase = object
+
+
+class ESMTPSeamsMixin(LineBufferMixin, _ESMTPBase):
+    """
+    The private parts of C{ESMTP} the CLIENTID mixin needs, behind public
+    names (L{clientid_twisted.smtp.ClientIDESMTPMixin} and the servers
+    built on it use these, never Twisted's names).
+    """
+
+    _onLogout: Any
+
+    @property
+    def logoutHook(self) -> Any:
+        """
+        What Twisted calls when the session ends (the realm's logout,
+        C{_onLogout}).  Gap: a protocol that forgets an AUTH (after
+        STARTTLS) or does its own login must run or set it, and Twisted
+        documents no way to.
+        """
+        return self._onLogout
+
+    @logoutHook.setter
+    def logoutHook(self, logout: Any) -> None:
+        self._onLogout = logout
+
+    def _cbAuthenticated(self, loginInfo: Any) -> None:
+        # Twisted's private callback for a successful portal login.
+        self.loginSucceeded(loginInfo)
+
+    def loginSucceeded(self, loginInfo: Any) -> None:
+        """
+        Finish an AUTH the portal accepted: the avatar becomes the
+        delivery, C{235} goes out (Twisted's C{_cbAuthenticated}).  Gap:
+        there is no public seam between a checker's result and the reply,
+        and the policy decides before the reply.
+        """
+        super()._cbAuthenticated(loginInfo)
+
+
+class ESMTPSenderSeamsMixin(_ESMTPSenderBase):
+    """
+    The private parts of C{ESMTPClient} the CLIENTID sender needs.
+    """
+
+    _tlsMode: bool
+
+    @property
+    def tlsMode(self) -> bool:
+        """
+        Whether the sender runs, or is about to run, over TLS
+        (C{_tlsMode}).  Gap: CLIENTID may only go out over TLS, and Twisted
+        says so nowhere public.
+        """
+        return self._tlsMode
 
 
 class SMTPServerFixesMixin(_SMTPBase):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from clientid_twisted._imapfixes import IMAP4ClientSeamsMixin, IMAP4ServerSeamsMixin
 from clientid_twisted.authlog import escapeForLog, logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.errors import TemporaryAuthenticationFailure
@@ -141,16 +142,7 @@ def namesClientID(line: bytes) -> bool:
     return len(words) >= 2 and words[1].upper() == b"CLIENTID"
 
 
-if TYPE_CHECKING:
-    # What the mixins are mixed into, for the type checker only: at run
-    # time they derive from nothing of Twisted's (they go first).
-    _IMAP4ServerBase = imap4.IMAP4Server
-    _IMAP4ClientBase = imap4.IMAP4Client
-else:
-    _IMAP4ServerBase = _IMAP4ClientBase = object
-
-
-class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
+class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
     """
     Adds CLIENTID to an L{imap4.IMAP4Server} subclass.
 
@@ -215,15 +207,10 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
     startedTLS: bool
     ctx: Any
     canStartTLS: bool
-    _buffer: bytes
-    _busyReceiving: bool
-    _pendingLiteral: Any
-    _onLogout: Any
     POSTAUTH_TIMEOUT: int
     sendPositiveResponse: Callable[..., None]
     sendLine: Callable[[bytes], Any]
     setTimeout: Callable[[Any], Any]
-    _unblock: Callable[[], None]
     callLater: Callable[..., Any]
 
     # -- state ------------------------------------------------------------
@@ -315,7 +302,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
 
     def dataReceived(self, data: bytes) -> Any:
         # A new read after STARTTLS comes through the TLS layer.
-        if not self._busyReceiving:
+        if not self.readingData:
             self._discardingPlaintext = False
         return super().dataReceived(data)
 
@@ -425,10 +412,10 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
             if self._connectionGone:
                 return
             # Run the line that waited first, without polling again, then
-            # whatever arrived meanwhile (Twisted's _unblock).
+            # whatever arrived meanwhile (as Twisted does).
             self._skipPoll = True
             self.blocked = [line] + (self.blocked or [])
-            self._unblock()
+            self.replayHeldLines()
 
         d.addCallback(resume)
         return True
@@ -503,7 +490,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
         and the record of having listed CLIENTID: none of it came over TLS.
         """
         self._discardingPlaintext = True
-        self._buffer = b""
+        self.unparsedInput = b""
         if self.blocked:
             del self.blocked[:]
         self.clientIdentity = None
@@ -677,7 +664,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
         d.addCallback(self._receiveResponse, tag, mechanism, challenger)
         d.addErrback(self._authCrashed, tag)
         # Twisted's parse_pending hands the next line to this Deferred.
-        self._pendingLiteral = d
+        self.pendingLiteral = d
         self.parseState = "pending"
         self.sendLine(b"+ " + base64.b64encode(challenge))
 
@@ -802,7 +789,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
         if self._blockedForLogin:
             self._blockedForLogin = False
             if not self._connectionGone:
-                self._unblock()
+                self.replayHeldLines()
 
     def _cbClientIDLogin(
         self, result: Any, tag: bytes, fields: dict[str, Any], okMessage: bytes
@@ -820,7 +807,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, _IMAP4ServerBase):
             logout()
             return
         self.account = avatar
-        self._onLogout = logout
+        self.logoutHook = logout
         self.state = "auth"
         self.setTimeout(self.POSTAUTH_TIMEOUT)
         self._log.info(
@@ -927,7 +914,7 @@ class ClientIDNotAllowed(Exception):
     """
 
 
-class ClientIDIMAP4ClientMixin(_IMAP4ClientBase):
+class ClientIDIMAP4ClientMixin(IMAP4ClientSeamsMixin):
     """
     Makes an L{imap4.IMAP4Client} able to present a client identity.
 
@@ -945,7 +932,6 @@ class ClientIDIMAP4ClientMixin(_IMAP4ClientBase):
     transport: Any
     state: str | None
     context: Any
-    _capCache: dict[bytes, Any] | None
     sendCommand: Callable[[imap4.Command], defer.Deferred[Any]]
 
     def _isEncrypted(self) -> bool:
@@ -959,7 +945,7 @@ class ClientIDIMAP4ClientMixin(_IMAP4ClientBase):
         super().serverGreeting(caps)
 
     def getCapabilities(self, useCache: int = 1) -> defer.Deferred[Any]:
-        cached = useCache and self._capCache is not None
+        cached = useCache and self.hasCachedCapabilities()
         d = super().getCapabilities(useCache)
         if not cached:
             d.addCallback(self._recordCapabilities)
@@ -970,9 +956,8 @@ class ClientIDIMAP4ClientMixin(_IMAP4ClientBase):
             self._capabilitiesSinceTLS = caps
         return caps
 
-    def _startedTLS(self, result: Any, context: Any) -> Any:
+    def tlsStarted(self) -> None:
         self._capabilitiesSinceTLS = None
-        return super()._startedTLS(result, context)
 
     # Any login attempt ends the time for CLIENTID.
 

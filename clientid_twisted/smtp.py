@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 
 from twisted.cred.error import UnauthorizedLogin
@@ -29,6 +29,7 @@ from twisted.mail import smtp
 from twisted.mail.imap4 import IllegalClientResponse, PLAINCredentials
 from twisted.python.failure import Failure
 
+from clientid_twisted._smtpfixes import ESMTPSeamsMixin, ESMTPSenderSeamsMixin
 from clientid_twisted.authlog import escapeForLog, logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted.fingerprint import IdentityHasher
@@ -58,16 +59,7 @@ UNRECOGNIZED = b"5.5.2 Syntax error, command unrecognized"
 not available, byte for byte)."""
 
 
-if TYPE_CHECKING:
-    # What the mixin is mixed into, for the type checker only: at run time
-    # the mixin derives from nothing of Twisted's (it goes before ESMTP).
-    _ESMTPBase = smtp.ESMTP
-    _ESMTPSenderBase = smtp.ESMTPSender
-else:
-    _ESMTPBase = _ESMTPSenderBase = object
-
-
-class ClientIDESMTPMixin(ClientIDSessionMixin, _ESMTPBase):
+class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
     """
     Adds CLIENTID to an L{twisted.mail.smtp.ESMTP} subclass.
 
@@ -115,7 +107,6 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, _ESMTPBase):
     _helo: Any
     _from: Any
     _to: list[Any]
-    _onLogout: Any
     sendCode: Any
 
     # -- state ------------------------------------------------------------
@@ -138,7 +129,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, _ESMTPBase):
         self._discardingPlaintext = False
         super().dataReceived(data)
         if self._discardingPlaintext:
-            self._buffer = b""
+            self.unparsedInput = b""
             self._discardingPlaintext = False
 
     def lineReceived(self, line: bytes) -> Any:
@@ -217,7 +208,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, _ESMTPBase):
         rest of the plaintext read that carried the STARTTLS line.
         """
         self._discardingPlaintext = True
-        self._buffer = b""
+        self.unparsedInput = b""
         self.clientIdentity = None
         self._ehloSinceTLS = False
         self._authSeen = False
@@ -228,9 +219,9 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, _ESMTPBase):
             self.authenticated = False
             self.delivery = None
             self.deliveryFactory = None
-            if self._onLogout is not None:
-                self._onLogout()
-                self._onLogout = None
+            if self.logoutHook is not None:
+                self.logoutHook()
+                self.logoutHook = None
 
     def do_DATA(self, rest: bytes) -> None:
         """
@@ -414,7 +405,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, _ESMTPBase):
         )
 
     def _cbClientIDLogin(self, result: Any, credentials: Any) -> None:
-        self._cbAuthenticated(result)
+        self.loginSucceeded(result)
         self._log.info(
             "AUTH succeeded for {username} from {peer} "
             "({clientID})",
@@ -496,7 +487,7 @@ class ClientIDESMTPFactory(smtp.SMTPFactory):
 # -- client side ---------------------------------------------------------------
 
 
-class ClientIDESMTPSenderMixin(_ESMTPSenderBase):
+class ClientIDESMTPSenderMixin(ESMTPSenderSeamsMixin):
     """
     Makes an L{twisted.mail.smtp.ESMTPClient} present a client identity.
 
@@ -514,7 +505,6 @@ class ClientIDESMTPSenderMixin(_ESMTPSenderBase):
     clientIDSent = False
     clientIDAccepted = False
 
-    _tlsMode: bool
     _expected: Any
     _okresponse: Any
     _failresponse: Any
@@ -524,7 +514,7 @@ class ClientIDESMTPSenderMixin(_ESMTPSenderBase):
         if (
             self.clientIdentity is not None
             and not self.clientIDSent
-            and self._tlsMode
+            and self.tlsMode
             and ISSLTransport.providedBy(self.transport)
             and b"CLIENTID" in offered
         ):

@@ -1,11 +1,14 @@
 """
-Twisted's private names (issue 13, finding 4): every one the package uses
-is listed here, with the place that uses it; L{KNOWN} is the whole list,
-and docs/twisted-fixes.md says for each why (which Twisted bug or gap it
-works around).  A new private name fails L{PrivateNameTests.test_noNewPrivateNames}
-until it is listed and explained; a Twisted release that renames or drops
-one fails L{PrivateNameTests.test_twistedStillHasThem}, naming it, instead
-of an override silently no longer being called.
+Twisted's private names (issue 13, finding 4): only the workaround modules
+(L{WORKAROUND_MODULES}: C{clientid_twisted._imapfixes}, C{_smtpfixes},
+C{_linefixes}, C{_endpointfixes}) use them, and L{KNOWN} lists every one
+with the module that uses it; docs/twisted-fixes.md says for each why
+(which Twisted bug or gap it works around).  A private name anywhere else
+fails L{PrivateNameTests.test_onlyWorkaroundModules}; a new one in a
+workaround module fails L{PrivateNameTests.test_noNewPrivateNames} until
+it is listed and explained; a Twisted release that renames or drops one
+fails L{PrivateNameTests.test_twistedStillHasThem}, naming it, instead of
+an override silently no longer being called.
 """
 
 from __future__ import annotations
@@ -23,30 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clientid_twisted"
 
 KNOWN: dict[str, set[tuple[str, str]]] = {
-    "clientid_twisted.gateway.config": {
+    "clientid_twisted._endpointfixes": {
         ("twisted.internet.endpoints", "_parse"),
-    },
-    "clientid_twisted.gateway.imap": {
-        ("twisted.mail.imap4.IMAP4Server", "_onLogout"),
-        ("twisted.mail.imap4.IMAP4Server", "_unblock"),
-        ("twisted.protocols.basic.LineReceiver", "_buffer"),
-    },
-    "clientid_twisted.gateway.smtp": {
-        ("twisted.mail.smtp.ESMTP", "_cbAuthenticated"),
-        ("twisted.mail.smtp.SMTP", "_onLogout"),
-        ("twisted.protocols.basic.LineOnlyReceiver", "_buffer"),
-    },
-    "clientid_twisted.imap": {
-        ("twisted.mail.imap4.IMAP4Client", "_capCache"),
-        ("twisted.mail.imap4.IMAP4Client", "_startedTLS"),
-        ("twisted.mail.imap4.IMAP4Server", "_onLogout"),
-        ("twisted.mail.imap4.IMAP4Server", "_pendingLiteral"),
-        ("twisted.mail.imap4.IMAP4Server", "_unblock"),
-        ("twisted.protocols.basic.LineReceiver", "_buffer"),
-        ("twisted.protocols.basic.LineReceiver", "_busyReceiving"),
     },
     "clientid_twisted._imapfixes": {
         ("twisted.mail.imap4", "_FetchParser"),
+        ("twisted.mail.imap4.IMAP4Client", "_capCache"),
+        ("twisted.mail.imap4.IMAP4Client", "_startedTLS"),
         ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebFetch"),
         ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebSearch"),
         ("twisted.mail.imap4.IMAP4Server", "_IMAP4Server__ebSpewMessage"),
@@ -55,27 +41,34 @@ KNOWN: dict[str, set[tuple[str, str]]] = {
         ("twisted.mail.imap4.IMAP4Server", "_cbSelectWork"),
         ("twisted.mail.imap4.IMAP4Server", "_cbStatusGotMailbox"),
         ("twisted.mail.imap4.IMAP4Server", "_fileLiteral"),
-        ("twisted.mail.imap4.IMAP4Server", "_pendingLiteral"),
-        ("twisted.mail.imap4.LiteralFile", "_memoryFileLimit"),
-    },
-    "clientid_twisted._smtpfixes": {
-        ("twisted.mail.smtp.SMTP", "_messageHandled"),
-    },
-    "clientid_twisted.server.imapserver": {
+        ("twisted.mail.imap4.IMAP4Server", "_onLogout"),
         ("twisted.mail.imap4.IMAP4Server", "_pendingLiteral"),
         ("twisted.mail.imap4.IMAP4Server", "_unblock"),
-        ("twisted.protocols.basic.LineReceiver", "_buffer"),
+        ("twisted.mail.imap4.LiteralFile", "_memoryFileLimit"),
+        ("twisted.protocols.basic.LineReceiver", "_busyReceiving"),
     },
-    "clientid_twisted.server.lines": {
+    "clientid_twisted._linefixes": {
+        ("twisted.protocols.basic.LineReceiver", "_buffer"),
         ("twisted.protocols.basic.LineOnlyReceiver", "_buffer"),
     },
-    "clientid_twisted.smtp": {
+    "clientid_twisted._smtpfixes": {
         ("twisted.mail.smtp.ESMTP", "_cbAuthenticated"),
         ("twisted.mail.smtp.ESMTPClient", "_tlsMode"),
+        ("twisted.mail.smtp.SMTP", "_messageHandled"),
         ("twisted.mail.smtp.SMTP", "_onLogout"),
-        ("twisted.protocols.basic.LineOnlyReceiver", "_buffer"),
     },
 }
+"""Every private Twisted name the package uses, by the module that uses
+it: only the workaround modules (L{WORKAROUND_MODULES})."""
+
+WORKAROUND_MODULES = {
+    "clientid_twisted._endpointfixes": "twisted.internet.endpoints",
+    "clientid_twisted._imapfixes": "twisted.mail.imap4",
+    "clientid_twisted._linefixes": "twisted.protocols.basic",
+    "clientid_twisted._smtpfixes": "twisted.mail.smtp",
+}
+"""The one module per Twisted module whose private names we use; nothing
+else may use one."""
 
 
 def moduleName(p: Path) -> str:
@@ -213,6 +206,23 @@ class PrivateNameTests(SynchronousTestCase):
             new, {}, "private Twisted names: list them in KNOWN and say why in docs/twisted-fixes.md"
         )
 
+    def test_onlyWorkaroundModules(self) -> None:
+        """
+        No module but the workaround modules uses a private Twisted name
+        (a protocol uses the public names those modules give them), and
+        L{KNOWN} lists no other module.
+        """
+        outside = {
+            module: sorted(uses) for module, uses in scan().items() if module not in WORKAROUND_MODULES
+        }
+        self.assertEqual(
+            outside,
+            {},
+            "private Twisted names outside the workaround modules: move them into "
+            + ", ".join(sorted(WORKAROUND_MODULES)),
+        )
+        self.assertLessEqual(set(KNOWN), set(WORKAROUND_MODULES))
+
     def test_twistedStillHasThem(self) -> None:
         """
         The installed Twisted still defines every private name we use.
@@ -251,4 +261,4 @@ class PrivateNameTests(SynchronousTestCase):
         self.assertIn(
             ("twisted.mail.imap4.LiteralFile", "_memoryFileLimit"), found["clientid_twisted._imapfixes"]
         )
-        self.assertIn(("twisted.protocols.basic.LineReceiver", "_buffer"), found["clientid_twisted.imap"])
+        self.assertIn(("twisted.protocols.basic.LineReceiver", "_buffer"), found["clientid_twisted._linefixes"])

@@ -19,6 +19,7 @@ from attrs import evolve, frozen
 
 from twisted.internet import endpoints
 
+from clientid_twisted._endpointfixes import splitEndpointDescription
 from clientid_twisted.policy.config import _Table
 from clientid_twisted.configfile import getTable
 
@@ -72,7 +73,7 @@ def parseBackendAddress(
     """
     # Twisted's own tokenizer, so quoting and escaping mean what they mean
     # in every other endpoint string.
-    args, kwargs = endpoints._parse(description)  # type: ignore[attr-defined]
+    args, kwargs = splitEndpointDescription(description)
     scheme = args[0].lower() if args else ""
     if scheme not in ("tcp", "tls"):
         raise ValueError(

@@ -176,7 +176,7 @@ class GatewayIMAP4Server(MailIMAP4Server):
             if not self._connectionGone:
                 super()._cbClientIDLogin(result, tag, fields, okMessage)
             return None
-        self._onLogout = logout
+        self.logoutHook = logout
         _log.info(
             "{command} succeeded for {username} from {peer} through the IMAP gateway "
             "({clientID})",
@@ -227,9 +227,9 @@ class GatewayIMAP4Server(MailIMAP4Server):
         self.sendPositiveResponse(tag, b"[CAPABILITY " + capabilities + b"] " + okMessage)
         # What the client pipelined after its login is for the backend's
         # session: the lines queued while the login ran, then the rest.
-        pending = b"".join(line + b"\r\n" for line in self.blocked or []) + self._buffer
+        pending = b"".join(line + b"\r\n" for line in self.blocked or []) + self.unparsedInput
         self.blocked = [] if self.blocked is not None else None
-        self._buffer = b""
+        self.unparsedInput = b""
         session.protocol.startRelay(self.transport.write, self._backendClosed)
         # Backpressure both ways: a side whose outgoing buffer fills pauses
         # reading from the other.
@@ -239,11 +239,11 @@ class GatewayIMAP4Server(MailIMAP4Server):
             session.transport.write(pending)
         self.setTimeout(self.limits.imapIdleTimeout)
 
-    def _unblock(self) -> None:
+    def replayHeldLines(self) -> None:
         if self._relay is not None:
             self.blocked = None
             return
-        super()._unblock()
+        super().replayHeldLines()
 
     def dataReceived(self, data: bytes) -> Any:
         if self._relay is not None:
@@ -257,7 +257,7 @@ class GatewayIMAP4Server(MailIMAP4Server):
         The backend ended the session (LOGOUT, BYE, a crash): end the
         client's connection too, once what the backend sent is written.
         """
-        self._onLogout = None
+        self.logoutHook = None
         if not self._connectionGone:
             self.transport.unregisterProducer()
             self.transport.loseConnection()

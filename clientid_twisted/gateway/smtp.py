@@ -148,22 +148,22 @@ class GatewayESMTP(SubmissionESMTP):
 
     # -- the switch ---------------------------------------------------------------
 
-    def _cbAuthenticated(self, loginInfo: Any) -> None:
+    def loginSucceeded(self, loginInfo: Any) -> None:
         iface, session, logout = loginInfo
         if not isinstance(session, BackendSMTPSession):
-            super()._cbAuthenticated(loginInfo)  # type: ignore[misc]
+            super().loginSucceeded(loginInfo)
             return
         self.relay = session
         self.authenticated = True
-        self._onLogout = logout
+        self.logoutHook = logout
         self.challenger = None
         session.protocol.unsolicited = self._unsolicitedReply
         session.protocol.closed.addCallback(self._backendClosed)
         # What the client pipelined behind AUTH belongs to the relay, in
         # order: the lines held while the login ran, then the partial one.
         held, self._heldLines = self._heldLines or [], None
-        self._relayBuffer = b"".join(line + b"\r\n" for line in held) + self._buffer
-        self._buffer = b""
+        self._relayBuffer = b"".join(line + b"\r\n" for line in held) + self.unparsedInput
+        self.unparsedInput = b""
         # Backpressure: while the backend's send buffer is full, stop
         # reading from the client.
         session.transport.registerProducer(_ClientReading(self), True)
@@ -376,7 +376,7 @@ class GatewayESMTP(SubmissionESMTP):
         the backend said has been written (with a 421 of our own unless
         the backend sent one).
         """
-        self._onLogout = None
+        self.logoutHook = None
         if self._guardGone or self.closing:
             return
         if self._backendSaidGoodbye:

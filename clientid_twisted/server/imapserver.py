@@ -140,13 +140,13 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
         self.sendLine(b"* BYE " + _GOODBYES[event])
 
     def hasPartialLine(self) -> bool:
-        return bool(self.line_mode and self._buffer)
+        return bool(self.line_mode and self.unparsedInput)
 
     def inTransfer(self) -> bool:
         return not self.line_mode or self._skipBytes > 0
 
     def isBusy(self) -> bool:
-        return self.blocked is not None or isinstance(self._pendingLiteral, imap4.LiteralFile)
+        return self.blocked is not None or isinstance(self.pendingLiteral, imap4.LiteralFile)
 
     def isAuthenticated(self) -> bool:
         return self.state in ("auth", "select")
@@ -171,7 +171,7 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
                 return None
         return super().dataReceived(data)
 
-    def _unblock(self) -> None:
+    def replayHeldLines(self) -> None:
         """
         Run the lines queued while a command ran (Twisted's, plus: once a
         replayed command starts a literal, what was queued after it is
@@ -183,7 +183,7 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
         try:
             while commands and self.blocked is None and not self.closing:
                 if not self.line_mode:
-                    self._buffer = b"".join(c + b"\r\n" for c in commands) + self._buffer
+                    self.unparsedInput = b"".join(c + b"\r\n" for c in commands) + self.unparsedInput
                     commands = []
                     self._replaying = False
                     self.dataReceived(b"")
@@ -195,7 +195,7 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
             self.blocked.extend(commands)
 
     def rawDataReceived(self, data: bytes) -> Any:
-        if self._pendingLiteral is None:
+        if self.pendingLiteral is None:
             # Nothing is waiting for raw bytes: read lines again.
             return self.setLineMode(data)
         return super().rawDataReceived(data)
@@ -259,7 +259,7 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
         Forget a command waiting for the rest of its line after a literal.
         """
         if self.parseState == "pending" and self.blocked is None:
-            self._pendingLiteral = None
+            self.pendingLiteral = None
             self.parseState = "command"
 
     def _refuseNonSynchronizing(self, size: int, tag: bytes | None) -> None:
@@ -273,8 +273,8 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
                 return
         # Skip the literal unread; the line that follows it finishes the
         # refused command and is dropped too.
-        skipped = min(size, len(self._buffer))
-        self._buffer = self._buffer[skipped:]
+        skipped = min(size, len(self.unparsedInput))
+        self.unparsedInput = self.unparsedInput[skipped:]
         self._skipBytes = size - skipped
         self._dropContinuation = True
 

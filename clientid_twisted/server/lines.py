@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from twisted.protocols.basic import LineOnlyReceiver
 
+from clientid_twisted._linefixes import LineBufferMixin
+
 __all__ = ["BoundedLineOnlyReceiver"]
 
 
@@ -32,6 +34,10 @@ class BoundedLineOnlyReceiver(LineOnlyReceiver):
         handled (set by the session while its client does not read).
     """
 
+    # The property itself, not the class as a base: as a base it would
+    # come before SMTP in a submission server's method resolution order.
+    unparsedInput = LineBufferMixin.unparsedInput
+
     overlong = False
     paused = False
 
@@ -42,18 +48,18 @@ class BoundedLineOnlyReceiver(LineOnlyReceiver):
         return self.MAX_LENGTH
 
     def dataReceived(self, data: bytes) -> None:
-        buffer = self._buffer + data
+        buffer = self.unparsedInput + data
         start = 0
         while True:
             transport = self.transport
             if transport is None or getattr(transport, "disconnecting", False):
                 # A line told the connection to close: ignore the rest.
-                self._buffer = b""
+                self.unparsedInput = b""
                 return
             if self.paused:
                 # Reading is paused (the client does not read its
                 # replies): the rest waits for dataReceived(b"").
-                self._buffer = buffer[start:]
+                self.unparsedInput = buffer[start:]
                 return
             end = buffer.find(self.delimiter, start)
             if end < 0:
@@ -72,13 +78,13 @@ class BoundedLineOnlyReceiver(LineOnlyReceiver):
             # Keep a trailing CR: it may be the first half of the CRLF.
             self.overlong = True
             rest = rest[-1:] if rest.endswith(self.delimiter[:1]) else b""
-        self._buffer = rest
+        self.unparsedInput = rest
 
     def hasPartialLine(self) -> bool:
         """
         Whether part of a line has arrived but not its end.
         """
-        return bool(self._buffer) or self.overlong
+        return bool(self.unparsedInput) or self.overlong
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
