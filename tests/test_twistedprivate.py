@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import sys
 from pathlib import Path
 
 import twisted
@@ -23,7 +24,6 @@ from twisted.python.reflect import namedAny
 from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "clientid_twisted"
 
 KNOWN: dict[str, set[tuple[str, str]]] = {
     "clientid_twisted._endpointfixes": {
@@ -71,8 +71,8 @@ WORKAROUND_MODULES = {
 else may use one."""
 
 
-def moduleName(p: Path) -> str:
-    parts = list(p.relative_to(ROOT).with_suffix('').parts)
+def moduleName(p: Path, root: Path = ROOT) -> str:
+    parts = list(p.relative_to(root).with_suffix('').parts)
     if parts[-1] == '__init__':
         parts.pop()
     return '.'.join(parts)
@@ -96,19 +96,19 @@ def twistedPrivateOf(obj: type, allClasses: list[type]) -> dict[str, str]:
                         names.setdefault(n, f'{base.__module__}.{base.__qualname__}')
     return names
 
-def allOurClasses() -> list[type]:
+def allOurClasses(root: Path = ROOT, package: str = "clientid_twisted") -> list[type]:
     out: list[type] = []
-    for path in sorted(PACKAGE.rglob('*.py')):
+    for path in sorted((root / package).rglob('*.py')):
         try:
-            module = importlib.import_module(moduleName(path))
+            module = importlib.import_module(moduleName(path, root))
         except Exception:
             continue
         for v in vars(module).values():
-            if inspect.isclass(v) and (v.__module__ or '').startswith('clientid_twisted'):
+            if inspect.isclass(v) and (v.__module__ or '').startswith(package):
                 out.append(v)
     return out
 
-def scan() -> dict[str, set[tuple[str, str]]]:
+def scan(root: Path = ROOT, package: str = "clientid_twisted") -> dict[str, set[tuple[str, str]]]:
     """
     Every private Twisted name each module of the package uses, as
     C{(owner, name)}: imported (C{from twisted... import _x}), reached
@@ -118,9 +118,9 @@ def scan() -> dict[str, set[tuple[str, str]]]:
     private state).
     """
     found: dict[str, set[tuple[str, str]]] = {}
-    classes = allOurClasses()
-    for path in sorted(PACKAGE.rglob('*.py')):
-        name = moduleName(path)
+    classes = allOurClasses(root, package)
+    for path in sorted((root / package).rglob('*.py')):
+        name = moduleName(path, root)
         tree = ast.parse(path.read_text())
         try:
             module = importlib.import_module(name)
@@ -190,6 +190,16 @@ def missingNames(known: dict[str, set[tuple[str, str]]]) -> list[str]:
     return missing
 
 
+def outsideWorkarounds(found: dict[str, set[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+    """
+    The modules of C{found} (a L{scan}) that use a private Twisted name
+    but are not workaround modules, each with the names it uses.
+    """
+    return {
+        module: sorted(uses) for module, uses in found.items() if module not in WORKAROUND_MODULES
+    }
+
+
 class PrivateNameTests(SynchronousTestCase):
     def test_noNewPrivateNames(self) -> None:
         """
@@ -212,16 +222,42 @@ class PrivateNameTests(SynchronousTestCase):
         (a protocol uses the public names those modules give them), and
         L{KNOWN} lists no other module.
         """
-        outside = {
-            module: sorted(uses) for module, uses in scan().items() if module not in WORKAROUND_MODULES
-        }
         self.assertEqual(
-            outside,
+            outsideWorkarounds(scan()),
             {},
             "private Twisted names outside the workaround modules: move them into "
             + ", ".join(sorted(WORKAROUND_MODULES)),
         )
         self.assertLessEqual(set(KNOWN), set(WORKAROUND_MODULES))
+
+    def test_privateNameOutsideIsFound(self) -> None:
+        """
+        A protocol module outside the workaround modules that overrides a
+        private Twisted method, or reads private Twisted state on C{self},
+        is reported with those names.
+        """
+        root = Path(self.mktemp())
+        (root / "outsider").mkdir(parents=True)
+        (root / "outsider" / "__init__.py").write_text("")
+        (root / "outsider" / "proto.py").write_text(
+            "from twisted.mail import imap4\n"
+            "class Server(imap4.IMAP4Server):\n"
+            "    def _unblock(self):\n"
+            "        self._buffer = b''\n"
+        )
+        sys.path.insert(0, str(root))
+        self.addCleanup(sys.path.remove, str(root))
+        self.addCleanup(sys.modules.pop, "outsider.proto", None)
+        self.addCleanup(sys.modules.pop, "outsider", None)
+        self.assertEqual(
+            outsideWorkarounds(scan(root, "outsider")),
+            {
+                "outsider.proto": [
+                    ("twisted.mail.imap4.IMAP4Server", "_unblock"),
+                    ("twisted.protocols.basic.LineReceiver", "_buffer"),
+                ]
+            },
+        )
 
     def test_twistedStillHasThem(self) -> None:
         """
