@@ -297,4 +297,12 @@ class PrivateNameTests(SynchronousTestCase):
         self.assertIn(
             ("twisted.mail.imap4.LiteralFile", "_memoryFileLimit"), found["clientid_twisted._imapfixes"]
         )
-        self.assertIn(("twisted.protocols.basic.LineReceiver", "_buffer"), found["clientid_twisted._linefixes"])
+        # LineReceiver and LineOnlyReceiver both define _buffer: which one
+        # the scan names depends on which of our subclasses it meets first,
+        # and that changes when a test has re-imported a module (the full
+        # suite named LineOnlyReceiver, the file alone LineReceiver).
+        self.assertTrue(
+            {("twisted.protocols.basic.LineReceiver", "_buffer"), ("twisted.protocols.basic.LineOnlyReceiver", "_buffer")}
+            & found["clientid_twisted._linefixes"],
+            found["clientid_twisted._linefixes"],
+        )
