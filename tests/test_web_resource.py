@@ -18,6 +18,7 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.client import FileBodyProducer
 from io import BytesIO
+from pathlib import Path
 
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
@@ -56,28 +57,14 @@ class Response:
         return m.group(1)
 
 
-class SiteTests(TestCase):
-    def setUp(self) -> None:
-        self.store = MemoryStore(reactor)
-        hasher = IdentityHasher(KEY)
-        identity = ClientIdentity("UUID", TOKEN)
-        self.fingerprint = hasher.fingerprint(identity)
-        self.mailed: list[Notice] = []
-        self.service = SelfService(
-            self.store,
-            LinkMaker(LinkSigner(deriveLinkKey(KEY)), "https://mail.example.test"),
-            deliver=lambda n: defer.succeed(self.mailed.append(n)),
-            accountExists=lambda a: a == "alice@example.test",
-        )
-        self.sessions = SessionStore()
-        port = reactor.listenTCP(0, SelfServiceSite(self.service, self.sessions), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.base = f"http://127.0.0.1:{port.getHost().port}"
-        self.agent = Agent(reactor)
-        self.cookie: dict[str, str] = {}
-        return self.store.setDeviceState(
-            "alice@example.test", hasher.digest(identity), "UUID", self.fingerprint, PENDING, None
-        )
+class HTTPClientMixin:
+    """
+    Requests to the site at C{self.base}, with the cookies it set.
+    """
+
+    base: str
+    agent: Agent
+    cookie: dict[str, str]
 
     @defer.inlineCallbacks
     def request(self, method: str, path: str, form: dict[str, str] | None = None) -> Any:
@@ -99,6 +86,30 @@ class SiteTests(TestCase):
             else:
                 self.cookie.pop(name, None)
         return result
+
+
+class SiteTests(HTTPClientMixin, TestCase):
+    def setUp(self) -> None:
+        self.store = MemoryStore(reactor)
+        hasher = IdentityHasher(KEY)
+        identity = ClientIdentity("UUID", TOKEN)
+        self.fingerprint = hasher.fingerprint(identity)
+        self.mailed: list[Notice] = []
+        self.service = SelfService(
+            self.store,
+            LinkMaker(LinkSigner(deriveLinkKey(KEY)), "https://mail.example.test"),
+            deliver=lambda n: defer.succeed(self.mailed.append(n)),
+            accountExists=lambda a: a == "alice@example.test",
+        )
+        self.sessions = SessionStore()
+        port = reactor.listenTCP(0, SelfServiceSite(self.service, self.sessions), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        self.agent = Agent(reactor)
+        self.cookie: dict[str, str] = {}
+        return self.store.setDeviceState(
+            "alice@example.test", hasher.digest(identity), "UUID", self.fingerprint, PENDING, None
+        )
 
     def state(self) -> str:
         return self.successResultOf(self.store.listDevices("alice@example.test"))[0].state
@@ -349,3 +360,47 @@ class SessionStoreTests(SynchronousTestCase):
         sessions.endAccount("alice@example.test")
         self.assertIsNone(sessions.get(a.sessionID))
         self.assertIs(sessions.get(b.sessionID), b)
+
+
+class GatewaySignInTests(HTTPClientMixin, TestCase):
+    """
+    In IMAP gateway mode the accounts live on the backend: a sign-in link
+    waits with the account's notices for its next login through the gateway
+    (which APPENDs them to the backend INBOX).
+    """
+
+    def setUp(self) -> None:
+        from clientid_twisted.gateway.imap import PendingNotices
+        from clientid_twisted.web.config import WebConfig
+        from clientid_twisted.web.service import selfServiceSite
+
+        self.store = MemoryStore(reactor)
+        self.pending = PendingNotices("mail.example.test")
+        links = LinkMaker(LinkSigner(deriveLinkKey(KEY)), "https://mail.example.test")
+        site = selfServiceSite(
+            WebConfig(), links, self.store, Path(self.mktemp()), None,  # type: ignore[arg-type]
+            "mail.example.test", gatewayNotices=self.pending,
+        )
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        self.agent = Agent(reactor)
+        self.cookie = {}
+
+    @defer.inlineCallbacks
+    def test_signInLinkWaitsForTheNextLogin(self) -> Any:
+        form = yield self.request("GET", "/devices")
+        csrf = form.field("csrf")
+        known = yield self.request("POST", "/devices/signin", {"address": "Bob@Example.test", "csrf": csrf})
+        other = yield self.request("POST", "/devices/signin", {"address": "not-an-address", "csrf": csrf})
+        self.assertEqual((known.code, known.body), (other.code, other.body))
+        [message] = self.pending.take("bob@example.test")
+        self.assertIn(b"Subject: Sign-in link for your mail devices\r\n", message)
+        url = re.search(rb"https://mail\.example\.test/signin\?t=\S+", message)
+        assert url is not None
+        confirm = yield self.request("GET", url.group(0).decode("ascii"))
+        signedIn = yield self.request("POST", "/signin", {"t": confirm.field("t"), "csrf": confirm.field("csrf")})
+        self.assertEqual(signedIn.code, 303)
+        page = yield self.request("GET", "/devices")
+        self.assertIn("Signed in as <strong>bob@example.test</strong>", page.text)
+        self.assertEqual(self.pending.take("not-an-address"), [])

@@ -37,7 +37,7 @@ from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
 from clientid_twisted.policy.checker import ClientIDChecker
 from clientid_twisted.policy.alerts import Alert
 from clientid_twisted.policy.decision import accountName
-from clientid_twisted.policy.notice import LINK_KINDS, noticeLines
+from clientid_twisted.policy.notice import LINK_KINDS, messageLines, noticeLines
 from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
 from clientid_twisted.server.mailnotice import WITHOUT_PASSWORD_KINDS
 
@@ -129,8 +129,25 @@ class PendingNotices:
         if self.linksFor is not None and alert.kind in LINK_KINDS and alert.fingerprint:
             links = [(alert.typeName or "?", alert.fingerprint, self.linksFor(alert.account, alert.fingerprint))]
         lines = noticeLines(alert, self.hostname, messageID, links=links)
+        self._keep(alert.account, lines)
+
+    def addMessage(self, account: str, subject: str, body: list[str], when: float) -> bool:
+        """
+        Keep a message of the server's own (the self-service site's
+        sign-in link) for C{account}'s next login, like a notice.
+
+        @return: Whether C{account} is a name a login could have.
+        """
+        key = accountName(account)
+        if key is None:
+            return False
+        messageID = email.utils.make_msgid("clientid")
+        self._keep(key, messageLines(key, subject, body, self.hostname, messageID, when))
+        return True
+
+    def _keep(self, account: str, lines: list[bytes]) -> None:
         message = b"".join(line + b"\r\n" for line in lines)
-        notices = self._pending.setdefault(alert.account, [])
+        notices = self._pending.setdefault(account, [])
         notices.append(message)
         del notices[: -self._perAccount]
         while len(self._pending) > self._accounts:

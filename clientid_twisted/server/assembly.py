@@ -299,7 +299,10 @@ def assembleServer(
             gateway=gateway,
             relay=relay,
             webSite=(
-                selfServiceSite(web, links, authentication.store, dataDir, users, serverName)
+                selfServiceSite(
+                    web, links, authentication.store, dataDir, users, serverName,
+                    gatewayNotices=gatewayNotices[0] if gatewayNotices else None,
+                )
                 if links is not None
                 else None
             ),

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from clientid_twisted.authlog import escapeForLog
 from clientid_twisted.devicename import checkDeviceName
 from clientid_twisted.interfaces import IClientIDStore
+from clientid_twisted.policy.decision import accountName
 from clientid_twisted.policy.manage import ManagementError, matchDevice
 from clientid_twisted.store.errors import UnknownDevice
 from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
@@ -267,8 +268,10 @@ class SelfService:
         the account nor C{address} asked too often; the caller answers the
         same in every case.
         """
-        account = account.strip()
-        if not self.perAddress.allow(address) or not self.perAccount.allow(account.lower()):
+        # The name the policy keeps the account's devices under (folded to
+        # lower case), or "" for one no login could have.
+        account = accountName(account.strip()) or ""
+        if not self.perAddress.allow(address) or not self.perAccount.allow(account):
             self.log.info(
                 "web: sign-in link for {account} from {address} refused: too many requests",
                 account=escapeForLog(account),

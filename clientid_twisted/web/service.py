@@ -3,7 +3,8 @@
 The self-service site as the runnable server puts it together: links
 signed with a key derived from the installation's identity key, device
 changes through the server's store, sign-in links delivered into the
-local INBOX.
+local INBOX, or in IMAP gateway mode kept with the account's notices and
+APPENDed to the backend INBOX at its next login through the gateway.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import defer
 from twisted.web import server
 
 from clientid_twisted.interfaces import IClientIDStore
@@ -41,14 +43,30 @@ def selfServiceSite(
     users: UserDatabase,
     hostname: str,
     clock: Any = None,
+    gatewayNotices: Any = None,
 ) -> server.Site:
     """
     The site, for a TLS listener.
+
+    @param gatewayNotices: In IMAP gateway mode, the
+        L{PendingNotices <clientid_twisted.gateway.imap.PendingNotices>} the
+        gateway APPENDs at an account's next login: sign-in links wait
+        there, for any address (the accounts are the backend's, so whether
+        one exists is not known here; the answer is the same either way).
     """
+    if gatewayNotices is not None:
+        pending = gatewayNotices
+
+        def deliver(notice: Notice) -> Any:
+            pending.addMessage(notice.account, notice.subject, list(notice.lines), links.clock())
+            return defer.succeed(None)
+
+        service = SelfService(store, links, deliver, lambda account: "@" in account)
+        return SelfServiceSite(service, SessionStore(idle=web.sessionIdleSeconds))
     mailbox = MailboxAlertObserver(dataDir, users, hostname, clock=clock)
 
-    def deliver(notice: Notice) -> Any:
+    def deliverLocally(notice: Notice) -> Any:
         return mailbox.deliverMessage(notice.account, notice.subject, notice.lines)
 
-    service = SelfService(store, links, deliver, users.exists)
+    service = SelfService(store, links, deliverLocally, users.exists)
     return SelfServiceSite(service, SessionStore(idle=web.sessionIdleSeconds))
