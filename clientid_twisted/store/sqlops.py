@@ -322,6 +322,15 @@ def setDeviceState(
         "ON CONFLICT (account, digest) DO UPDATE SET state = excluded.state",
         (account, digest, typeName, fingerprint, state),
     )
+    return _recordedDevice(connection, now, account, digest, event)
+
+
+def _recordedDevice(
+    connection: sqlite3.Connection, now: float, account: str, digest: str, event: Event | None
+) -> DeviceRecord:
+    """
+    Record C{event} (if any) of a device change, and read the device back.
+    """
     if event is not None:
         _record(connection, now, event, None)
     row = connection.execute(
@@ -347,13 +356,7 @@ def renameDevice(
     ).rowcount
     if not updated:
         raise UnknownDevice(f"{account} has no device {digest}")
-    if event is not None:
-        _record(connection, now, event, None)
-    row = connection.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE account = ? AND digest = ?",
-        (account, digest),
-    ).fetchone()
-    return DeviceRecord(*row)
+    return _recordedDevice(connection, now, account, digest, event)
 
 
 def forgetDevices(
