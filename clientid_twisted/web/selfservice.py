@@ -8,6 +8,11 @@ Every capability arrives by mail (L{SelfService.deliver}): approving or
 disowning a device takes a link from a notice, and the device page takes a
 sign-in link.  Asking for a sign-in link answers the same whether the
 account exists or not, and is rate-limited per account and per address.
+
+The rate limiter is a few lines of our own rather than the store's
+counters: it guards the mail a process sends, needs no store round trip
+on a request that must answer the same for every address, and must keep
+working while the store is down.
 """
 
 from __future__ import annotations
@@ -112,12 +117,10 @@ class SelfService:
     ) -> None:
         self.store = store
         self.links = links
-        self.signer = links.signer
         self.deliver = deliver
         self.accountExists = accountExists
-        self._clock = links.clock
-        self.perAccount = perAccount or RateLimiter(3, 900.0, self._clock)
-        self.perAddress = perAddress or RateLimiter(10, 900.0, self._clock)
+        self.perAccount = perAccount or RateLimiter(3, 900.0, links.clock)
+        self.perAddress = perAddress or RateLimiter(10, 900.0, links.clock)
 
     def deviceLinks(self, account: str, fingerprint: str) -> tuple[str, str]:
         """
@@ -136,7 +139,7 @@ class SelfService:
         it after an approval link was made).
         """
         try:
-            claim = self.signer.verify(token, action, self._clock())
+            claim = self.links.signer.verify(token, action, self.links.clock())
         except InvalidLink as e:
             return defer.fail(e)
         return self._checkUnused(claim)
@@ -173,15 +176,22 @@ class SelfService:
         claim, _ = yield self.checkLink(token, action)
         # Used first: of two requests racing with one link, the second finds
         # the marker; the change itself is idempotent either way.
-        yield self.store.setLock(linkUsedKey(claim.linkID), claim.expires - self._clock(), None)
+        yield self._markUsed(claim, None)
         if action == APPROVE:
             record = yield self.setState(claim.account, claim.fingerprint, APPROVED, address, "link")
         else:
             record = yield self.setState(claim.account, claim.fingerprint, REVOKED, address, "link")
             yield self.store.setLock(
-                deviceDisownedKey(claim.account, record.digest), self.signer.ttl, None
+                deviceDisownedKey(claim.account, record.digest), self.links.signer.ttl, None
             )
         return record
+
+    def _markUsed(self, claim: LinkClaim, event: Event | None) -> "defer.Deferred[float]":
+        """
+        Record in the store that C{claim}'s link is used, for as long as it
+        could still be presented.
+        """
+        return self.store.setLock(linkUsedKey(claim.linkID), claim.expires - self.links.clock(), event)
 
     @defer.inlineCallbacks
     def setState(self, account: str, fingerprint: str, state: str, address: str, via: str) -> Any:
@@ -281,7 +291,7 @@ class SelfService:
         if not account or not self.accountExists(account):
             return defer.succeed(None)
         url = self.links.signInLink(account)
-        minutes = int(self.signer.ttl // 60)
+        minutes = int(self.links.signer.ttl // 60)
         notice = Notice(
             account,
             "Sign-in link for your mail devices",
@@ -316,7 +326,7 @@ class SelfService:
         """
         claim, _ = yield self.checkLink(token, SIGN_IN)
         event = Event("web-sign-in", claim.account, address=address, protocol="web")
-        yield self.store.setLock(linkUsedKey(claim.linkID), claim.expires - self._clock(), event)
+        yield self._markUsed(claim, event)
         self.log.info(
             "web: {account} signed in from {address}",
             account=escapeForLog(claim.account),

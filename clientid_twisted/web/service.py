@@ -10,7 +10,7 @@ APPENDed to the backend INBOX at its next login through the gateway.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.web import server
@@ -25,6 +25,10 @@ from clientid_twisted.web.selfservice import Notice, SelfService
 from clientid_twisted.web.sessions import SessionStore
 
 __all__ = ["linkMaker", "selfServiceSite"]
+
+
+def _looksLikeAnAddress(account: str) -> bool:
+    return "@" in account
 
 
 def linkMaker(web: WebConfig, identityKey: bytes, hostname: str, listener: str) -> LinkMaker:
@@ -54,6 +58,8 @@ def selfServiceSite(
         there, for any address (the accounts are the backend's, so whether
         one exists is not known here; the answer is the same either way).
     """
+    deliver: Callable[[Notice], Any]
+    accountExists: Callable[[str], bool]
     if gatewayNotices is not None:
         pending = gatewayNotices
 
@@ -61,12 +67,15 @@ def selfServiceSite(
             pending.addMessage(notice.account, notice.subject, list(notice.lines), links.clock())
             return defer.succeed(None)
 
-        service = SelfService(store, links, deliver, lambda account: "@" in account)
-        return SelfServiceSite(service, SessionStore(idle=web.sessionIdleSeconds))
-    mailbox = MailboxAlertObserver(dataDir, users, hostname, clock=clock)
+        accountExists = _looksLikeAnAddress
 
-    def deliverLocally(notice: Notice) -> Any:
-        return mailbox.deliverMessage(notice.account, notice.subject, notice.lines)
+    else:
+        mailbox = MailboxAlertObserver(dataDir, users, hostname, clock=clock)
 
-    service = SelfService(store, links, deliverLocally, users.exists)
+        def deliver(notice: Notice) -> Any:
+            return mailbox.deliverMessage(notice.account, notice.subject, notice.lines)
+
+        accountExists = users.exists
+
+    service = SelfService(store, links, deliver, accountExists)
     return SelfServiceSite(service, SessionStore(idle=web.sessionIdleSeconds))
