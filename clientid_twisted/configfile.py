@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "TableChecker", "checkTables", "loadConfig", "getTable"]
+__all__ = ["ConfigError", "ConfigTable", "TableChecker", "checkTables", "loadConfig", "getTable"]
 
 
 class ConfigError(ValueError):
@@ -140,3 +140,66 @@ def _tomlType(value: object) -> str:
         if isinstance(value, kind):
             return description
     return "a date or time"
+
+
+class ConfigTable:
+    """
+    Reads one table, remembering which keys were used so the rest can be
+    reported as unknown (L{finish}): every table of C{clientid.toml} is read
+    through one, so errors name file, table and key the same way.
+    """
+
+    def __init__(self, name: str, values: Mapping[str, Any], source: object) -> None:
+        self.name = name
+        self.values = values
+        self.where = f"{source}: " if source is not None else ""
+        self.used: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where}[{self.name}] {key} {message}")
+
+    def get(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        return self.values.get(key, default)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, not {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be an integer, not {value!r}")
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        return value
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, f"must be a number of seconds, not {value!r}")
+        if not value > 0 or value == float("inf"):
+            raise self.error(key, f"must be a positive number of seconds, not {value}")
+        return float(value)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+
+    def string(self, key: str, default: str | None) -> str | None:
+        value = self.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise self.error(key, f"must be a string, not {value!r}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.values) - self.used)
+        if unknown:
+            raise ConfigError(
+                f"{self.where}[{self.name}] unknown key {unknown[0]!r} "
+                f"(known: {', '.join(sorted(self.used))})"
+            )

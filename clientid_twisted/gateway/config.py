@@ -20,8 +20,7 @@ from attrs import evolve, frozen
 from twisted.internet import endpoints
 
 from clientid_twisted._endpointfixes import splitEndpointDescription
-from clientid_twisted.policy.config import _Table
-from clientid_twisted.configfile import getTable
+from clientid_twisted.configfile import ConfigTable, getTable
 
 __all__ = [
     "BackendAddress",
@@ -161,7 +160,7 @@ def parseGatewayConfig(config: Mapping[str, Any], source: object = None) -> Gate
     @raise ConfigError: Naming the file, the table and the key of the first
         problem.
     """
-    table = _Table("gateway", getTable(dict(config), "gateway", source), source)
+    table = ConfigTable("gateway", getTable(dict(config), "gateway", source), source)
     backends: dict[str, BackendAddress | None] = {}
     for key in ("imap_backend", "smtp_backend"):
         description = table.string(key, None)

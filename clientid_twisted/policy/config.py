@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
-from clientid_twisted.configfile import ConfigError, TableChecker, getTable
+from clientid_twisted.configfile import ConfigError, ConfigTable, TableChecker, getTable
 
 __all__ = [
     "APPLICATION_TABLES",
@@ -144,58 +144,10 @@ class PolicyConfig:
         return bool(self.handlingFor(typeKey) & {"system-log", "debug"})
 
 
-class _Table:
+class _Table(ConfigTable):
     """
-    Reads one table, remembering which keys were used so the rest can be
-    reported as unknown.
+    A policy table: a L{ConfigTable} that also reads lists of type names.
     """
-
-    def __init__(self, name: str, values: Mapping[str, Any], source: object) -> None:
-        self.name = name
-        self.values = values
-        self.where = f"{source}: " if source is not None else ""
-        self.used: set[str] = set()
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.where}[{self.name}] {key} {message}")
-
-    def get(self, key: str, default: Any) -> Any:
-        self.used.add(key)
-        return self.values.get(key, default)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, not {value!r}")
-        return value
-
-    def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"must be an integer, not {value!r}")
-        if value < minimum:
-            raise self.error(key, f"must be at least {minimum}, not {value}")
-        return value
-
-    def seconds(self, key: str, default: float) -> float:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"must be a number of seconds, not {value!r}")
-        if not value > 0 or value == float("inf"):
-            raise self.error(key, f"must be a positive number of seconds, not {value}")
-        return float(value)
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.get(key, default)
-        if value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
-        return str(value)
-
-    def string(self, key: str, default: str | None) -> str | None:
-        value = self.get(key, default)
-        if value is not None and not isinstance(value, str):
-            raise self.error(key, f"must be a string, not {value!r}")
-        return value
 
     def typeNames(self, key: str) -> frozenset[str]:
         value = self.get(key, [])
@@ -209,14 +161,6 @@ class _Table:
                 )
             names.add(name.upper())
         return frozenset(names)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.values) - self.used)
-        if unknown:
-            raise ConfigError(
-                f"{self.where}[{self.name}] unknown key {unknown[0]!r} "
-                f"(known: {', '.join(sorted(self.used))})"
-            )
 
 
 def parsePolicyConfig(config: Mapping[str, Any], source: object = None) -> PolicyConfig:

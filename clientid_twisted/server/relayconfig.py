@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from attrs import field, frozen
 
 from clientid_twisted.gateway.config import BackendAddress, parseBackendAddress
-from clientid_twisted.policy.config import _Table
+from clientid_twisted.configfile import ConfigTable
 from clientid_twisted.server.config import ConfigError, getTable
 
 __all__ = ["RelaySettings", "parseRelayConfig", "DEFAULT_MAX_QUEUE_DAYS"]
@@ -63,7 +63,7 @@ class RelaySettings:
         return self.maxQueueDays * 86400.0
 
 
-def _path(table: _Table, key: str, base: Path) -> Path | None:
+def _path(table: ConfigTable, key: str, base: Path) -> Path | None:
     value = table.string(key, None)
     if not value:
         return None
@@ -84,7 +84,7 @@ def parseRelayConfig(
     """
     if "relay" not in config:
         return None
-    table = _Table("relay", getTable(dict(config), "relay", source), source)
+    table = ConfigTable("relay", getTable(dict(config), "relay", source), source)
     description = table.string("smarthost", None)
     if not description:
         raise table.error("smarthost", 'is required, e.g. "tls:smtp.example.net:465"')
@@ -139,7 +139,7 @@ def parseRelayConfig(
     )
 
 
-def _checkAuthorities(table: _Table, path: Path) -> None:
+def _checkAuthorities(table: ConfigTable, path: Path) -> None:
     from clientid_twisted.certificate import loadAuthorities
 
     try:

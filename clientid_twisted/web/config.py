@@ -11,8 +11,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from clientid_twisted.policy.config import _Table
-from clientid_twisted.server.config import getTable
+from clientid_twisted.configfile import ConfigTable, getTable
 
 __all__ = ["WebConfig", "parseWebConfig"]
 
@@ -50,7 +49,7 @@ def parseWebConfig(config: Mapping[str, Any], source: object = None) -> WebConfi
     @raise clientid_twisted.server.config.ConfigError: For a wrong or
         unknown key.
     """
-    table = _Table("web", getTable(dict(config), "web", source), source)
+    table = ConfigTable("web", getTable(dict(config), "web", source), source)
     baseURL = table.string("base_url", None)
     if baseURL is not None:
         parts = urlsplit(baseURL)
