@@ -14,6 +14,7 @@ C{clientid-admin}: manage the runnable server's data directory::
     clientid-admin [--data-dir DIR | --store URL] devices list ADDRESS [--json]
     clientid-admin [...] devices approve ADDRESS (TYPE TOKEN | --fingerprint FP)
     clientid-admin [...] devices revoke ADDRESS (TYPE TOKEN | --fingerprint FP)
+    clientid-admin [...] devices rename ADDRESS FINGERPRINT NAME
     clientid-admin [...] tokens revoke TYPE TOKEN [--for SECONDS]
     clientid-admin [...] tokens unlock TYPE TOKEN
     clientid-admin [...] events [--account ADDRESS] [--limit N] [--json]
@@ -36,7 +37,8 @@ wrong directory says where it looked (exit 2) instead of writing elsewhere.
 Exit status: 0 success, 1 the data directory or store is unusable (a
 corrupt or unreadable file), 2 a usage error (bad arguments, a missing data
 directory or store, an invalid configuration, invalid address, unknown or
-existing user, empty password).
+existing user, empty password, unknown device, a device name the device
+page would refuse).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from clientid_twisted._version import __version__
+from clientid_twisted.authlog import escapeForLog
+from clientid_twisted.devicename import MAX_NAME_LENGTH
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.policy.decision import accountName
 from clientid_twisted.policy.manage import DeviceManager, DeviceView, resultOf
@@ -540,6 +544,23 @@ def _devicesRevoke(context: _Context) -> None:
     context.say(f"revoked {record.typeName} device {record.fingerprint} for {account}")
 
 
+def _devicesRename(context: _Context) -> None:
+    """
+    Name a device as the owner's device page does, with the same checks:
+    the name printed back has no control or format character (those are
+    refused, and a refused name is not echoed), and the account, which
+    C{--store} alone does not check, is escaped.
+    """
+    arguments = context.arguments
+    account = _account(context, arguments.address)
+    record = _manager(context).rename(account, arguments.fingerprint, arguments.name)
+    device = f"{record.typeName} device {record.fingerprint} of {escapeForLog(account)}"
+    if record.name is None:
+        context.say(f"removed the name of {device}")
+    else:
+        context.say(f'renamed {device} to "{record.name}"')
+
+
 def _tokensRevoke(context: _Context) -> None:
     seconds = context.arguments.for_seconds
     if seconds is not None and not seconds > 0:
@@ -621,7 +642,9 @@ def _storeOptions(parser: argparse.ArgumentParser) -> None:
 
 
 def _addDeviceCommands(commands: Any) -> None:
-    devices = commands.add_parser("devices", help="list, approve and revoke an account's devices")
+    devices = commands.add_parser(
+        "devices", help="list, approve, revoke and rename an account's devices"
+    )
     actions = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", help="an account's devices")
@@ -643,6 +666,21 @@ def _addDeviceCommands(commands: Any) -> None:
         )
         _storeOptions(action)
         action.set_defaults(run=run)
+
+    rename = actions.add_parser(
+        "rename", help="name a device as its owner knows it (as the device page does)"
+    )
+    rename.add_argument("address", metavar="ADDRESS")
+    rename.add_argument(
+        "fingerprint", metavar="FINGERPRINT",
+        help="the device's fingerprint from 'devices list', or a unique prefix",
+    )
+    rename.add_argument(
+        "name", metavar="NAME",
+        help=f"at most {MAX_NAME_LENGTH} characters, no control characters; '' removes the name",
+    )
+    _storeOptions(rename)
+    rename.set_defaults(run=_devicesRename)
 
 
 def _addTokenCommands(commands: Any) -> None:

@@ -22,6 +22,7 @@ from clientid_twisted.policy.manage import DeviceManager, ManagementError, resul
 from clientid_twisted.keyfile import loadOrCreateKey
 from clientid_twisted.server.users import UserDatabase, usersPath
 from clientid_twisted.store.records import APPROVED, PENDING, DeviceUpdate, Event, OutcomeRecord
+from clientid_twisted.store import openStore
 from clientid_twisted.store.sqlite import SQLiteStore
 
 ALICE = "alice@example.test"
@@ -291,6 +292,216 @@ class DevicesApproveRevokeTests(AdminDevicesTestCase):
         self.assertEqual(harness.login(account=ALICE, token=TOKEN), "ok")
         self.assertEqual(self.admin("devices", "revoke", ALICE, "UUID", TOKEN)[0], 0)
         self.assertEqual(harness.login(account=ALICE, token=TOKEN), "refused")
+
+
+class DevicesRenameMixin:
+    """
+    C{devices rename ADDRESS FINGERPRINT NAME} through the command, on
+    whichever store the test case's C{admin} reaches: the device page's
+    checks, a C{device-renamed} event without the name, output that cannot
+    move the terminal, and the exit codes of C{approve} and C{revoke}.
+    """
+
+    admin: Any
+    assertEqual: Any
+    assertIn: Any
+    assertNotIn: Any
+    assertIsNone: Any
+    assertUsageError: Any
+    fingerprint: str
+
+    def approved(self, account: str = ALICE) -> None:
+        status, out, err = self.admin("devices", "approve", account, "UUID", TOKEN)
+        self.assertEqual((status, err), (0, ""))
+
+    def deviceNames(self, account: str = ALICE) -> list[Any]:
+        status, out, err = self.admin("devices", "list", account, "--json")
+        self.assertEqual(status, 0, err)
+        return [d["name"] for d in json.loads(out)]
+
+    def renameEvents(self) -> list[dict[str, Any]]:
+        status, out, err = self.admin("events", "--json", "--limit", "100")
+        self.assertEqual(status, 0, err)
+        return [e for e in json.loads(out) if e["event"] == "device-renamed"]
+
+    def test_rename(self) -> None:
+        """
+        A fingerprint prefix names the device; the name is kept trimmed,
+        printed back, and a C{device-renamed} event says who did it but
+        not the name.
+        """
+        self.approved()
+        status, out, err = self.admin(
+            "devices", "rename", ALICE, self.fingerprint[:6], "  Anna's phone \u00e9 "
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            out, f'renamed UUID device {self.fingerprint} of {ALICE} to "Anna\'s phone \u00e9"\n'
+        )
+        self.assertEqual(self.deviceNames(), ["Anna's phone \u00e9"])
+        [event] = self.renameEvents()
+        self.assertEqual(
+            (event["account"], event["type"], event["fingerprint"], event["detail"]),
+            (ALICE, "UUID", self.fingerprint, "by admin"),
+        )
+        self.assertNotIn("Anna", json.dumps(event))
+
+    def test_removeName(self) -> None:
+        """
+        An empty (or blank) name removes the device's name.
+        """
+        self.approved()
+        self.assertEqual(self.admin("devices", "rename", ALICE, self.fingerprint, "laptop")[0], 0)
+        status, out, err = self.admin("devices", "rename", ALICE, self.fingerprint, "  ")
+        self.assertEqual(
+            (status, out, err),
+            (0, f"removed the name of UUID device {self.fingerprint} of {ALICE}\n", ""),
+        )
+        self.assertEqual(self.deviceNames(), [None])
+        self.assertEqual(
+            [e["detail"] for e in self.renameEvents()], ["by admin", "name removed by admin"]
+        )
+
+    def test_refusedNames(self) -> None:
+        """
+        A name the device page refuses is refused here too (exit 2), with
+        the page's reason and without echoing the name; nothing changes
+        and no event is recorded.
+        """
+        self.approved()
+        self.assertEqual(self.admin("devices", "rename", ALICE, self.fingerprint, "kept")[0], 0)
+        for bad, reason in [
+            ("x" * 65, "at most 64 characters"),
+            ("red\x1b[31m", "control characters"),
+            ("two\nlines", "control characters"),
+            ("tab\there", "control characters"),
+            ("evil\u202eexe.txt", "control characters"),
+            ("zero\u200bwidth", "control characters"),
+        ]:
+            result = self.admin("devices", "rename", ALICE, self.fingerprint, bad)
+            self.assertUsageError(result, reason)
+            self.assertNotIn(bad, result[2])
+        self.assertEqual(self.deviceNames(), ["kept"])
+        self.assertEqual(len(self.renameEvents()), 1)
+
+    def test_unknownDevice(self) -> None:
+        """
+        A fingerprint of no device of the account: the message C{approve}
+        gives, and its exit code (2); nothing is created.
+        """
+        self.approved()
+        self.assertUsageError(
+            self.admin("devices", "rename", ALICE, "abcdef12", "x"),
+            f"{ALICE} has no device with fingerprint abcdef12",
+        )
+        self.assertEqual(
+            self.admin("devices", "rename", ALICE, "abcdef12", "x")[0],
+            self.admin("devices", "revoke", ALICE, "--fingerprint", "abcdef12")[0],
+        )
+        self.assertUsageError(
+            self.admin("devices", "rename", ALICE, "not-hex", "x"), "invalid fingerprint"
+        )
+        self.assertEqual(self.deviceNames(), [None])
+        self.assertEqual(self.renameEvents(), [])
+
+    def test_missingArguments(self) -> None:
+        status, out, err = self.admin("devices", "rename", ALICE, self.fingerprint)
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("NAME", err)
+
+
+class DevicesRenameTests(DevicesRenameMixin, AdminDevicesTestCase):
+    """
+    C{devices rename} on the data directory's SQLite store.
+    """
+
+    def test_unknownDevice(self) -> None:
+        super().test_unknownDevice()
+        # With a data directory, the account must exist, as for approve.
+        self.assertUsageError(
+            self.admin("devices", "rename", "carol@example.test", self.fingerprint, "x"),
+            "no such user: carol@example.test",
+        )
+
+    def test_escapedAccount(self) -> None:
+        """
+        With C{--store} alone the account is not checked; the line printed
+        escapes it, so a name chosen to move the terminal cannot.
+        """
+        url = f"sqlite://{self.storePath}"
+        account = "mallory\x1b[2j@example.test"
+        status, out, err = self.admin(
+            "--store", url, "devices", "approve", account, "UUID", TOKEN, dataDir=False
+        )
+        self.assertEqual(status, 0, err)
+        status, out, err = self.admin(
+            "--store", url, "devices", "rename", account, self.fingerprint, "x", dataDir=False
+        )
+        self.assertEqual(
+            (status, out, err),
+            (0, f'renamed UUID device {self.fingerprint} of mallory\\x1b[2j@example.test to "x"\n', ""),
+        )
+
+
+class RedisDevicesRenameTests(DevicesRenameMixin, SynchronousTestCase):
+    """
+    C{devices rename} with C{--store redis://...} alone, on a real
+    C{redis-server}, as for several frontends sharing one store.
+    """
+
+    def setUp(self) -> None:
+        from tests.redisserver import requireRedisServer, sharedRedisServer, uniquePrefix
+
+        requireRedisServer()
+        self.url = f"{sharedRedisServer().url}?prefix={uniquePrefix(self)}"
+        status, out, err = self.admin("init")
+        self.assertEqual(status, 0, err)
+        store = openStore(self.url, None, clock=Clock(), blocking=True)
+        self.addCleanup(store.close)
+        self.hasher = IdentityHasher(resultOf(store.identityKey(None)))
+
+    def admin(self, *arguments: str) -> tuple[int, str, str]:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        status = main(["--store", self.url, *arguments], stdout=stdout, stderr=stderr)
+        return status, stdout.getvalue(), stderr.getvalue()
+
+    assertUsageError = AdminDevicesTestCase.assertUsageError
+
+    @property
+    def fingerprint(self) -> str:
+        return self.hasher.fingerprint(ClientIdentity("UUID", TOKEN))
+
+    def test_unknownDevice(self) -> None:
+        super().test_unknownDevice()
+        # No account check with --store: an account without devices has
+        # no such device.
+        self.assertUsageError(
+            self.admin("devices", "rename", "carol@example.test", self.fingerprint, "x"),
+            "carol@example.test has no device with fingerprint",
+        )
+
+    def test_program(self) -> None:
+        """
+        The installed program's entry point does the same, and a second
+        frontend's view (a fresh store connection) sees the name.
+        """
+        import subprocess
+        import sys
+
+        self.approved()
+        result = subprocess.run(
+            [sys.executable, "-m", "clientid_twisted.admin", "--store", self.url,
+             "devices", "rename", ALICE, self.fingerprint[:8], "Anna's phone"],
+            capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (0, f'renamed UUID device {self.fingerprint} of {ALICE} to "Anna\'s phone"\n', ""),
+        )
+        store = openStore(self.url, None, clock=Clock(), blocking=True)
+        self.addCleanup(store.close)
+        [record] = resultOf(store.listDevices(ALICE))
+        self.assertEqual(record.name, "Anna's phone")
 
 
 class UserRemoveTests(AdminDevicesTestCase):

@@ -11,20 +11,29 @@ written anywhere; listings show the keyed fingerprint.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from attrs import frozen
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from clientid_twisted.devicename import checkDeviceName
 from clientid_twisted.fingerprint import IdentityHasher
 from clientid_twisted.identity import ClientIdentity
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.policy import keys
+from clientid_twisted.store.errors import UnknownDevice
 from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
 
-__all__ = ["ManagementError", "DeviceView", "DeviceManager", "matchDevice", "resultOf"]
+__all__ = [
+    "ManagementError",
+    "DeviceView",
+    "DeviceManager",
+    "matchDevice",
+    "renameDevice",
+    "resultOf",
+]
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{4,64}")
 
@@ -75,6 +84,40 @@ def matchDevice(records: list[DeviceRecord], account: str, fingerprint: str) -> 
             "give more digits"
         )
     return matches[0]
+
+
+@defer.inlineCallbacks
+def renameDevice(
+    store: IClientIDStore,
+    account: str,
+    fingerprint: str,
+    text: str,
+    eventFor: Callable[[DeviceRecord, str | None], Event],
+) -> Any:
+    """
+    Name one of C{account}'s devices as a person typed it (an empty name
+    removes it): the one way both the device page and C{clientid-admin
+    devices rename} do it, so both check the name alike.
+
+    @param fingerprint: The device's fingerprint, or a unique prefix.
+    @param eventFor: Makes the event to record from the device's record
+        and the checked name (L{None}: removed); the event names who
+        renamed which device, not the name, which is the owner's text.
+    @raise clientid_twisted.devicename.BadDeviceName: If the name is too
+        long or holds control or format characters (before the store is
+        asked anything).
+    @raise ManagementError: If the account has no such device.
+    @return: A Deferred of the device's new L{DeviceRecord}.
+    """
+    name = checkDeviceName(text)
+    records = yield store.listDevices(account)
+    record = matchDevice(records, account, fingerprint)
+    try:
+        new = yield store.renameDevice(account, record.digest, name, eventFor(record, name))
+    except UnknownDevice:
+        # Forgotten between the two calls (the account was removed).
+        raise ManagementError(f"{account} has no device with fingerprint {fingerprint}") from None
+    return new
 
 
 def resultOf(d: defer.Deferred[Any]) -> Any:
@@ -170,6 +213,28 @@ class DeviceManager:
         Refuse a device on an account until it is approved again.
         """
         return self._setState(account, REVOKED, "device-revoked", identity, fingerprint)
+
+    def rename(self, account: str, fingerprint: str, text: str) -> DeviceRecord:
+        """
+        Name the account's device whose fingerprint starts with
+        C{fingerprint} (an empty C{text} removes its name), checked as the
+        device page checks an owner's name; a C{device-renamed} event.
+
+        @raise clientid_twisted.devicename.BadDeviceName: If the name is
+            too long or holds control or format characters.
+        @raise ManagementError: If the account has no such device.
+        """
+
+        def eventFor(record: DeviceRecord, name: str | None) -> Event:
+            detail = f"by {self.actor}" if name is not None else f"name removed by {self.actor}"
+            return Event(
+                "device-renamed", account, record.typeName, record.fingerprint, detail=detail
+            )
+
+        record: DeviceRecord = resultOf(
+            renameDevice(self.store, account, fingerprint, text, eventFor)
+        )
+        return record
 
     def revokeToken(self, identity: ClientIdentity, seconds: float | None = None) -> float:
         """

@@ -26,11 +26,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from clientid_twisted.authlog import escapeForLog
-from clientid_twisted.devicename import checkDeviceName
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.policy.decision import accountName
-from clientid_twisted.policy.manage import ManagementError, matchDevice
-from clientid_twisted.store.errors import UnknownDevice
+from clientid_twisted.policy.manage import ManagementError, matchDevice, renameDevice
 from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
 from clientid_twisted.web.links import APPROVE, SIGN_IN, InvalidLink, LinkClaim, LinkMaker
 
@@ -242,30 +240,28 @@ class SelfService:
             too long or holds control characters.
         @return: A Deferred of the device's new L{DeviceRecord}.
         """
-        name = checkDeviceName(text)
-        records = yield self.store.listDevices(account)
-        record = matchDevice(records, account, fingerprint)
-        event = Event(
-            "device-renamed",
-            account,
-            record.typeName,
-            record.fingerprint,
-            address=address,
-            protocol="web",
-            detail="by owner (device page)" if name is not None else "name removed by owner (device page)",
-        )
-        try:
-            new = yield self.store.renameDevice(account, record.digest, name, event)
-        except UnknownDevice:
-            # Forgotten between the two calls (the account was removed).
-            raise ManagementError(f"{account} has no device with fingerprint {fingerprint}") from None
+
+        def eventFor(record: DeviceRecord, name: str | None) -> Event:
+            return Event(
+                "device-renamed",
+                account,
+                record.typeName,
+                record.fingerprint,
+                address=address,
+                protocol="web",
+                detail="by owner (device page)"
+                if name is not None
+                else "name removed by owner (device page)",
+            )
+
+        new = yield renameDevice(self.store, account, fingerprint, text, eventFor)
         self.log.info(
             "web: {account} renamed device type={clientIDType} fingerprint={fingerprint} "
             "to {name} from {address}",
             account=escapeForLog(account),
-            clientIDType=escapeForLog(record.typeName),
-            fingerprint=record.fingerprint,
-            name=escapeForLog(name),
+            clientIDType=escapeForLog(new.typeName),
+            fingerprint=new.fingerprint,
+            name=escapeForLog(new.name),
             address=escapeForLog(address),
         )
         return new
