@@ -3,7 +3,8 @@
 The systemd units in contrib/systemd: C{systemd-analyze verify} accepts
 them without a warning, and the service's own command line, given the
 socket unit's ports by C{systemd-socket-activate} (on free ports of ::1),
-serves SMTP and IMAP on the sockets it inherits.
+serves SMTP and IMAP on the sockets it inherits (with C{--workers auto},
+each worker adopting all four).
 
 Where systemd's tools are missing the tests are skipped with the reason;
 they are not required in CI (a container has no systemd).
@@ -81,6 +82,13 @@ class UnitFileTests(SynchronousTestCase):
         self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
 
 
+def _adopted(log: str) -> list[str]:
+    """
+    The worker number of each listening port a worker adopted.
+    """
+    return sorted(re.findall(r"\[worker=(\d+) -\] \S+ (?:\(TLS\) )?starting on", log))
+
+
 class SocketActivationTests(SynchronousTestCase):
     """
     The service's ExecStart, as written, on the socket unit's sockets.
@@ -130,9 +138,17 @@ class SocketActivationTests(SynchronousTestCase):
             smtp = self.connect(ports[0])
             self.assertTrue(readUntil(smtp, rb"\r\n").startswith(b"220 "))
             smtp.close()
+            # --workers auto: every worker adopts the four sockets systemd
+            # passed to the parent.
+            workers = os.cpu_count() or 1
+            expected = sorted(str(i) for i in range(1, workers + 1) for _ in range(4)) if workers > 1 else []
+            deadline = time.monotonic() + 60
+            while _adopted(log.read_text()) != expected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(_adopted(log.read_text()), expected, log.read_text())
         finally:
             process.terminate()
-            process.wait(timeout=30)
+            process.wait(timeout=60)
         self.assertNotIn("Traceback", log.read_text())
 
     def connect(self, port: int) -> socket.socket:

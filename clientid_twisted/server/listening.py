@@ -28,7 +28,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 
-__all__ = ["listener", "targetOwner", "handOver"]
+__all__ = ["listener", "endpointListener", "targetOwner", "handOver"]
 
 
 class _Listener(StreamServerEndpointService):
@@ -51,7 +51,15 @@ def listener(description: str, factory: Any, reactor: Any = None) -> StreamServe
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    service = _Listener(endpoints.serverFromString(reactor, description), factory)
+    return endpointListener(endpoints.serverFromString(reactor, description), factory)
+
+
+def endpointListener(endpoint: Any, factory: Any) -> StreamServerEndpointService:
+    """
+    A service listening on C{endpoint} with C{factory}, its bind error one
+    line (a worker's adopted socket, L{clientid_twisted.server.workers}).
+    """
+    service = _Listener(endpoint, factory)
     service._raiseSynchronously = True
     return service
 

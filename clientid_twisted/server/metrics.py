@@ -20,19 +20,30 @@ store's health, histograms of the login decision time (L{TimedChecker}
 around the portal's checker) and of each store call, and
 C{clientid_build_info}.  C{prometheus_client}'s own Twisted resource
 serves them, so a scraper that asks for OpenMetrics gets it.
+
+With C{--workers}, each worker counts in C{prometheus_client}'s
+multiprocess mode (L{ServerMetrics} with C{multiprocess=True}: values in
+files under the parent's private C{PROMETHEUS_MULTIPROC_DIR}); the
+parent serves their sum (L{WorkersMetrics}), forgetting a dead worker's
+gauges and keeping its counts.  A custom collector cannot be shared
+between processes, so there a worker sets its connection gauge every
+second instead of at each scrape.
 """
 
 from __future__ import annotations
 
 import platform
 import re
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from zope.interface import implementer
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import resource, server
@@ -55,7 +66,15 @@ from clientid_twisted.server.listening import listener as makeListener
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.store.errors import UnknownDevice
 
-__all__ = ["ServerMetrics", "CountingStore", "TimedChecker", "metricsService"]
+__all__ = [
+    "ServerMetrics",
+    "WorkersMetrics",
+    "CountingStore",
+    "TimedChecker",
+    "metricsService",
+    "metricsListener",
+    "metricsObserver",
+]
 
 _PROTOCOLS = frozenset({"smtp", "imap"})
 _LOCK_KINDS = frozenset(
@@ -101,10 +120,16 @@ class ServerMetrics:
     servers in one process do not share counts).
 
     @ivar registry: What the C{/metrics} resource serves.
+    @ivar multiprocess: A worker's metrics, whose values go to the files
+        of C{PROMETHEUS_MULTIPROC_DIR} and are served by the parent
+        (L{WorkersMetrics}): no build info or relay queue (the parent's),
+        connections as a gauge set by L{refresh}.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiprocess = multiprocess
+        self._limiter: Any = None
         r = self.registry
         self.commands = Counter(
             "clientid_commands",
@@ -147,6 +172,8 @@ class ServerMetrics:
             "clientid_store_up",
             "1 while the CLIENTID store answers, 0 during an outage (logins get a temporary failure).",
             registry=r,
+            # Workers: 0 when any live worker sees the store down.
+            multiprocess_mode="livemin",
         )
         self.storeUp.set(1)
         self.loginDecision = Histogram(
@@ -164,28 +191,46 @@ class ServerMetrics:
             buckets=_STORE_BUCKETS,
             registry=r,
         )
-        Info("clientid_build", "The running version of clientid-twisted and what it runs on.", registry=r).info(
-            {"version": __version__, "twisted": twisted.__version__, "python": platform.python_version()}
-        )
-        self.relayQueue = Gauge(
-            "clientid_relay_queue_messages",
-            "Messages in the relay queue waiting for (or being sent to) the smarthost.",
-            registry=r,
-        )
+        if multiprocess:
+            self.connections = Gauge(
+                "clientid_connections",
+                _CONNECTIONS_HELP,
+                ["protocol", "tls"],
+                registry=r,
+                multiprocess_mode="livesum",
+            )
+        else:
+            self.relayQueue = _processMetrics(r)
+
+    def refresh(self) -> None:
+        """
+        A worker's gauges that are read, not counted: the open
+        connections, set from the limiter (every second, L{metricsObserver}).
+        """
+        if self._limiter is not None:
+            for (protocol, tls), count in _connectionCounts(self._limiter).items():
+                self.connections.labels(protocol, tls).set(count)
 
     def watchConnections(self, limiter: Any) -> None:
         """
         Report the open connections of C{limiter} (a
         L{ConnectionLimiter <clientid_twisted.server.connections.ConnectionLimiter>}),
-        by protocol and TLS state, read at each scrape.
+        by protocol and TLS state, read at each scrape (each second for a
+        worker, L{refresh}).
         """
-        self.registry.register(_ConnectionCollector(limiter))
+        if self.multiprocess:
+            self._limiter = limiter
+            self.refresh()
+        else:
+            self.registry.register(_ConnectionCollector(limiter))
 
     def relayQueueLength(self, length: Callable[[], int]) -> None:
         """
-        Report the relay queue's length, read from C{length} at each scrape.
+        Report the relay queue's length, read from C{length} at each scrape
+        (not in a worker: the parent sends the queue and reports it).
         """
-        self.relayQueue.set_function(length)
+        if not self.multiprocess:
+            self.relayQueue.set_function(length)
 
     # -- the log observer -----------------------------------------------------
 
@@ -375,41 +420,152 @@ class _ConnectionCollector:
         return [self._family()]
 
     def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "clientid_connections",
-            "Open SMTP and IMAP connections, by protocol and whether TLS is up.",
-            labels=["protocol", "tls"],
-        )
+        return GaugeMetricFamily("clientid_connections", _CONNECTIONS_HELP, labels=["protocol", "tls"])
 
     def collect(self) -> Iterable[Any]:
-        counts = {(protocol, tls): 0 for protocol in sorted(_PROTOCOLS) for tls in ("yes", "no")}
-        for session in self.limiter.sessions():
-            protocol = _label(getattr(session, "protocolName", None), _PROTOCOLS)
-            encrypted = getattr(session, "isEncrypted", lambda: False)()
-            key = (protocol, "yes" if encrypted else "no")
-            counts[key] = counts.get(key, 0) + 1
         family = self._family()
-        for (protocol, tls), count in counts.items():
+        for (protocol, tls), count in _connectionCounts(self.limiter).items():
             family.add_metric([protocol, tls], count)
         yield family
 
 
-class _ObserverService(service.Service):
+_CONNECTIONS_HELP = "Open SMTP and IMAP connections, by protocol and whether TLS is up."
+
+
+def _connectionCounts(limiter: Any) -> dict[tuple[str, str], int]:
     """
-    Adds the metrics' log observer while the server runs.
+    The open sessions of C{limiter} by protocol and TLS state.
+    """
+    counts = {(protocol, tls): 0 for protocol in sorted(_PROTOCOLS) for tls in ("yes", "no")}
+    for session in limiter.sessions():
+        protocol = _label(getattr(session, "protocolName", None), _PROTOCOLS)
+        encrypted = getattr(session, "isEncrypted", lambda: False)()
+        key = (protocol, "yes" if encrypted else "no")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _processMetrics(registry: CollectorRegistry) -> Gauge:
+    """
+    The metrics one process has for the whole server (the single server,
+    or the parent of the workers): C{clientid_build_info}, and the relay
+    queue's length, returned.
+    """
+    Info("clientid_build", "The running version of clientid-twisted and what it runs on.", registry=registry).info(
+        {"version": __version__, "twisted": twisted.__version__, "python": platform.python_version()}
+    )
+    return Gauge(
+        "clientid_relay_queue_messages",
+        "Messages in the relay queue waiting for (or being sent to) the smarthost.",
+        registry=registry,
+    )
+
+
+class WorkersMetrics:
+    """
+    The parent's side of C{--workers} with C{--metrics}: the sum of every
+    worker's values from the files in C{directory} (C{prometheus_client}'s
+    C{MultiProcessCollector}), beside the parent's own build info and
+    relay queue.
+
+    @ivar directory: The workers' C{PROMETHEUS_MULTIPROC_DIR}, private to
+        this parent (no stale files of another run are summed).
     """
 
-    def __init__(self, metrics: ServerMetrics, publisher: Any) -> None:
+    def __init__(self, directory: Path) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.directory = directory
+        self.registry = CollectorRegistry()
+        MultiProcessCollector(self.registry, path=str(directory))
+        self.relayQueue = _processMetrics(self.registry)
+
+    @classmethod
+    def inTemporaryDirectory(cls) -> WorkersMetrics:
+        """
+        Metrics in a new private temporary directory (mode 0700), removed
+        when L{service} stops.
+        """
+        return cls(Path(tempfile.mkdtemp(prefix="clientid-mail-metrics-")))
+
+    def relayQueueLength(self, length: Callable[[], int]) -> None:
+        self.relayQueue.set_function(length)
+
+    def workerEnded(self, pid: int) -> None:
+        """
+        Forget the live gauges of the worker C{pid} (its connections, its
+        view of the store); its counts stay in the sums.
+        """
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(pid, str(self.directory))
+
+    def service(self) -> service.Service:
+        """
+        A service that removes the directory when it stops (add it before
+        the workers, so it stops after them).
+        """
+        return _RemoveDirectory(self.directory)
+
+
+class _RemoveDirectory(service.Service):
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class _ObserverService(service.Service):
+    """
+    Adds the metrics' log observer while the server runs (and, in a
+    worker, refreshes its read gauges every second).
+    """
+
+    def __init__(self, metrics: ServerMetrics, publisher: Any, clock: Any = None) -> None:
         self.observer = metrics.observe
         self.publisher = publisher
+        self.refresh: task.LoopingCall | None = None
+        if metrics.multiprocess:
+            self.refresh = task.LoopingCall(metrics.refresh)
+            if clock is not None:
+                self.refresh.clock = clock
 
     def startService(self) -> None:
         service.Service.startService(self)
         self.publisher.addObserver(self.observer)
+        if self.refresh is not None:
+            self.refresh.start(1.0, now=False)
 
     def stopService(self) -> None:
         service.Service.stopService(self)
         self.publisher.removeObserver(self.observer)
+        if self.refresh is not None and self.refresh.running:
+            self.refresh.stop()
+
+
+def metricsObserver(metrics: ServerMetrics, publisher: Any = None, clock: Any = None) -> service.Service:
+    """
+    The service that counts the log's events into C{metrics} while it runs.
+    """
+    return _ObserverService(metrics, publisher if publisher is not None else globalLogPublisher, clock)
+
+
+def metricsListener(registry: CollectorRegistry, description: str) -> service.Service:
+    """
+    An HTTP listener on C{description} (an endpoint string) answering
+    C{/metrics} with C{registry}.
+    """
+    from prometheus_client.twisted import MetricsResource
+
+    root = resource.Resource()
+    root.putChild(b"metrics", MetricsResource(registry))
+    site = server.Site(root)
+    site.displayTracebacks = False
+    listener = makeListener(description, site)
+    listener.setName(f"metrics {description}")
+    return listener
 
 
 def metricsService(
@@ -419,16 +575,8 @@ def metricsService(
     The services that count and serve: the log observer, and an HTTP
     listener on C{description} (an endpoint string) answering C{/metrics}.
     """
-    from prometheus_client.twisted import MetricsResource
-
-    root = resource.Resource()
-    root.putChild(b"metrics", MetricsResource(metrics.registry))
-    site = server.Site(root)
-    site.displayTracebacks = False
     top = service.MultiService()
     top.setName("metrics")
-    _ObserverService(metrics, publisher if publisher is not None else globalLogPublisher).setServiceParent(top)
-    listener = makeListener(description, site)
-    listener.setName(f"metrics {description}")
-    listener.setServiceParent(top)
+    metricsObserver(metrics, publisher).setServiceParent(top)
+    metricsListener(metrics.registry, description).setServiceParent(top)
     return top

@@ -1,0 +1,413 @@
+"""
+C{twistd clientid-mail --workers N}: the parent's restart and shutdown
+logic on a fake reactor, the log relay and the hand-off, then real
+processes on real sockets (L{tests.runningserver}): both workers serve,
+one fingerprint everywhere, a killed worker comes back, SIGTERM stops
+everything and frees the ports, the metrics are the workers' sum, and the
+memory store is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, eventAsJSON, formatEventAsClassicLogText
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from clientid_twisted.server.tap import OptionError, Options
+from clientid_twisted.server.workerprocess import Handoff, InheritedListener
+from clientid_twisted.server.workers import (
+    RestartBackoff,
+    WorkerPool,
+    forwardWorkerOutput,
+    workerCount,
+)
+from tests.runningserver import PASSWORD, USERS, RunningServer, canRunServer
+
+
+class RestartBackoffTests(SynchronousTestCase):
+    def test_doublesWhileDyingYoung(self) -> None:
+        """
+        Workers that keep dying young wait 0.5, 1, 2, ... seconds, at most
+        C{maximum}.
+        """
+        backoff = RestartBackoff(initial=0.5, maximum=4.0, stableAfter=10.0)
+        self.assertEqual([backoff.died(1.0) for _ in range(6)], [0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
+
+    def test_resetAfterStableRun(self) -> None:
+        """
+        A worker that ran longer than C{stableAfter} is restarted quickly
+        again.
+        """
+        backoff = RestartBackoff(initial=0.5, maximum=30.0, stableAfter=10.0)
+        backoff.died(1.0)
+        backoff.died(1.0)
+        self.assertEqual(backoff.died(60.0), 0.5)
+
+
+class _FakeTransport:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class _SpawningClock(Clock):
+    """
+    A clock that records C{spawnProcess} calls.
+    """
+
+    def __init__(self) -> None:
+        Clock.__init__(self)
+        self.spawned: list[tuple[Any, list[str], _FakeTransport]] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: Any, childFDs: Any) -> Any:
+        transport = _FakeTransport(1000 + len(self.spawned))
+        protocol.makeConnection(transport)
+        self.spawned.append((protocol, args, transport))
+        return transport
+
+
+def _died(protocol: Any, signalNumber: int = 9) -> None:
+    protocol.processEnded(Failure(ProcessTerminated(signal=signalNumber)))
+
+
+class WorkerPoolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = _SpawningClock()
+        self.exited: list[int] = []
+        self.events: list[dict[str, Any]] = []
+        self.pool = WorkerPool(
+            2,
+            lambda index: ("python", ["worker", str(index)], {}, {}),
+            reactor=self.clock,
+            grace=5.0,
+            onExit=self.exited.append,
+            publisher=self.events.append,
+        )
+
+    def test_startsEach(self) -> None:
+        self.pool.startService()
+        self.assertEqual([args for _, args, _ in self.clock.spawned], [["worker", "1"], ["worker", "2"]])
+
+    def test_restartsWithBackoff(self) -> None:
+        """
+        A dead worker is started again, with the same index, after the
+        backoff's delay; one dying young again waits twice as long.
+        """
+        self.pool.startService()
+        first = self.clock.spawned[1][0]
+        _died(first)
+        self.assertEqual(self.exited, [1001])
+        self.assertEqual(len(self.clock.spawned), 2)
+        self.clock.advance(0.49)
+        self.assertEqual(len(self.clock.spawned), 2)
+        self.clock.advance(0.01)
+        self.assertEqual(self.clock.spawned[2][1], ["worker", "2"])
+        self.clock.advance(1.0)
+        _died(self.clock.spawned[2][0])
+        self.clock.advance(0.99)
+        self.assertEqual(len(self.clock.spawned), 3)
+        self.clock.advance(0.01)
+        self.assertEqual(self.clock.spawned[3][1], ["worker", "2"])
+        self.assertEqual(set(self.pool.workers), {1, 2})
+
+    def test_stopTerminatesAll(self) -> None:
+        """
+        Stopping sends SIGTERM to every worker, restarts none, and fires
+        once all have ended.
+        """
+        self.pool.startService()
+        stopped = self.pool.stopService()
+        self.assertEqual([t.signals for _, _, t in self.clock.spawned], [["TERM"], ["TERM"]])
+        self.assertNoResult(stopped)
+        self.clock.spawned[0][0].processEnded(Failure(ProcessDone(0)))
+        self.assertNoResult(stopped)
+        self.clock.spawned[1][0].processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(stopped)
+        self.clock.advance(60)
+        self.assertEqual(len(self.clock.spawned), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopCancelsPendingRestart(self) -> None:
+        """
+        A worker that died just before the stop is not started again.
+        """
+        self.pool.startService()
+        _died(self.clock.spawned[0][0])
+        stopped = self.pool.stopService()
+        self.clock.spawned[1][0].processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(stopped)
+        self.clock.advance(60)
+        self.assertEqual(len(self.clock.spawned), 2)
+
+    def test_killAfterGrace(self) -> None:
+        """
+        A worker still running after the grace period and a margin is
+        killed.
+        """
+        self.pool.startService()
+        stopped = self.pool.stopService()
+        self.clock.spawned[0][0].processEnded(Failure(ProcessDone(0)))
+        self.clock.advance(10.0)
+        self.assertEqual(self.clock.spawned[1][2].signals, ["TERM", "KILL"])
+        _died(self.clock.spawned[1][0])
+        self.successResultOf(stopped)
+
+    def test_relaysOutput(self) -> None:
+        """
+        Lines split across reads are logged whole, each with the worker's
+        number.
+        """
+        self.pool.startService()
+        protocol = self.clock.spawned[0][0]
+        protocol.childDataReceived(2, b"first li")
+        protocol.childDataReceived(2, b"ne\nsecond")
+        self.assertEqual([e["output"] for e in self.events if "output" in e], ["first line"])
+        protocol.processEnded(Failure(ProcessDone(0)))
+
+
+class ForwardTests(SynchronousTestCase):
+    def test_jsonEvent(self) -> None:
+        """
+        A worker's JSON event is logged as itself (format, fields, time),
+        its system prefixed with the worker's number.
+        """
+        event = {
+            "log_format": "AUTH {result} for {user}",
+            "result": "succeeded",
+            "user": "alice",
+            "log_time": 1700000000.0,
+            "log_level": LogLevel.info,
+            "log_namespace": "clientid_twisted.smtp",
+        }
+        published: list[dict[str, Any]] = []
+        forwardWorkerOutput(2, ("\x1e" + eventAsJSON(event) + "\n").encode(), published.append)
+        [forwarded] = published
+        text = formatEventAsClassicLogText(forwarded)
+        self.assertIn("[worker=2 clientid_twisted.smtp#info] AUTH succeeded for alice", text)
+        self.assertEqual(forwarded["log_time"], 1700000000.0)
+        self.assertEqual(forwarded["worker"], 2)
+
+    def test_text(self) -> None:
+        published: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(published.append)
+        self.addCleanup(globalLogPublisher.removeObserver, published.append)
+        forwardWorkerOutput(1, b"Traceback (most recent call last):\n")
+        [event] = [e for e in published if "output" in e]
+        self.assertIn("[worker=1 output] Traceback (most recent call last):", formatEventAsClassicLogText(event))
+
+
+class HandoffTests(SynchronousTestCase):
+    def test_roundTrip(self) -> None:
+        handoff = Handoff(
+            2,
+            (InheritedListener("imaps", "haproxy:tcp:993", 3, "AF_INET6"),),
+            "tcp:8443",
+        )
+        self.assertEqual(Handoff.fromJSON(handoff.toJSON()), handoff)
+        self.assertEqual(Handoff.fromEnvironment({"CLIENTID_MAIL_WORKER": handoff.toJSON()}), handoff)
+        self.assertIsNone(Handoff.fromEnvironment({}))
+
+
+class OptionTests(SynchronousTestCase):
+    def test_default(self) -> None:
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["workers"], 1)
+
+    def test_auto(self) -> None:
+        self.assertEqual(workerCount("auto"), os.cpu_count() or 1)
+        options = Options()
+        options.parseOptions(["--workers", "3"])
+        self.assertEqual(options["workers"], 3)
+
+    def test_invalid(self) -> None:
+        for value in ("0", "-1", "many"):
+            with self.assertRaises(OptionError) as caught:
+                Options().parseOptions(["--workers", value])
+            self.assertIn("--workers", str(caught.exception))
+
+    def test_unshareableListener(self) -> None:
+        """
+        A listener with TLS in the port cannot be handed to workers.
+        """
+        from clientid_twisted.testing import throwawayCertificate
+
+        work = Path(self.mktemp())
+        work.mkdir()
+        certificate = throwawayCertificate()
+        (work / "cert.pem").write_bytes(certificate.certificatePEM)
+        (work / "key.pem").write_bytes(certificate.keyPEM)
+        with self.assertRaises(OptionError) as caught:
+            Options().parseOptions(
+                ["--workers", "2", "--imap", f"ssl:9993:privateKey={work}/key.pem:certKey={work}/cert.pem"]
+            )
+        self.assertIn("worker processes can share only", str(caught.exception))
+
+
+# -- real processes ---------------------------------------------------------
+
+_TOKEN = "4b5c6d7e-0000-4000-8000-00000000beef"
+_CONFIG = "[server]\nauth_failure_delay_seconds = 0\n[alerts]\nmail_account = false\n"
+
+
+def _smtpLogin(port: int, context: ssl.SSLContext, token: str = _TOKEN) -> int:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("laptop")
+        client.starttls(context=context)
+        client.ehlo("laptop")
+        assert client.docmd("CLIENTID", "UUID " + token)[0] == 250
+        secret = base64.b64encode(f"\0{USERS[0]}\0{PASSWORD}".encode()).decode()
+        return client.docmd("AUTH", "PLAIN " + secret)[0]
+
+
+def _waitFor(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def _workerPids(log: str) -> dict[int, list[int]]:
+    pids: dict[int, list[int]] = {}
+    for index, pid in re.findall(r"worker (\d+) started, pid (\d+)", log):
+        pids.setdefault(int(index), []).append(int(pid))
+    return pids
+
+
+class WorkersProcessTests(SynchronousTestCase):
+    """
+    C{twistd -n clientid-mail --workers 2} as a child process.
+    """
+
+    def setUp(self) -> None:
+        reason = canRunServer()
+        if reason:
+            raise SkipTest(reason)
+
+    def test_workers(self) -> None:
+        work = Path(self.mktemp())
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            metricsPort = s.getsockname()[1]
+        server = RunningServer(
+            work, _CONFIG, protocols=("smtp",),
+            arguments=("--workers", "2", "--metrics", f"tcp:{metricsPort}"),
+        )
+        try:
+            self._checkRunning(server, metricsPort)
+        except BaseException:
+            print(server.stop())
+            raise
+        # SIGTERM: every process ends, the ports and the metrics directory
+        # go with them.
+        pids = [pid for found in _workerPids(server.log()).values() for pid in found]
+        metricsDirectory = re.search(r"PROMETHEUS_MULTIPROC_DIR (\S+)", server.log())
+        server.terminate()
+        # twistd ends with the signal that stopped it.
+        self.assertIn(server.wait(60), (0, -signal.SIGTERM))
+        log = server.stop()
+        for pid in pids:
+            self.assertFalse(_alive(pid), pid)
+        for port in (server.ports["smtp"], metricsPort):
+            with socket.socket() as s:
+                self.assertNotEqual(s.connect_ex(("127.0.0.1", port)), 0)
+        self.assertIsNotNone(metricsDirectory, log)
+        assert metricsDirectory is not None
+        self.assertFalse(Path(metricsDirectory.group(1)).exists())
+        self.assertNotIn("Traceback", log)
+
+    def _checkRunning(self, server: RunningServer, metricsPort: int) -> None:
+        port = server.ports["smtp"]
+        _waitFor(lambda: len(re.findall(r"worker=\d -\] SubmissionFactory starting on", server.log())) == 2)
+        # Both workers accept on the one shared socket: logins, one after
+        # another, are served by both.
+        logins = 0
+        while logins < 40 and set(_loginWorkers(server.log())) != {"1", "2"}:
+            self.assertEqual(_smtpLogin(port, server.context), 235)
+            logins += 1
+        self.assertEqual(set(_loginWorkers(server.log())), {"1", "2"})
+        # One identity key: the token has one fingerprint in both workers.
+        fingerprints = set(re.findall(r"AUTH succeeded .*fingerprint=([0-9a-f]+)", server.log()))
+        self.assertEqual(len(fingerprints), 1, fingerprints)
+        # The metrics endpoint sums both workers' counts.
+        _waitFor(lambda: _succeeded(metricsPort) == logins)
+        # A worker killed with SIGKILL is started again; logins keep working.
+        victim = _workerPids(server.log())[1][0]
+        os.kill(victim, signal.SIGKILL)
+        _waitFor(lambda: len(_workerPids(server.log())[1]) == 2)
+        self.assertIn("worker 1 (pid %d) ended" % victim, server.log())
+        _waitFor(lambda: len(re.findall(r"worker=1 -\] SubmissionFactory starting on", server.log())) == 2)
+        for _ in range(6):
+            self.assertEqual(_smtpLogin(port, server.context), 235)
+            logins += 1
+        # The dead worker's counts stay in the sum.
+        _waitFor(lambda: _succeeded(metricsPort) == logins)
+
+
+def _loginWorkers(log: str) -> list[str]:
+    return re.findall(r"\[worker=(\d) [^\]]*\] AUTH succeeded", log)
+
+
+def _succeeded(metricsPort: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metricsPort}/metrics", timeout=20) as r:
+        text = r.read().decode()
+    found = re.search(r'^clientid_logins_total\{protocol="smtp",result="succeeded"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+class MemoryStoreTests(SynchronousTestCase):
+    def test_refused(self) -> None:
+        """
+        The memory store cannot be shared: C{--workers 2} with it stops
+        with one line.
+        """
+        work = Path(self.mktemp()).absolute()
+        work.mkdir(parents=True)
+        root = str(Path(__file__).resolve().parent.parent)
+        result = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "clientid-mail", "--data-dir", str(work / "data"),
+             "--store", "memory:", "--workers", "2", "--imap", "tcp:0:interface=127.0.0.1"],
+            cwd=work, capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))),
+        )
+        self.assertNotEqual(result.returncode, 0)
+        output = result.stdout + result.stderr
+        self.assertIn(
+            "clientid-mail: --workers 2: the memory: store lives in one process and cannot be shared",
+            output,
+        )
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("worker 1 started", output)
