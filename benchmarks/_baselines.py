@@ -3,8 +3,8 @@ Baseline policies the brute-force simulation compares ours against, and a
 transparent wrapper that remembers the last decision.
 
 They implement L{IClientIDPolicy}, so they run inside the project's real
-L{clientid_twisted.policy.checker.ClientIDChecker} exactly as the built-in
-L{clientid_twisted.policy.engine.DevicePolicy} does.
+L{clientid_twisted.policy._checker.ClientIDChecker} exactly as the built-in
+L{clientid_twisted.policy._engine.DevicePolicy} does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from zope.interface import implementer
 from twisted.internet import defer
 
 from clientid_twisted.interfaces import IClientIDPolicy
-from clientid_twisted.policy.decision import Attempt, Decision, Verdict
+from clientid_twisted.policy._decision import Attempt, Decision, Verdict
 
 __all__ = ["OpenPolicy", "AddressLockoutPolicy", "RememberingPolicy"]
 

@@ -3,10 +3,10 @@ The brute-force simulation: honest users and credential-stuffing bots
 behind one carrier-grade NAT address, on simulated time.
 
 Every login goes through the project's real
-L{clientid_twisted.policy.checker.ClientIDChecker} in front of a password
+L{clientid_twisted.policy._checker.ClientIDChecker} in front of a password
 checker (a dict of passwords, so a simulated day runs in seconds), with the
-real L{clientid_twisted.policy.engine.DevicePolicy} on a
-L{clientid_twisted.store.memory.MemoryStore}, all on one
+real L{clientid_twisted.policy._engine.DevicePolicy} on a
+L{clientid_twisted.store._memory.MemoryStore}, all on one
 L{twisted.internet.task.Clock}.  Nothing of the policy is re-implemented
 here; the baselines (no protection, address lockout) are
 L{IClientIDPolicy} providers in L{benchmarks._baselines}.
@@ -52,12 +52,12 @@ from twisted.internet.task import Clock
 
 from benchmarks._baselines import AddressLockoutPolicy, OpenPolicy, RememberingPolicy
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.interfaces import IAlertObserver
-from clientid_twisted.policy.checker import ClientIDChecker
-from clientid_twisted.policy.engine import policyFromConfig
-from clientid_twisted.store.memory import MemoryStore
+from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy._engine import policyFromConfig
+from clientid_twisted.store._memory import MemoryStore
 
 __all__ = ["Scenario", "STRATEGIES", "VARIANTS", "runCell"]
 

@@ -45,8 +45,8 @@ from twisted.python.logfile import LogFile
 from twisted.mail import imap4, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from clientid_twisted.policy.checker import ClientIDChecker
-from clientid_twisted.policy.manage import resultOf
+from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy._manage import resultOf
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.server.delivery import MailRealm
 from clientid_twisted.server.net import setNoDelay

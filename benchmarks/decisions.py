@@ -9,7 +9,7 @@ grows.
 For each N: fills a fresh store with N devices over N/3 accounts (the
 SQLite store with one C{executemany} transaction in the store's own schema,
 the others through the store API), then times the full
-L{clientid_twisted.policy.checker.ClientIDChecker} decision path on the
+L{clientid_twisted.policy._checker.ClientIDChecker} decision path on the
 real reactor: the policy's read, the verdict and the outcome's write (the
 inner checker is a dict of passwords).  First one decision at a time, then
 C{--concurrency} in flight.
@@ -53,12 +53,12 @@ from twisted.internet.address import IPv4Address
 
 from benchmarks._simulation import DictChecker
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.policy.checker import ClientIDChecker
-from clientid_twisted.policy.engine import policyFromConfig
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy._engine import policyFromConfig
 from clientid_twisted.store import openStore
-from clientid_twisted.store.records import APPROVED
+from clientid_twisted.store._records import APPROVED
 
 SMOKE_DEVICES = [300, 3000]
 PASSWORD = b"right password"

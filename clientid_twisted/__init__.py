@@ -16,19 +16,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clientid_twisted.lazyexports import lazyExports
+from clientid_twisted._lazyexports import lazyExports
 
 from clientid_twisted._version import __version__
 
 _PUBLIC = {
-    "ClientIdentity": "clientid_twisted.identity",
-    "MalformedClientID": "clientid_twisted.identity",
-    "parseClientIDArguments": "clientid_twisted.identity",
-    "IdentityHasher": "clientid_twisted.fingerprint",
+    "ClientIdentity": "clientid_twisted._identity",
+    "MalformedClientID": "clientid_twisted._identity",
+    "parseClientIDArguments": "clientid_twisted._identity",
+    "IdentityHasher": "clientid_twisted._fingerprint",
     "IClientIdentifiedCredentials": "clientid_twisted.interfaces",
     "ClientIdentifiedCredentials": "clientid_twisted.cred",
     "identifyCredentials": "clientid_twisted.cred",
-    "TemporaryAuthenticationFailure": "clientid_twisted.errors",
+    "TemporaryAuthenticationFailure": "clientid_twisted._errors",
     "ClientIDESMTPMixin": "clientid_twisted.smtp",
     "ClientIDESMTP": "clientid_twisted.smtp",
     "ClientIDESMTPFactory": "clientid_twisted.smtp",
@@ -69,9 +69,9 @@ __getattr__, __dir__ = lazyExports(__name__, _PUBLIC)
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from clientid_twisted.cred import ClientIdentifiedCredentials, identifyCredentials
-    from clientid_twisted.errors import TemporaryAuthenticationFailure
-    from clientid_twisted.fingerprint import IdentityHasher
-    from clientid_twisted.identity import (
+    from clientid_twisted._errors import TemporaryAuthenticationFailure
+    from clientid_twisted._fingerprint import IdentityHasher
+    from clientid_twisted._identity import (
         ClientIdentity,
         MalformedClientID,
         parseClientIDArguments,

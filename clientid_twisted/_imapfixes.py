@@ -23,7 +23,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from clientid_twisted._linefixes import LineBufferMixin
-from clientid_twisted.authlog import escapeForLog
+from clientid_twisted._authlog import escapeForLog
 
 __all__ = [
     "IMAP4ClientSeamsMixin",

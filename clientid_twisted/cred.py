@@ -19,7 +19,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 from twisted.cred.credentials import ICredentials
 from twisted.internet.interfaces import IAddress
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
 
 __all__ = ["ClientIdentifiedCredentials", "identifyCredentials"]

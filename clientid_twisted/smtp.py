@@ -30,12 +30,12 @@ from twisted.mail.imap4 import IllegalClientResponse, PLAINCredentials
 from twisted.python.failure import Failure
 
 from clientid_twisted._smtpfixes import ESMTPSeamsMixin, ESMTPSenderSeamsMixin
-from clientid_twisted.authlog import escapeForLog, logLoginFailure
+from clientid_twisted._authlog import escapeForLog, logLoginFailure
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.sasl import foreignAuthorization
-from clientid_twisted.sessioninfo import ClientIDSessionMixin
-from clientid_twisted.identity import (
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._sasl import foreignAuthorization
+from clientid_twisted._sessioninfo import ClientIDSessionMixin
+from clientid_twisted._identity import (
     ClientIdentity,
     MalformedClientID,
     parseClientIDArguments,
@@ -443,7 +443,7 @@ class ClientIDESMTPFactory(smtp.SMTPFactory):
         CRAM-MD5 would need passwords stored in clear on the server.
     @ivar clientIDEnabled: Passed to each protocol.
     @ivar identityHasher: Passed to each protocol: the hasher the device
-        policy uses (L{clientid_twisted.policy.builder.Authentication.hasher}),
+        policy uses (L{clientid_twisted.policy._builder.Authentication.hasher}),
         so the protocol log's fingerprints are the policy's; a random one
         when none is given.
     @ivar identityLogPolicy: Passed to each protocol: which types its log

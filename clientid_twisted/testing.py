@@ -24,9 +24,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
-from clientid_twisted.policy.decision import Attempt, Decision, Verdict
-from clientid_twisted.certificate import ServerCertificate, selfSignedCertificate
-from clientid_twisted.store.memory import MemoryStore
+from clientid_twisted.policy._decision import Attempt, Decision, Verdict
+from clientid_twisted._certificate import ServerCertificate, selfSignedCertificate
+from clientid_twisted.store._memory import MemoryStore
 
 __all__ = [
     "StartTLSStringTransport",
@@ -209,7 +209,7 @@ class RecordingAlertObserver:
     """
     An L{IAlertObserver} that keeps every alert.
 
-    @ivar alerts: The L{clientid_twisted.policy.alerts.Alert}s raised, in
+    @ivar alerts: The L{clientid_twisted.policy._alerts.Alert}s raised, in
         order.
     """
 

@@ -18,10 +18,10 @@ from twisted.internet import defer
 from twisted.logger import formatEvent
 from twisted.mail import smtp
 
-from clientid_twisted.errors import TemporaryAuthenticationFailure
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.policy.config import parsePolicyConfig
+from clientid_twisted._errors import TemporaryAuthenticationFailure
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.policy._config import parsePolicyConfig
 
 __all__ = ["RecordingChecker", "RefusingDelivery", "plain", "HIDDEN_TYPES", "assertIdentityLogging"]
 

@@ -20,11 +20,11 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.errors import TemporaryAuthenticationFailure
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.policy.checker import ClientIDChecker
-from clientid_twisted.policy.engine import policyFromConfig
+from clientid_twisted._errors import TemporaryAuthenticationFailure
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy._engine import policyFromConfig
 from clientid_twisted.testing import MemoryStore, RecordingAlertObserver
 
 START = 1_700_000_000.0

@@ -219,7 +219,7 @@ class RedisServer:
         Send one command on a fresh connection (over TLS, after C{AUTH},
         as the server needs); its raw reply.
         """
-        from clientid_twisted.store.resp import encodeCommand
+        from clientid_twisted.store._resp import encodeCommand
 
         commands: list[Sequence[str]] = [arguments]
         if self.password is not None:

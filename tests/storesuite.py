@@ -19,8 +19,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store.errors import StoreError, UnknownDevice
-from clientid_twisted.store.records import (
+from clientid_twisted.store._errors import StoreError, UnknownDevice
+from clientid_twisted.store._records import (
     APPROVED,
     PENDING,
     REVOKED,

@@ -15,15 +15,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from clientid_twisted.admin import main
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.policy import keys
-from clientid_twisted.policy.manage import DeviceManager, ManagementError, resultOf
-from clientid_twisted.keyfile import loadOrCreateKey
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.policy import _keys as keys
+from clientid_twisted.policy._manage import DeviceManager, ManagementError, resultOf
+from clientid_twisted._keyfile import loadOrCreateKey
 from clientid_twisted.server.users import UserDatabase, usersPath
-from clientid_twisted.store.records import APPROVED, PENDING, DeviceUpdate, Event, OutcomeRecord
+from clientid_twisted.store._records import APPROVED, PENDING, DeviceUpdate, Event, OutcomeRecord
 from clientid_twisted.store import openStore
-from clientid_twisted.store.sqlite import SQLiteStore
+from clientid_twisted.store._sqlite import SQLiteStore
 
 ALICE = "alice@example.test"
 TOKEN = "0f6a2c1e-3b7d-4e55-8f0a-6d2b9c1e7a44"
@@ -657,7 +657,7 @@ class DeviceManagerTests(SynchronousTestCase):
         self.assertRaises(RuntimeError, manager.events, None, 1)
 
     def test_nameTheDevice(self) -> None:
-        from clientid_twisted.store.memory import MemoryStore
+        from clientid_twisted.store._memory import MemoryStore
 
         manager = DeviceManager(MemoryStore(Clock()), IdentityHasher(b"k" * 32))
         self.assertRaises(ManagementError, manager.approve, ALICE)

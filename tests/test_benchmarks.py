@@ -175,7 +175,7 @@ class SessionStackTests(SynchronousTestCase):
         must not take).
         """
         from benchmarks._stacks import portalChecker
-        from clientid_twisted.policy.checker import ClientIDChecker
+        from clientid_twisted.policy._checker import ClientIDChecker
         from clientid_twisted.server.users import ScryptChecker
 
         server = self.server()
@@ -191,7 +191,7 @@ class SessionStackTests(SynchronousTestCase):
         policy checker.
         """
         from benchmarks._stacks import FastChecker, portalChecker
-        from clientid_twisted.policy.checker import ClientIDChecker
+        from clientid_twisted.policy._checker import ClientIDChecker
         from clientid_twisted.server.users import ScryptChecker
 
         server = self.server()

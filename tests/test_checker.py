@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.policy.checker.ClientIDChecker}: it asks the
+Tests for L{clientid_twisted.policy._checker.ClientIDChecker}: it asks the
 policy, always runs the wrapped checker, answers a refusal exactly like a
 wrong password and only once the password check is done, and reports the
 outcome.
@@ -20,11 +20,11 @@ from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.errors import TemporaryAuthenticationFailure
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._errors import TemporaryAuthenticationFailure
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.interfaces import IPasswordForwardingChecker
-from clientid_twisted.policy.checker import ClientIDChecker, attemptFromCredentials
-from clientid_twisted.policy.decision import Attempt, Decision, Verdict
+from clientid_twisted.policy._checker import ClientIDChecker, attemptFromCredentials
+from clientid_twisted.policy._decision import Attempt, Decision, Verdict
 from clientid_twisted.testing import RecordingPolicy
 
 

@@ -162,7 +162,7 @@ class CheckConfigTests(SynchronousTestCase):
         plugin checks) or to an application, named in
         L{APPLICATION_TABLES} so the cred plugin can leave it alone.
         """
-        from clientid_twisted.policy.config import APPLICATION_TABLES, POLICY_TABLES
+        from clientid_twisted.policy._config import APPLICATION_TABLES, POLICY_TABLES
 
         self.assertEqual(set(CONFIG_TABLES), set(POLICY_TABLES) | APPLICATION_TABLES)
         self.assertFalse(set(POLICY_TABLES) & APPLICATION_TABLES)

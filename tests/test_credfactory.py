@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.policy.credfactory} and its dropin
+Tests for L{clientid_twisted.policy._credfactory} and its dropin
 C{twisted/plugins/clientid_cred.py}: C{strcred.makeChecker("clientid:...")}
 makes a L{ClientIDChecker} that decides on the device.
 """
@@ -21,10 +21,10 @@ from twisted.plugin import IPlugin
 from twisted.trial.unittest import TestCase
 
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.policy.checker import ClientIDChecker
-from clientid_twisted.policy.credfactory import ClientIDCheckerFactory, parseArgString
-from clientid_twisted.store.records import APPROVED
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy._credfactory import ClientIDCheckerFactory, parseArgString
+from clientid_twisted.store._records import APPROVED
 
 
 def _identified(password: bytes, token: str | None) -> Any:

@@ -1,12 +1,12 @@
 """
-Tests for L{clientid_twisted.devicename}: what an owner may call a device.
+Tests for L{clientid_twisted._devicename}: what an owner may call a device.
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.devicename import MAX_NAME_LENGTH, BadDeviceName, checkDeviceName
+from clientid_twisted._devicename import MAX_NAME_LENGTH, BadDeviceName, checkDeviceName
 
 
 class CheckDeviceNameTests(SynchronousTestCase):

@@ -30,7 +30,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.server.config import checkConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,10 +21,10 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.policy.config import ConfigError
-from clientid_twisted.policy.decision import Verdict
-from clientid_twisted.policy.builder import PolicyFactoryContext
-from clientid_twisted.policy.manage import resultOf
+from clientid_twisted.policy._config import ConfigError
+from clientid_twisted.policy._decision import Verdict
+from clientid_twisted.policy._builder import PolicyFactoryContext
+from clientid_twisted.policy._manage import resultOf
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.testing import ConnectionTracker, RecordingPolicy
 

@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.fingerprint}: keyed hashes of identities.
+Tests for L{clientid_twisted._fingerprint}: keyed hashes of identities.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import hmac
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.fingerprint import FINGERPRINT_LENGTH, IdentityHasher
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._fingerprint import FINGERPRINT_LENGTH, IdentityHasher
+from clientid_twisted._identity import ClientIdentity
 
 LAPTOP = ClientIdentity("UUID", "5b0e0c1e-laptop")
 

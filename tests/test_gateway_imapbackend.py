@@ -30,7 +30,7 @@ from clientid_twisted.gateway.imapbackend import (
     loginToBackend,
 )
 from clientid_twisted.interfaces import IPasswordForwardingChecker
-from clientid_twisted.policy.alerts import Alert
+from clientid_twisted.policy._alerts import Alert
 
 PEER = IPv4Address("TCP", "198.51.100.7", 51234)
 HOST = IPv4Address("TCP", "192.0.2.1", 993)

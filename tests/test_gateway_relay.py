@@ -15,7 +15,7 @@ from clientid_twisted.gateway.backend import Backend
 from clientid_twisted.gateway.config import GatewayConfig, parseBackendAddress
 from clientid_twisted.gateway.imap import GatewayIMAP4Server, PendingNotices
 from clientid_twisted.gateway.imapbackend import BackendIMAPProtocol, BackendIMAPSession
-from clientid_twisted.policy.alerts import Alert
+from clientid_twisted.policy._alerts import Alert
 from clientid_twisted.server.limits import ServerLimits
 
 CAPABILITIES = [b"IMAP4rev1", b"IDLE", b"MOVE"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from twisted.trial.unittest import TestCase
 
 from clientid_twisted.admin import main as adminMain
-from clientid_twisted.certificate import selfSignedCertificate
+from clientid_twisted._certificate import selfSignedCertificate
 from tests.dovecotserver import DovecotServer
 from tests.postfixserver import PostfixServer
 from tests.runningserver import RunningServer, canRunServer, readUntil

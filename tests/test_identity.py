@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.identity}: the drafts' CLIENTID grammar.
+Tests for L{clientid_twisted._identity}: the drafts' CLIENTID grammar.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.identity import (
+from clientid_twisted._identity import (
     ClientIdentity,
     MalformedClientID,
     parseClientIDArguments,

@@ -21,7 +21,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.identity import ClientIdentity, MalformedClientID
+from clientid_twisted._identity import ClientIdentity, MalformedClientID
 from clientid_twisted.imap import (
     ClientIDIMAP4Client,
     ClientIDNotAllowed,

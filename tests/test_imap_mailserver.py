@@ -24,7 +24,7 @@ from twisted.mail import imap4
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.imap import ClientIDIMAP4Client, loginWithClientID
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.server.imapserver import MailIMAP4Factory

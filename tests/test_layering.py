@@ -217,7 +217,7 @@ REACTOR_FREE = """
 import sys
 import twisted.plugins.clientid_mail, twisted.plugins.clientid_cred
 import clientid_twisted, clientid_twisted.policy, clientid_twisted.store
-import clientid_twisted.policy.credfactory
+import clientid_twisted.policy._credfactory
 print(sorted(m for m in sys.modules if m in {"twisted.internet.reactor", "twisted.mail.smtp"}))
 """
 
@@ -247,7 +247,7 @@ class PluginImportTests(SynchronousTestCase):
         """
         import clientid_twisted
         import clientid_twisted.policy
-        from clientid_twisted.policy.builder import buildAuthentication
+        from clientid_twisted.policy._builder import buildAuthentication
         from clientid_twisted.smtp import ClientIDESMTPMixin
 
         self.assertIs(clientid_twisted.ClientIDESMTPMixin, ClientIDESMTPMixin)

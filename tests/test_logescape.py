@@ -1,7 +1,7 @@
 """
 Tests that no client can forge or garble a log line: every client-chosen
 string in a log event (user names, EHLO/HELO names, addresses, identity
-types, mechanism names) is escaped (L{clientid_twisted.authlog.escapeForLog})
+types, mechanism names) is escaped (L{clientid_twisted._authlog.escapeForLog})
 before it is logged.  Each control byte, DEL and non-ASCII bytes go into each
 field over the runnable server's SMTP and IMAP sessions and the policy's log
 lines; every event, formatted as twistd's text log writes it
@@ -16,8 +16,8 @@ from typing import Any
 from twisted.logger import formatEventAsClassicLogText, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.authlog import escapeForLog
-from clientid_twisted.policy.alerts import Alert, LogAlertObserver
+from clientid_twisted._authlog import escapeForLog
+from clientid_twisted.policy._alerts import Alert, LogAlertObserver
 from tests.policyharness import PolicyHarness
 from tests.test_guard import _Sessions
 

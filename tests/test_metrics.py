@@ -29,8 +29,8 @@ from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.server.metrics import CountingStore, ServerMetrics
 from clientid_twisted.server.tap import OptionError, Options, loopbackEndpoint, makeService
 from clientid_twisted.server.users import UserDatabase
-from clientid_twisted.store.errors import StoreError, UnknownDevice
-from clientid_twisted.store.records import APPROVED, Bump, OutcomeRecord, StateQuery
+from clientid_twisted.store._errors import StoreError, UnknownDevice
+from clientid_twisted.store._records import APPROVED, Bump, OutcomeRecord, StateQuery
 from clientid_twisted.testing import MemoryStore
 
 ACCOUNT, PASSWORD = "alice@example.test", "alice password"

@@ -21,11 +21,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IAgent
 
 from clientid_twisted.interfaces import IAlertObserver
-from clientid_twisted.policy.alerts import Alert, LogAlertObserver, notifyAll
+from clientid_twisted.policy._alerts import Alert, LogAlertObserver, notifyAll
 from clientid_twisted.server.mailnotice import MailboxAlertObserver
-from clientid_twisted.policy.webhook import WebhookAlertObserver
+from clientid_twisted.policy._webhook import WebhookAlertObserver
 from clientid_twisted.server.users import UserDatabase, usersPath
-from clientid_twisted.store.records import Event
+from clientid_twisted.store._records import Event
 from tests.policyharness import PolicyHarness
 
 ALERT = Alert(
@@ -251,7 +251,7 @@ class MailboxAlertObserverTests(SynchronousTestCase):
         The server's observer takes [alerts] notice_interval_seconds and
         notice_failures.
         """
-        from clientid_twisted.policy.builder import buildAuthentication
+        from clientid_twisted.policy._builder import buildAuthentication
         from clientid_twisted.server.assembly import mailboxNotices
         from clientid_twisted.server.users import ScryptChecker
 

@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.policy.config}: the policy's TOML tables are
+Tests for L{clientid_twisted.policy._config}: the policy's TOML tables are
 read strictly, and every mistake is named.
 """
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.policy.config import (
+from clientid_twisted.policy._config import (
     DEFAULT_HANDLING,
     AlertSettings,
     ConfigError,
@@ -18,8 +18,8 @@ from clientid_twisted.policy.config import (
     StoreSettings,
     parsePolicyConfig,
 )
-from clientid_twisted.policy.engine import policyFromConfig
-from clientid_twisted.store.memory import MemoryStore
+from clientid_twisted.policy._engine import policyFromConfig
+from clientid_twisted.store._memory import MemoryStore
 
 
 class DefaultsTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.policy.engine.DevicePolicy}: one test (or a
+Tests for L{clientid_twisted.policy._engine.DevicePolicy}: one test (or a
 few) per rule, through the real checker and memory store on a L{Clock}.
 """
 
@@ -12,14 +12,14 @@ from zope.interface.verify import verifyObject
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.interfaces import IClientIDPolicy
-from clientid_twisted.policy import keys
-from clientid_twisted.policy.decision import Attempt, Verdict
-from clientid_twisted.policy.engine import DevicePolicy
-from clientid_twisted.policy.health import RECOVERY_SECONDS
-from clientid_twisted.store.errors import StoreError
-from clientid_twisted.store.records import APPROVED, PENDING, REVOKED
+from clientid_twisted.policy import _keys as keys
+from clientid_twisted.policy._decision import Attempt, Verdict
+from clientid_twisted.policy._engine import DevicePolicy
+from clientid_twisted.policy._health import RECOVERY_SECONDS
+from clientid_twisted.store._errors import StoreError
+from clientid_twisted.store._records import APPROVED, PENDING, REVOKED
 from tests.policyharness import ALICE, BOB, START, PolicyHarness
 
 
@@ -687,7 +687,7 @@ class StoreFailureTests(SynchronousTestCase):
         d = h.checker.requestAvatarId(h.credentials())
         self.assertNoResult(d)
         h.clock.advance(2)
-        from clientid_twisted.errors import TemporaryAuthenticationFailure
+        from clientid_twisted._errors import TemporaryAuthenticationFailure
 
         self.failureResultOf(d, TemporaryAuthenticationFailure)
 

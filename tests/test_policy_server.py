@@ -1,7 +1,7 @@
 """
 The device policy end to end: the server built as
 L{clientid_twisted.server.assembly} builds it, with the checker from
-L{clientid_twisted.policy.builder.buildAuthentication} in its portal, driven
+L{clientid_twisted.policy._builder.buildAuthentication} in its portal, driven
 over real TLS on loopback by Python's C{smtplib} and C{imaplib}, and
 managed with C{clientid-admin} (its C{main}).
 """
@@ -29,16 +29,16 @@ from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
 from clientid_twisted.admin import main as admin
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.keyfile import KEY_FILE
-from clientid_twisted.policy.builder import Authentication, buildAuthentication
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted._keyfile import KEY_FILE
+from clientid_twisted.policy._builder import Authentication, buildAuthentication
 from clientid_twisted.server.delivery import MailRealm, maildirPath
 from clientid_twisted.server.imapserver import MailIMAP4Factory
 from clientid_twisted.server.assembly import mailboxNotices
 from clientid_twisted.server.submission import SubmissionFactory
 from clientid_twisted.server.users import ScryptChecker, UserDatabase
-from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store._errors import StoreError
 from clientid_twisted.testing import ConnectionTracker, throwawayCertificate
 from tests.test_imap_server import registerIMAPLibCommand
 

@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.policy.builder.buildAuthentication}: what
+Tests for L{clientid_twisted.policy._builder.buildAuthentication}: what
 every front (the server's assembly, the cred plugin, the gateway) gets from
 the configuration, and the one identity key.
 """
@@ -15,13 +15,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.policy.alerts import LogAlertObserver
-from clientid_twisted.policy.checker import ClientIDChecker
-from clientid_twisted.policy.config import ConfigError
-from clientid_twisted.keyfile import KEY_FILE
-from clientid_twisted.policy.builder import StoreService, buildAuthentication
-from clientid_twisted.policy.webhook import WebhookAlertObserver
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted.policy._alerts import LogAlertObserver
+from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy._config import ConfigError
+from clientid_twisted._keyfile import KEY_FILE
+from clientid_twisted.policy._builder import StoreService, buildAuthentication
+from clientid_twisted.policy._webhook import WebhookAlertObserver
 from clientid_twisted.server.users import ScryptChecker, UserDatabase
 from clientid_twisted.store import _SCHEMES, MemoryStore, SQLiteStore, registerStoreScheme
 from tests.policyharness import PasswordChecker

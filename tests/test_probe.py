@@ -26,7 +26,7 @@ from twisted.mail import imap4, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.imap import ClientIDIMAP4Factory, ClientIDIMAP4Server
 from clientid_twisted.probe import main
 from clientid_twisted.probe import imapchecks, smtpchecks

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from clientid_twisted.store.resp import connectQuietly
+from clientid_twisted.store._resp import connectQuietly
 from tests.services import freePort
 
 

@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from clientid_twisted.admin import main as admin
-from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted._fingerprint import IdentityHasher
 from tests.redisserver import sharedRedisServer, uniquePrefix
 from tests.test_policy_server import (
     ALICE,
@@ -144,6 +144,6 @@ class TwoFrontendTests(PolicyServerTestCase):
 
 
 def _identity(token: str) -> Any:
-    from clientid_twisted.identity import ClientIdentity
+    from clientid_twisted._identity import ClientIdentity
 
     return ClientIdentity("UUID", token)

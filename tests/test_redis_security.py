@@ -23,8 +23,8 @@ from twisted.trial.unittest import TestCase
 
 from clientid_twisted.admin import main as admin
 from clientid_twisted.store import openStore
-from clientid_twisted.store.errors import StoreError
-from clientid_twisted.store.records import APPROVED, StateQuery
+from clientid_twisted.store._errors import StoreError
+from clientid_twisted.store._records import APPROVED, StateQuery
 from clientid_twisted.testing import throwawayCertificate
 from tests.redisserver import RedisServer, requireRedisServer, uniquePrefix
 from tests.test_policy_server import (

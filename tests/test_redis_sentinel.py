@@ -20,10 +20,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from clientid_twisted.admin import main as admin
 from clientid_twisted.store import StoreError, openStore
-from clientid_twisted.store import redis as redisstore
-from clientid_twisted.store.records import APPROVED, StateQuery
-from clientid_twisted.store.redis import RedisStore, parseRedisURL
-from clientid_twisted.store.sentinel import checkMaster
+from clientid_twisted.store import _redis as redisstore
+from clientid_twisted.store._records import APPROVED, StateQuery
+from clientid_twisted.store._redis import RedisStore, parseRedisURL
+from clientid_twisted.store._sentinel import checkMaster
 from tests.redisserver import FailoverGroup, SentinelServer, uniquePrefix
 from tests.services import freePort
 from tests.test_policy_server import ALICE, IMAP_OK, PolicyServer
@@ -217,7 +217,7 @@ class DiscoveryTests(SentinelTestCase):
         store._connection = type("Connection", (), {"dropConnection": dropped.append})()
         from twisted.python.failure import Failure
 
-        from clientid_twisted.store.resp import ReplyError
+        from clientid_twisted.store._resp import ReplyError
 
         result = store._replyError(
             Failure(ReplyError("READONLY You can't write against a read only replica."))

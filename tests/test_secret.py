@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.keyfile}: the identity hashing key.
+Tests for L{clientid_twisted._keyfile}: the identity hashing key.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted import keyfile as secret
-from clientid_twisted.keyfile import KEY_LENGTH, SecretError, loadOrCreateKey
+from clientid_twisted import _keyfile as secret
+from clientid_twisted._keyfile import KEY_LENGTH, SecretError, loadOrCreateKey
 
 
 class LoadOrCreateKeyTests(SynchronousTestCase):
@@ -38,7 +38,7 @@ class LoadOrCreateKeyTests(SynchronousTestCase):
         self.assertEqual(loadOrCreateKey(self.path), loadOrCreateKey(self.path))
 
     def test_usableForFingerprints(self) -> None:
-        from clientid_twisted.fingerprint import IdentityHasher
+        from clientid_twisted._fingerprint import IdentityHasher
 
         IdentityHasher(loadOrCreateKey(self.path))
 

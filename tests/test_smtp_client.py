@@ -22,7 +22,7 @@ from twisted.mail import smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.smtp import ClientIDESMTPFactory, ClientIDESMTPSenderFactory
 from clientid_twisted.testing import (
     ConnectionTracker,

@@ -17,8 +17,8 @@ from twisted.logger import globalLogPublisher
 from twisted.mail import smtp
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
 from clientid_twisted.smtp import ClientIDESMTPFactory
 from clientid_twisted.testing import LineExchange, connectedTransport

@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.store.memory.MemoryStore}: the shared store
+Tests for L{clientid_twisted.store._memory.MemoryStore}: the shared store
 suite, and what only it does.
 """
 
@@ -10,8 +10,8 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.store.memory import MemoryStore
-from clientid_twisted.store.records import Bump, OutcomeRecord, StateQuery
+from clientid_twisted.store._memory import MemoryStore
+from clientid_twisted.store._records import Bump, OutcomeRecord, StateQuery
 from tests.storesuite import StoreTestsMixin
 
 
@@ -41,7 +41,7 @@ class MemoryStoreOnlyTests(SynchronousTestCase):
         self.assertLess(len(store._locks), 5000)
 
     def test_eventsBounded(self) -> None:
-        from clientid_twisted.store.records import Event
+        from clientid_twisted.store._records import Event
 
         store = MemoryStore(Clock(), maxEvents=3)
         for n in range(5):

@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.store.redis.RedisStore}: the shared store
+Tests for L{clientid_twisted.store._redis.RedisStore}: the shared store
 suite (the server's mode and the admin command's), URLs, atomic counters
 under many concurrent writers, TTL expiry, and faults: Redis down at
 start, down mid-traffic, slow, paused, restarted empty.
@@ -23,8 +23,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from clientid_twisted.store import openStore
-from clientid_twisted.store.errors import StoreError
-from clientid_twisted.store.records import (
+from clientid_twisted.store._errors import StoreError
+from clientid_twisted.store._records import (
     APPROVED,
     AddMember,
     Bump,
@@ -35,14 +35,14 @@ from clientid_twisted.store.records import (
     Reset,
     StateQuery,
 )
-from clientid_twisted.store.redis import (
+from clientid_twisted.store._redis import (
     RedisStore,
     _decodeJSON,
     _encodeJSON,
     _encodeRecord,
     parseRedisURL,
 )
-from clientid_twisted.store.resp import (
+from clientid_twisted.store._resp import (
     ProtocolError,
     RedisProtocol,
     ReplyError,

@@ -1,5 +1,5 @@
 """
-Tests for L{clientid_twisted.store.sqlite.SQLiteStore}: the shared store
+Tests for L{clientid_twisted.store._sqlite.SQLiteStore}: the shared store
 suite in both modes (the server's, blocking), and what is SQLite's own:
 WAL, the file's mode, schema versions and migrations, reads without a
 thread hop, one commit per reactor turn, no wait for another process's
@@ -21,17 +21,17 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.store import sqlops
-from clientid_twisted.store.errors import StoreError
-from clientid_twisted.store.records import (
+from clientid_twisted.store import _sqlops as sqlops
+from clientid_twisted.store._errors import StoreError
+from clientid_twisted.store._records import (
     APPROVED,
     Bump,
     Event,
     OutcomeRecord,
     StateQuery,
 )
-from clientid_twisted.store.sqlite import SQLiteStore
-from clientid_twisted.store.sqlschema import MIGRATIONS, migrate, schemaVersion
+from clientid_twisted.store._sqlite import SQLiteStore
+from clientid_twisted.store._sqlschema import MIGRATIONS, migrate, schemaVersion
 from tests.storesuite import START, StoreTestsMixin, update
 
 

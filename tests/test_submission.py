@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.server.net import setNoDelay
 from clientid_twisted.testing import ConnectionTracker, connectPlaintext

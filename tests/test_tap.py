@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from clientid_twisted.server.tap import DEFAULT_LISTENERS, OptionError, Options, makeService
-from clientid_twisted.certificate import selfSignedCertificate
+from clientid_twisted._certificate import selfSignedCertificate
 
 
 class OptionsTests(SynchronousTestCase):

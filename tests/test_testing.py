@@ -11,10 +11,10 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
-from clientid_twisted.policy.alerts import Alert
-from clientid_twisted.policy.decision import Attempt, Verdict
+from clientid_twisted.policy._alerts import Alert
+from clientid_twisted.policy._decision import Attempt, Verdict
 from clientid_twisted.smtp import ClientIDESMTPFactory
 from clientid_twisted.testing import (
     MemoryStore,

@@ -25,8 +25,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from clientid_twisted.cred import identifyCredentials
-from clientid_twisted.errors import TemporaryAuthenticationFailure
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._errors import TemporaryAuthenticationFailure
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.server import users as usersModule
 from clientid_twisted.server.users import (
     InvalidAddress,

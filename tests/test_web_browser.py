@@ -239,9 +239,9 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         """
         The fingerprint the server shows for C{token}, under its own key.
         """
-        from clientid_twisted.fingerprint import IdentityHasher
-        from clientid_twisted.identity import ClientIdentity
-        from clientid_twisted.keyfile import loadOrCreateKey
+        from clientid_twisted._fingerprint import IdentityHasher
+        from clientid_twisted._identity import ClientIdentity
+        from clientid_twisted._keyfile import loadOrCreateKey
 
         hasher = IdentityHasher(loadOrCreateKey(self.server.dataDir / "clientid.key"))
         return hasher.fingerprint(ClientIdentity("UUID", token))

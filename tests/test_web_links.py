@@ -11,10 +11,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.store.memory import MemoryStore
-from clientid_twisted.store.records import APPROVED, PENDING, REVOKED
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.store._memory import MemoryStore
+from clientid_twisted.store._records import APPROVED, PENDING, REVOKED
 from clientid_twisted.web.links import (
     APPROVE,
     DISOWN,

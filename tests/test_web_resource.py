@@ -20,10 +20,10 @@ from twisted.web.client import FileBodyProducer
 from io import BytesIO
 from pathlib import Path
 
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.store.memory import MemoryStore
-from clientid_twisted.store.records import APPROVED, PENDING, REVOKED
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.store._memory import MemoryStore
+from clientid_twisted.store._records import APPROVED, PENDING, REVOKED
 from clientid_twisted.web.links import LinkMaker, LinkSigner, deriveLinkKey
 from clientid_twisted.web.resource import SECURITY_HEADERS, SelfServiceSite
 from clientid_twisted.web.selfservice import Notice, SelfService

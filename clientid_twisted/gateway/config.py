@@ -20,7 +20,7 @@ from attrs import evolve, frozen
 from twisted.internet import endpoints
 
 from clientid_twisted._endpointfixes import splitEndpointDescription
-from clientid_twisted.configfile import ConfigTable, getTable
+from clientid_twisted._configfile import ConfigTable, getTable
 
 __all__ = [
     "BackendAddress",
@@ -155,7 +155,7 @@ def parseGatewayConfig(config: Mapping[str, Any], source: object = None) -> Gate
     Check and read the C{[gateway]} table of a loaded configuration.
 
     @param config: The top-level table
-        (L{clientid_twisted.configfile.loadConfig}).
+        (L{clientid_twisted._configfile.loadConfig}).
     @param source: The file, for error messages.
     @raise ConfigError: Naming the file, the table and the key of the first
         problem.

@@ -11,31 +11,31 @@ identified itself as may use the password it presented.
     - alerts go to L{IAlertObserver}s: the log, a webhook, and what the
       application adds (the server: the account's INBOX).
 
-The names load on first use (see L{clientid_twisted.lazyexports}).
+The names load on first use (see L{clientid_twisted._lazyexports}).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clientid_twisted.lazyexports import lazyExports
+from clientid_twisted._lazyexports import lazyExports
 
 _PUBLIC = {
-    "Alert": "clientid_twisted.policy.alerts",
-    "LogAlertObserver": "clientid_twisted.policy.alerts",
-    "ClientIDChecker": "clientid_twisted.policy.checker",
-    "attemptFromCredentials": "clientid_twisted.policy.checker",
-    "PolicyConfig": "clientid_twisted.policy.config",
-    "parsePolicyConfig": "clientid_twisted.policy.config",
-    "Attempt": "clientid_twisted.policy.decision",
-    "Decision": "clientid_twisted.policy.decision",
-    "Verdict": "clientid_twisted.policy.decision",
-    "DevicePolicy": "clientid_twisted.policy.engine",
-    "policyFromConfig": "clientid_twisted.policy.engine",
-    "Authentication": "clientid_twisted.policy.builder",
-    "StoreService": "clientid_twisted.policy.builder",
-    "buildAuthentication": "clientid_twisted.policy.builder",
-    "WebhookAlertObserver": "clientid_twisted.policy.webhook",
+    "Alert": "clientid_twisted.policy._alerts",
+    "LogAlertObserver": "clientid_twisted.policy._alerts",
+    "ClientIDChecker": "clientid_twisted.policy._checker",
+    "attemptFromCredentials": "clientid_twisted.policy._checker",
+    "PolicyConfig": "clientid_twisted.policy._config",
+    "parsePolicyConfig": "clientid_twisted.policy._config",
+    "Attempt": "clientid_twisted.policy._decision",
+    "Decision": "clientid_twisted.policy._decision",
+    "Verdict": "clientid_twisted.policy._decision",
+    "DevicePolicy": "clientid_twisted.policy._engine",
+    "policyFromConfig": "clientid_twisted.policy._engine",
+    "Authentication": "clientid_twisted.policy._builder",
+    "StoreService": "clientid_twisted.policy._builder",
+    "buildAuthentication": "clientid_twisted.policy._builder",
+    "WebhookAlertObserver": "clientid_twisted.policy._webhook",
 }
 
 __all__ = [
@@ -59,10 +59,10 @@ __all__ = [
 __getattr__, __dir__ = lazyExports(__name__, _PUBLIC)
 
 if TYPE_CHECKING:
-    from clientid_twisted.policy.alerts import Alert, LogAlertObserver
-    from clientid_twisted.policy.builder import Authentication, StoreService, buildAuthentication
-    from clientid_twisted.policy.checker import ClientIDChecker, attemptFromCredentials
-    from clientid_twisted.policy.config import PolicyConfig, parsePolicyConfig
-    from clientid_twisted.policy.decision import Attempt, Decision, Verdict
-    from clientid_twisted.policy.engine import DevicePolicy, policyFromConfig
-    from clientid_twisted.policy.webhook import WebhookAlertObserver
+    from clientid_twisted.policy._alerts import Alert, LogAlertObserver
+    from clientid_twisted.policy._builder import Authentication, StoreService, buildAuthentication
+    from clientid_twisted.policy._checker import ClientIDChecker, attemptFromCredentials
+    from clientid_twisted.policy._config import PolicyConfig, parsePolicyConfig
+    from clientid_twisted.policy._decision import Attempt, Decision, Verdict
+    from clientid_twisted.policy._engine import DevicePolicy, policyFromConfig
+    from clientid_twisted.policy._webhook import WebhookAlertObserver

@@ -3,7 +3,7 @@
 The server's optional configuration file, C{DATA_DIR/clientid.toml}.
 
 Reading TOML and reporting errors is the library's
-(L{clientid_twisted.configfile}: L{ConfigError}, L{loadConfig}, L{getTable},
+(L{clientid_twisted._configfile}: L{ConfigError}, L{loadConfig}, L{getTable},
 re-exported here); what each table means (C{[server]}, C{[policy]},
 C{[limits]}, ...) is checked by the part that uses it.
 
@@ -19,14 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from clientid_twisted.configfile import (
+from clientid_twisted._configfile import (
     ConfigError,
     TableChecker,
     checkTables,
     getTable,
     loadConfig,
 )
-from clientid_twisted.policy.config import POLICY_TABLES
+from clientid_twisted.policy._config import POLICY_TABLES
 
 __all__ = [
     "ConfigError",

@@ -22,7 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from clientid_twisted.sessioninfo import peerHost
+from clientid_twisted._sessioninfo import peerHost
 from clientid_twisted.server.limits import ServerLimits
 
 __all__ = ["addressKey", "ConnectionLimiter", "RefusedConnection"]

@@ -25,7 +25,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 
-from clientid_twisted.sessioninfo import peerHost
+from clientid_twisted._sessioninfo import peerHost
 from clientid_twisted.server.connections import (
     _CLOSE_GRACE_SECONDS,
     _CUT_LINGER_SECONDS,

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from clientid_twisted import __version__
 from clientid_twisted._imapfixes import IMAP4ServerFixesMixin, logFailed, setsSeen
-from clientid_twisted.authlog import escapeForLog
+from clientid_twisted._authlog import escapeForLog
 from clientid_twisted.imap import ClientIDIMAP4Factory, ClientIDIMAP4Server, namesClientID
 from clientid_twisted.server.connections import LimitedFactoryMixin
 from clientid_twisted.server.guard import SessionGuardMixin

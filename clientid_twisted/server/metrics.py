@@ -64,7 +64,7 @@ from clientid_twisted._version import __version__
 
 from clientid_twisted.server.listening import listener as makeListener
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store.errors import UnknownDevice
+from clientid_twisted.store._errors import UnknownDevice
 
 __all__ = [
     "ServerMetrics",

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from attrs import field, frozen
 
 from clientid_twisted.gateway.config import BackendAddress, parseBackendAddress
-from clientid_twisted.configfile import ConfigTable
+from clientid_twisted._configfile import ConfigTable
 from clientid_twisted.server.config import ConfigError, getTable
 
 __all__ = ["RelaySettings", "parseRelayConfig", "DEFAULT_MAX_QUEUE_DAYS"]
@@ -140,7 +140,7 @@ def parseRelayConfig(
 
 
 def _checkAuthorities(table: ConfigTable, path: Path) -> None:
-    from clientid_twisted.certificate import loadAuthorities
+    from clientid_twisted._certificate import loadAuthorities
 
     try:
         loadAuthorities(path)

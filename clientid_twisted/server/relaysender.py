@@ -168,7 +168,7 @@ class SmarthostClient:
             self._helo = b"localhost"
         trustRoot: Any = None
         if settings.caFile is not None:
-            from clientid_twisted.certificate import loadAuthorities
+            from clientid_twisted._certificate import loadAuthorities
 
             trustRoot = loadAuthorities(settings.caFile)
         self._tlsOptions: Any = None

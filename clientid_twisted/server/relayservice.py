@@ -31,7 +31,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted.authlog import escapeForLog
+from clientid_twisted._authlog import escapeForLog
 from clientid_twisted.server.delivery import deliverToInbox
 from clientid_twisted.server.dsn import DeliveryFailure, bounceLines, originalHeaders
 from clientid_twisted.server.relayqueue import QueueEntry, RelayQueue

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from clientid_twisted.certificate import ServerCertificate, loadAuthorities, selfSignedCertificate
+from clientid_twisted._certificate import ServerCertificate, loadAuthorities, selfSignedCertificate
 
 __all__ = [
     "ServerCertificate",

@@ -10,7 +10,7 @@ picks a backend from a URL:
     - C{memory:}: in this process only, gone at exit (tests, trials);
     - C{redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=&timeout=&time=]}
       and C{rediss://...} (TLS): one store shared by several frontends
-      (L{clientid_twisted.store.redis});
+      (L{clientid_twisted.store._redis});
     - C{redis+sentinel://[[USER]:PASSWORD@]SENTINEL[:PORT][,...]/MASTER[/DB]}
       and C{rediss+sentinel://...}: the same, on the master Redis Sentinel
       names, following a failover.
@@ -25,9 +25,9 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store.errors import StoreError, StoreMissing
-from clientid_twisted.store.memory import MemoryStore
-from clientid_twisted.store.sqlite import STORE_FILE, SQLiteStore
+from clientid_twisted.store._errors import StoreError, StoreMissing
+from clientid_twisted.store._memory import MemoryStore
+from clientid_twisted.store._sqlite import STORE_FILE, SQLiteStore
 
 __all__ = [
     "isLocalStore",
@@ -183,7 +183,7 @@ registerStoreScheme("memory", _openMemory)
 
 
 def _openRedis(url: str | None, dataDir: Path | None, **kwargs: Any) -> IClientIDStore:
-    from clientid_twisted.store.redis import openRedisStore
+    from clientid_twisted.store._redis import openRedisStore
 
     return openRedisStore(url, dataDir, **kwargs)
 

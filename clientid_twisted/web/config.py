@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from clientid_twisted.configfile import ConfigTable, getTable
+from clientid_twisted._configfile import ConfigTable, getTable
 
 __all__ = ["WebConfig", "parseWebConfig"]
 

@@ -18,13 +18,13 @@ from attrs import frozen
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from clientid_twisted.devicename import checkDeviceName
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._devicename import checkDeviceName
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.policy import keys
-from clientid_twisted.store.errors import UnknownDevice
-from clientid_twisted.store.records import APPROVED, REVOKED, DeviceRecord, Event
+from clientid_twisted.policy import _keys as keys
+from clientid_twisted.store._errors import UnknownDevice
+from clientid_twisted.store._records import APPROVED, REVOKED, DeviceRecord, Event
 
 __all__ = [
     "ManagementError",
@@ -103,7 +103,7 @@ def renameDevice(
     @param eventFor: Makes the event to record from the device's record
         and the checked name (L{None}: removed); the event names who
         renamed which device, not the name, which is the owner's text.
-    @raise clientid_twisted.devicename.BadDeviceName: If the name is too
+    @raise clientid_twisted._devicename.BadDeviceName: If the name is too
         long or holds control or format characters (before the store is
         asked anything).
     @raise ManagementError: If the account has no such device.
@@ -220,7 +220,7 @@ class DeviceManager:
         C{fingerprint} (an empty C{text} removes its name), checked as the
         device page checks an owner's name; a C{device-renamed} event.
 
-        @raise clientid_twisted.devicename.BadDeviceName: If the name is
+        @raise clientid_twisted._devicename.BadDeviceName: If the name is
             too long or holds control or format characters.
         @raise ManagementError: If the account has no such device.
         """

@@ -6,7 +6,7 @@ A store knows nothing of policies: it keeps device records and a few
 generic primitives (windowed counters, timed locks, small windowed sets,
 one-shot markers, events), and applies a batch of them atomically.  What
 the keys mean (C{"token-locked:<digest>"} ...) is the policy's business
-(L{clientid_twisted.policy.keys}), so every backend implements the same
+(L{clientid_twisted.policy._keys}), so every backend implements the same
 small semantics, which one shared test suite pins down:
 
     - L{Bump}: a counter lives for C{window} seconds from its first count
@@ -95,7 +95,7 @@ class DeviceRecord:
     @ivar firstSeen: When it first tried to log in; L{None} for a device an
         operator approved or revoked before it was ever seen.
     @ivar name: What the owner calls it ("Anna's phone"), checked by
-        L{clientid_twisted.devicename.checkDeviceName}; L{None}: unnamed.
+        L{clientid_twisted._devicename.checkDeviceName}; L{None}: unnamed.
     """
 
     account: str

@@ -18,9 +18,9 @@ from zope.interface import implementer
 
 from twisted.logger import Logger
 
-from clientid_twisted.authlog import describeClientID, escapeForLog
+from clientid_twisted._authlog import describeClientID, escapeForLog
 from clientid_twisted.interfaces import IAlertObserver
-from clientid_twisted.store.records import Event
+from clientid_twisted.store._records import Event
 
 __all__ = ["Alert", "LogAlertObserver", "ALERT_KINDS", "ACCOUNT_ALERT_KINDS", "notifyAll"]
 

@@ -7,7 +7,7 @@ store.
 
 Every front uses it: the runnable server
 (C{clientid_twisted.server.assembly}), the C{clientid:} cred plugin
-(L{clientid_twisted.policy.credfactory}), the gateway, and embedders::
+(L{clientid_twisted.policy._credfactory}), the gateway, and embedders::
 
     d = buildAuthentication(innerChecker, config, "redis://...")
     def ready(auth):
@@ -40,15 +40,15 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from clientid_twisted.configfile import ConfigError
-from clientid_twisted.fingerprint import IdentityHasher
+from clientid_twisted._configfile import ConfigError
+from clientid_twisted._fingerprint import IdentityHasher
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
-from clientid_twisted.keyfile import loadOrCreateKey, readKeyIfPresent
-from clientid_twisted.policy.alerts import LogAlertObserver
-from clientid_twisted.policy.checker import ClientIDChecker
-from clientid_twisted.policy.config import PolicyConfig, parsePolicyConfig
-from clientid_twisted.policy.engine import DevicePolicy
-from clientid_twisted.policy.webhook import WebhookAlertObserver
+from clientid_twisted._keyfile import loadOrCreateKey, readKeyIfPresent
+from clientid_twisted.policy._alerts import LogAlertObserver
+from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy._config import PolicyConfig, parsePolicyConfig
+from clientid_twisted.policy._engine import DevicePolicy
+from clientid_twisted.policy._webhook import WebhookAlertObserver
 from clientid_twisted.store import isLocalStore, openStore
 
 __all__ = [
@@ -219,7 +219,7 @@ def resolveIdentityHasher(
     @param keyFile: The installation's key file (C{DATA_DIR/clientid.key}),
         or L{None} for none.
     @raise ConfigError: For a configured key that cannot be used.
-    @raise clientid_twisted.keyfile.SecretError: For a key file holding
+    @raise clientid_twisted._keyfile.SecretError: For a key file holding
         something else.
     """
     configured = configuredKey(settings, dataDir)

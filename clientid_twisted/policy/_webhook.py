@@ -19,7 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 
 from clientid_twisted.interfaces import IAlertObserver
-from clientid_twisted.policy.alerts import Alert
+from clientid_twisted.policy._alerts import Alert
 
 __all__ = ["WebhookAlertObserver"]
 

@@ -22,7 +22,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted._errors import TemporaryAuthenticationFailure
 
 __all__ = ["escapeForLog", "describeClientID", "logLoginFailure"]
 

@@ -35,7 +35,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store._errors import StoreError
 
 __all__ = [
     "connectQuietly",
@@ -544,7 +544,7 @@ def _authorities(path: str) -> Any:
 
     @raise ValueError: If the file holds no certificate.
     """
-    from clientid_twisted.certificate import loadAuthorities
+    from clientid_twisted._certificate import loadAuthorities
 
     return loadAuthorities(path)
 

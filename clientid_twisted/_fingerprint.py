@@ -17,7 +17,7 @@ import os
 
 from attrs import field, frozen
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 
 __all__ = ["IdentityHasher", "FINGERPRINT_LENGTH"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from attrs import frozen
 
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._identity import ClientIdentity
 
 __all__ = ["Verdict", "Attempt", "Decision", "accountName"]
 

@@ -84,7 +84,7 @@ def parseArgString(argstring: str) -> dict[str, str]:
 @implementer(ICheckerFactory, IPlugin)
 class ClientIDCheckerFactory:
     """
-    Makes a L{clientid_twisted.policy.checker.ClientIDChecker} from a
+    Makes a L{clientid_twisted.policy._checker.ClientIDChecker} from a
     C{clientid:...} string.
     """
 
@@ -100,11 +100,11 @@ class ClientIDCheckerFactory:
         """
         from twisted.cred import strcred
 
-        from clientid_twisted.configfile import checkTables, loadConfig
-        from clientid_twisted.policy.awaiting import AwaitingPolicy
-        from clientid_twisted.policy.builder import Authentication, buildAuthentication
-        from clientid_twisted.policy.checker import ClientIDChecker
-        from clientid_twisted.policy.config import APPLICATION_TABLES, POLICY_TABLES
+        from clientid_twisted._configfile import checkTables, loadConfig
+        from clientid_twisted.policy._awaiting import AwaitingPolicy
+        from clientid_twisted.policy._builder import Authentication, buildAuthentication
+        from clientid_twisted.policy._checker import ClientIDChecker
+        from clientid_twisted.policy._config import APPLICATION_TABLES, POLICY_TABLES
 
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]

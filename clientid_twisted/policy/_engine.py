@@ -44,12 +44,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted.authlog import describeClientID, escapeForLog
-from clientid_twisted.fingerprint import FINGERPRINT_LENGTH, IdentityHasher
+from clientid_twisted._authlog import describeClientID, escapeForLog
+from clientid_twisted._fingerprint import FINGERPRINT_LENGTH, IdentityHasher
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
-from clientid_twisted.policy import keys
-from clientid_twisted.policy.alerts import Alert, notifyAll
-from clientid_twisted.policy.config import (
+from clientid_twisted.policy import _keys as keys
+from clientid_twisted.policy._alerts import Alert, notifyAll
+from clientid_twisted.policy._config import (
     ALLOWLIST,
     LEARN,
     OFF,
@@ -57,9 +57,9 @@ from clientid_twisted.policy.config import (
     PolicyConfig,
     parsePolicyConfig,
 )
-from clientid_twisted.policy.decision import Attempt, Decision, Verdict
-from clientid_twisted.policy.health import StoreHealth
-from clientid_twisted.store.records import (
+from clientid_twisted.policy._decision import Attempt, Decision, Verdict
+from clientid_twisted.policy._health import StoreHealth
+from clientid_twisted.store._records import (
     APPROVED,
     PENDING,
     REVOKED,
@@ -629,7 +629,7 @@ def policyFromConfig(
     """
     The built-in policy configured from a loaded C{clientid.toml}.
 
-    @raise clientid_twisted.configfile.ConfigError: Naming the table and
+    @raise clientid_twisted._configfile.ConfigError: Naming the table and
         key of the first problem in C{[policy]}, C{[limits]},
         C{[types.NAME]}, C{[alerts]} or C{[store]}.
     """

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clientid_twisted.interfaces import IClientIDPolicy
-from clientid_twisted.policy.decision import Attempt, Decision, Verdict
+from clientid_twisted.policy._decision import Attempt, Decision, Verdict
 
 __all__ = ["AwaitingPolicy"]
 

@@ -16,13 +16,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted.errors import TemporaryAuthenticationFailure
+from clientid_twisted._errors import TemporaryAuthenticationFailure
 from clientid_twisted.interfaces import (
     IClientIdentifiedCredentials,
     IClientIDPolicy,
     IPasswordForwardingChecker,
 )
-from clientid_twisted.policy.decision import Attempt, Decision, Verdict, accountName
+from clientid_twisted.policy._decision import Attempt, Decision, Verdict, accountName
 
 __all__ = ["ClientIDChecker", "attemptFromCredentials"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Sequence
 
-from clientid_twisted.store.errors import StoreError
+from clientid_twisted.store._errors import StoreError
 
 __all__ = ["MIGRATIONS", "migrate", "schemaVersion"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 from typing import Sequence
 
-from clientid_twisted.policy.alerts import Alert
+from clientid_twisted.policy._alerts import Alert
 
 __all__ = ["LINK_KINDS", "asciiHost", "messageLines", "noticeLines"]
 

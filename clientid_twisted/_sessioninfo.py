@@ -12,9 +12,9 @@ from typing import Any, Callable
 from twisted.internet.interfaces import ISSLTransport
 from twisted.protocols.policies import ProtocolWrapper
 
-from clientid_twisted.authlog import describeClientID, escapeForLog
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._authlog import describeClientID, escapeForLog
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
 
 __all__ = ["ClientIDSessionMixin", "peerHost"]
 
@@ -27,7 +27,7 @@ class ClientIDSessionMixin:
     @ivar identityLogPolicy: Whether log lines may show a (case-folded)
         type and its fingerprint (the policy's handling flags:
         L{PolicyConfig.showsInLog
-        <clientid_twisted.policy.config.PolicyConfig.showsInLog>}); L{None}
+        <clientid_twisted.policy._config.PolicyConfig.showsInLog>}); L{None}
         shows every identity.
     """
 

@@ -11,7 +11,7 @@ Selected by URL (see L{parseRedisURL})::
     redis+sentinel://[[USER]:PASSWORD@]SENTINEL[:PORT][,SENTINEL[:PORT]...]/MASTER[/DB][?...]
     rediss+sentinel://...  (TLS to the Sentinels and the master)
 
-With Sentinel (L{clientid_twisted.store.sentinel}) the store asks the
+With Sentinel (L{clientid_twisted.store._sentinel}) the store asks the
 Sentinels for the master before each connection and checks C{ROLE}, so it
 follows a failover: while the master is switching, calls fail with
 L{StoreError} (logins get their temporary failure); then the store is on
@@ -19,7 +19,7 @@ the new master, with its scripts loaded again.  Admin writes (blocking
 mode) wait (C{WAIT}) until the URL's C{replicas} (1 with Sentinel) hold
 them before they are acknowledged.
 
-Each store call is one Lua script (L{clientid_twisted.store.redisscripts}):
+Each store call is one Lua script (L{clientid_twisted.store._redisscripts}):
 a decision costs one round trip to read (L{RedisStore.loadState}) and one
 to write (L{RedisStore.recordOutcome}), each atomic.  All calls of one
 store go, pipelined and in order, on one connection, which gives
@@ -52,9 +52,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store.errors import StoreError, UnknownDevice
-from clientid_twisted.store.memory import _newestFirst
-from clientid_twisted.store.records import (
+from clientid_twisted.store._errors import StoreError, UnknownDevice
+from clientid_twisted.store._memory import _newestFirst
+from clientid_twisted.store._records import (
     AddMember,
     Bump,
     DecisionState,
@@ -66,8 +66,8 @@ from clientid_twisted.store.records import (
     Reset,
     StateQuery,
 )
-from clientid_twisted.store.redisscripts import SCRIPTS, Script
-from clientid_twisted.store.sentinel import (
+from clientid_twisted.store._redisscripts import SCRIPTS, Script
+from clientid_twisted.store._sentinel import (
     DEFAULT_SENTINEL_PORT,
     SentinelLocator,
     SentinelSettings,
@@ -75,7 +75,7 @@ from clientid_twisted.store.sentinel import (
     locateMasterBlocking,
     loginCommands,
 )
-from clientid_twisted.store.resp import (
+from clientid_twisted.store._resp import (
     BlockingRedisConnection,
     RedisAddress,
     RedisConnection,

@@ -6,7 +6,7 @@ time.
 They hold no state and start no transaction, so the store can run them
 where it likes: reads on the reactor thread, writes batched in its writer
 thread, everything inline in the blocking mode the admin command uses.
-Their semantics are those of L{clientid_twisted.store.records}.
+Their semantics are those of L{clientid_twisted.store._records}.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Iterable
 
 from attrs import evolve
 
-from clientid_twisted.store.errors import UnknownDevice
-from clientid_twisted.store.records import (
+from clientid_twisted.store._errors import UnknownDevice
+from clientid_twisted.store._records import (
     APPROVED,
     FOREVER,
     AddMember,

@@ -41,7 +41,7 @@ In blocking mode (C{blocking=True}, for the admin command) every call runs
 inline in its own transaction (waiting up to 5 s for the write lock) and
 returns a L{Deferred <twisted.internet.defer.Deferred>} that has already fired.
 
-The schema is versioned (L{clientid_twisted.store.sqlschema}) and migrated
+The schema is versioned (L{clientid_twisted.store._sqlschema}) and migrated
 automatically when the store opens.  The file is made mode 0600: it holds
 the installation key (unless the configuration keeps it elsewhere) beside
 the keyed hashes of every device.
@@ -62,9 +62,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store import sqlops
-from clientid_twisted.store.errors import StoreError, StoreMissing
-from clientid_twisted.store.records import (
+from clientid_twisted.store import _sqlops as sqlops
+from clientid_twisted.store._errors import StoreError, StoreMissing
+from clientid_twisted.store._records import (
     DecisionState,
     DeviceRecord,
     Event,
@@ -72,7 +72,7 @@ from clientid_twisted.store.records import (
     OutcomeResult,
     StateQuery,
 )
-from clientid_twisted.store.sqlschema import migrate
+from clientid_twisted.store._sqlschema import migrate
 
 __all__ = ["SQLiteStore", "STORE_FILE", "EVENT_RETENTION"]
 

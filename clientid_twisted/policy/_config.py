@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
-from clientid_twisted.configfile import ConfigError, ConfigTable, TableChecker, getTable
+from clientid_twisted._configfile import ConfigError, ConfigTable, TableChecker, getTable
 
 __all__ = [
     "APPLICATION_TABLES",
@@ -112,7 +112,7 @@ class PolicyConfig:
     @ivar handling: Case-folded type name to its handling flags.
     @ivar custom: C{[policy] custom}: the C{"package.module:factory"} that
         makes the policy instead of the built-in one
-        (L{clientid_twisted.policy.builder.PolicyFactoryContext}), or L{None}.
+        (L{clientid_twisted.policy._builder.PolicyFactoryContext}), or L{None}.
     """
 
     requireClientID: bool = False
@@ -167,7 +167,7 @@ def parsePolicyConfig(config: Mapping[str, Any], source: object = None) -> Polic
     """
     Check and read the policy's tables of a loaded configuration.
 
-    @param config: The top-level table (L{clientid_twisted.configfile.loadConfig}).
+    @param config: The top-level table (L{clientid_twisted._configfile.loadConfig}).
     @param source: The file, for error messages.
     @raise ConfigError: Naming the table and key of the first problem.
     """
@@ -294,7 +294,7 @@ POLICY_TABLES: dict[str, TableChecker] = {
     name: _checkPolicyTables for name in ("policy", "limits", "types", "alerts", "store")
 }
 """The tables of C{clientid.toml} the policy reads, with their checker
-(for L{clientid_twisted.configfile.checkTables})."""
+(for L{clientid_twisted._configfile.checkTables})."""
 
 APPLICATION_TABLES = frozenset({"server", "gateway", "users", "relay", "web"})
 """The tables the applications own (the runnable server checks them): the

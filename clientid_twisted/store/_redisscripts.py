@@ -56,7 +56,7 @@ class Script:
     """
     @ivar writes: Whether it may write something an admin write must not
         lose (after it, the admin command waits for the replicas:
-        L{clientid_twisted.store.redis}).  Not C{identityKey}: its write
+        L{clientid_twisted.store._redis}).  Not C{identityKey}: its write
         is a C{SET NX} of the key every frontend holds and puts back into
         a Redis that lost it.
     """

@@ -6,7 +6,7 @@ other, which server is the master now (C{SENTINEL get-master-addr-by-name});
 the store then connects there and checks with C{ROLE} that it is the
 master (a Sentinel may still name a server being demoted).  This is the
 procedure of Redis's "Sentinel clients" guidelines; written here because
-the store's own client (L{clientid_twisted.store.resp}) is what every
+the store's own client (L{clientid_twisted.store._resp}) is what every
 connection goes through, and only this one command is needed.
 """
 
@@ -18,8 +18,8 @@ from attrs import evolve, frozen
 
 from twisted.internet import defer
 
-from clientid_twisted.store.errors import StoreError
-from clientid_twisted.store.resp import (
+from clientid_twisted.store._errors import StoreError
+from clientid_twisted.store._resp import (
     BlockingRedisConnection,
     RedisAddress,
     RedisProtocol,
