@@ -34,6 +34,8 @@ class ClientIDSessionMixin:
     identityHasher: IdentityHasher | None = None
     identityLogPolicy: Callable[[str], bool] | None = None
     transport: Any
+    _encryptedTransport: Any = None
+    _lastFingerprint: tuple[ClientIdentity, str] | None = None
 
     def isEncrypted(self) -> bool:
         """
@@ -43,16 +45,33 @@ class ClientIDSessionMixin:
         endpoints) the wrapper copied its transport's interfaces when the
         connection was made, so a later STARTTLS shows only on the
         transport it wraps: look through it.
+
+        The answer is asked of the transport until it is yes, then kept for
+        that transport: a connection that is encrypted stays so, and the
+        question is asked for every line.
         """
         transport = self.transport
-        while isinstance(transport, ProtocolWrapper) and not ISSLTransport.providedBy(transport):
-            transport = transport.transport
-        return ISSLTransport.providedBy(transport)
+        if transport is not None and transport is self._encryptedTransport:
+            return True
+        found = transport
+        while isinstance(found, ProtocolWrapper) and not ISSLTransport.providedBy(found):
+            found = found.transport
+        if ISSLTransport.providedBy(found):
+            self._encryptedTransport = transport
+            return True
+        return False
 
     def _fingerprint(self, identity: ClientIdentity) -> str:
+        # One HMAC per identity a session accepts, however many log events
+        # name it (its acceptance, each login with it).
+        known = self._lastFingerprint
+        if known is not None and known[0] is identity:
+            return known[1]
         if self.identityHasher is None:
             self.identityHasher = IdentityHasher.ephemeral()
-        return self.identityHasher.fingerprint(identity)
+        fingerprint = self.identityHasher.fingerprint(identity)
+        self._lastFingerprint = (identity, fingerprint)
+        return fingerprint
 
     def _identityLogFields(self, identity: ClientIdentity | None) -> dict[str, Any]:
         """

@@ -377,12 +377,23 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
         meanwhile is announced (C{EXISTS}) before the command's reply.
 
         @return: A L{defer.Deferred} that fires when the poll is done (the
-            command waits for it), or L{None} when there is nothing to poll.
+            command waits for it), or L{None} when there is nothing to poll
+            or the poll is done already (a mailbox whose C{poll} answers at
+            once, as the maildir's does).
         """
         poll = getattr(self.mbox, "poll", None)
         if not callable(poll):
             return None
-        return defer.maybeDeferred(poll)
+        try:
+            result = poll()
+        except Exception:
+            self._log.failure("Polling the selected mailbox failed")
+            return None
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(
+                lambda f: self._log.failure("Polling the selected mailbox failed", f)
+            )
+        return None
 
     def _pollBeforeCommand(self, line: bytes) -> bool:
         """
@@ -398,9 +409,6 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
             finished = True
             return result
 
-        d.addErrback(
-            lambda f: self._log.failure("Polling the selected mailbox failed", f)
-        )
         d.addBoth(markFinished)
         if finished:
             return False
@@ -449,22 +457,21 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
         self._idlePollCall = None
         if self.parseState != "idle" or self.state != "select":
             return
+        if not callable(getattr(self.mbox, "poll", None)):
+            return
         d = self.pollMailbox()
         if d is None:
-            return
-        d.addErrback(
-            lambda f: self._log.failure("Polling the selected mailbox failed", f)
-        )
+            self._idlePollAgain()
+        else:
+            d.addCallback(lambda ignored: self._idlePollAgain())
 
-        def again(ignored: object) -> None:
-            if (
-                self.parseState == "idle"
-                and not self._connectionGone
-                and self._idlePollCall is None
-            ):
-                self._scheduleIdlePoll()
-
-        d.addCallback(again)
+    def _idlePollAgain(self) -> None:
+        if (
+            self.parseState == "idle"
+            and not self._connectionGone
+            and self._idlePollCall is None
+        ):
+            self._scheduleIdlePoll()
 
     # -- STARTTLS ------------------------------------------------------------
 

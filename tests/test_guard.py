@@ -17,6 +17,7 @@ from typing import Any
 from attrs import evolve
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -408,6 +409,59 @@ class FailureDelayTests(_Sessions, SynchronousTestCase):
         client.send(b"a LOGIN bob@example.test wrong\r\n")
         client.protocol.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class DecidedAtOnceTests(_Sessions, SynchronousTestCase):
+    """
+    A login the portal decides at once is answered without pausing the
+    transport (reading is held only while a decision is awaited).
+    """
+
+    def pauses(self, client: LineExchange) -> list[str]:
+        calls: list[str] = []
+        transport = client.transport
+        pause, resume = transport.pauseProducing, transport.resumeProducing
+
+        def counted(name: str, call: Any) -> Any:
+            def record() -> None:
+                calls.append(name)
+                call()
+
+            return record
+
+        transport.pauseProducing = counted("pause", pause)  # type: ignore[method-assign]
+        transport.resumeProducing = counted("resume", resume)  # type: ignore[method-assign]
+        return calls
+
+    def test_smtp(self) -> None:
+        client = self.smtp(secure=True)
+        calls = self.pauses(client)
+        self.login(client)
+        self.assertEqual(calls, [])
+        self.assertEqual(client.exchange(b"NOOP"), b"250 OK\r\n")
+
+    def test_imap(self) -> None:
+        client = self.imap()
+        calls = self.pauses(client)
+        self.assertEqual(
+            client.send(b"a LOGIN bob@example.test pw\r\nb NOOP\r\n"),
+            b"a OK LOGIN succeeded\r\nb OK NOOP No operation performed\r\n",
+        )
+        self.assertEqual(calls, [])
+
+    def test_pendingPauses(self) -> None:
+        """
+        A login still being decided pauses reading until it is answered.
+        """
+        pending: defer.Deferred[Any] = defer.Deferred()
+        self.portal.login = lambda *args: pending  # type: ignore[method-assign]
+        client = self.smtp(secure=True)
+        calls = self.pauses(client)
+        client.exchange(b"EHLO c")
+        client.send(b"AUTH PLAIN " + base64.b64encode(b"\0bob@example.test\0pw") + b"\r\n")
+        self.assertEqual(calls, ["pause"])
+        pending.errback(UnauthorizedLogin())
+        self.assertEqual(calls, ["pause", "resume"])
 
 
 class LoginHoldTests(SynchronousTestCase):

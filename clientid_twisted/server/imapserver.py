@@ -244,9 +244,10 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
         token like C{{3+}} or C{x{36700161}} gets OK, not a literal's BAD,
         NO [TOOBIG] or BYE.
         """
-        if self.parseState == "command" and namesClientID(line):
+        match = _LITERAL_AT_END.search(line)
+        if match is not None and self.parseState == "command" and namesClientID(line):
             return None
-        return _LITERAL_AT_END.search(line)
+        return match
 
     def _tagOf(self, line: bytes) -> bytes | None:
         if self.parseState == "pending":
@@ -299,9 +300,12 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
     unauth_STARTTLS = (do_STARTTLS,)  # type: ignore[assignment]
 
     def _awaitLogin(self, d: Any, tag: bytes, fields: dict[str, Any], okMessage: bytes) -> None:
-        self.holdInput()
         super()._awaitLogin(d, tag, fields, okMessage)
-        d.addBoth(self.releaseInput)
+        if self._loginInProgress:
+            # Still being decided: stop reading until it is (a decision
+            # made at once needs no pause, nor its two system calls).
+            self.holdInput()
+            d.addBoth(self.releaseInput)
 
     def _ebClientIDLogin(self, reason: Failure, tag: bytes, fields: dict[str, Any]) -> Any:
         if reason.check(UnauthorizedLogin):

@@ -1329,21 +1329,25 @@ class MaildirMailbox:
         self._claimed = False
         self._closed = False
         self._destroyed = False
-        self._refresh()
+        self._refresh(folder.stamp())
 
     def __repr__(self) -> str:
         return f"<MaildirMailbox {self.name!r} {'rw' if self.rw else 'ro'}>"
 
     # -- keeping up with the disk --
 
-    def _refresh(self) -> tuple[list[_Entry], list[_Entry], list[_Entry]]:
+    def _refresh(
+        self, stamp: Any
+    ) -> tuple[list[_Entry], list[_Entry], list[_Entry]]:
         """
         Read the folder again if it changed.
 
+        @param stamp: The folder's L{_Folder.stamp}, just read: when it is
+            the one recorded at the last read (and old enough to be
+            trusted), nothing is listed.
         @return: Entries that vanished, entries whose flags changed, new
             entries (already appended to the view).
         """
-        stamp = self._folder.stamp()
         if stamp is not None and stamp == self._stamp:
             return [], [], []
         listing, state = self._folder.sync()
@@ -1452,8 +1456,12 @@ class MaildirMailbox:
         """
         if self._closed or self._destroyed:
             return
+        stamp = self._folder.stamp()
+        if stamp is not None and stamp == self._stamp:
+            # Nothing changed on disk: no listing, no counting.
+            return
         exists, recent = self.getMessageCount(), self.getRecentCount()
-        vanished, changed, added = self._refresh()
+        vanished, changed, added = self._refresh(stamp)
         if vanished and self._canAnnounceExpunges():
             numbers = self._dropVanished()
             for listener in list(self._listeners):

@@ -258,9 +258,12 @@ class SubmissionESMTP(SMTPServerFixesMixin, SessionGuardMixin, ClientIDESMTP, Bo
         self.sendCode(reply.code, reply.resp)
 
     def _awaitLogin(self, d: Any) -> None:
-        self.holdInput()
         super()._awaitLogin(d)
-        d.addBoth(self.releaseInput)
+        if self._heldLines is not None:
+            # Still being decided: stop reading until it is (a decision
+            # made at once needs no pause, nor its two system calls).
+            self.holdInput()
+            d.addBoth(self.releaseInput)
 
     def _ebClientIDLogin(self, reason: Failure, credentials: Any) -> Any:
         if reason.check(UnauthorizedLogin):
