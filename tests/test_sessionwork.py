@@ -19,8 +19,8 @@ from twisted.mail import smtp
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial.unittest import SynchronousTestCase
 
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.smtp import ClientIDESMTP, ClientIDESMTPFactory
 from clientid_twisted.testing import LineExchange, connectedTransport
 
