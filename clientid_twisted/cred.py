@@ -41,6 +41,9 @@ class ClientIdentifiedCredentials:
     @ivar secure: Whether the connection is encrypted.
     @ivar host: The server's address the client connected to, or L{None}
         (a gateway tells its backend, as C{ID x-connected-ip}).
+    @ivar helo: The name the client gave in its SMTP C{EHLO}/C{HELO}, as
+        it sent it, or L{None} (a gateway tells its backend, as C{XCLIENT
+        HELO=}).
     """
 
     def __init__(
@@ -51,9 +54,11 @@ class ClientIdentifiedCredentials:
         protocolName: str,
         secure: bool,
         host: IAddress | None = None,
+        helo: bytes | None = None,
     ) -> None:
         self.credentials = credentials
         self.host = host
+        self.helo = helo
         self.clientIdentity = clientIdentity
         self.peer = peer
         self.protocolName = protocolName
@@ -82,6 +87,7 @@ def identifyCredentials(
     protocolName: str,
     secure: bool,
     host: IAddress | None = None,
+    helo: bytes | None = None,
 ) -> ClientIdentifiedCredentials:
     """
     Wrap C{credentials} so that they carry the client identity.
@@ -92,5 +98,5 @@ def identifyCredentials(
     if isinstance(credentials, ClientIdentifiedCredentials):
         credentials = credentials.credentials
     return ClientIdentifiedCredentials(
-        credentials, clientIdentity, peer, protocolName, secure, host
+        credentials, clientIdentity, peer, protocolName, secure, host, helo
     )

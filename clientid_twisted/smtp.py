@@ -356,6 +356,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
             self.transport.getPeer(),
             self.protocolName,
             self.isEncrypted(),
+            helo=self._helo[0] if self._helo else None,
         )
         self.challenger = None
         if refusal is not None:

@@ -76,6 +76,8 @@ class GatewayTestCase(TestCase):
                 "smtpd_client_port_logging": "yes",
                 "smtpd_error_sleep_time": "0",
                 "message_size_limit": str(40 * 1024 * 1024),
+                # Log the HELO name Postfix checks, at RCPT.
+                "smtpd_helo_restrictions": "check_helo_access static:warn",
             },
             submissionTLS=self.backendTLS,
             deliverInto=(self.dovecot.mailDir, self.dovecot.mailUser) if self.imapToo else None,
@@ -101,17 +103,20 @@ class GatewayTestCase(TestCase):
         self.server = RunningServer(self.work, config, protocols=protocols, arguments=arguments)
         self.addCleanup(self.server.stop)
 
-    def connect(self, identity: str | None = "tok-laptop") -> smtplib.SMTP:
+    def connect(
+        self, identity: str | None = "tok-laptop", name: str = "laptop.example.net"
+    ) -> smtplib.SMTP:
         """
-        EHLO, STARTTLS, EHLO, CLIENTID: Thunderbird's start.
+        EHLO, STARTTLS, EHLO, CLIENTID: Thunderbird's start, the client
+        calling itself C{name}.
         """
         client = smtplib.SMTP(
             "127.0.0.1", self.server.ports["smtp"], timeout=30, source_address=(CLIENT, 0)
         )
         self.addCleanup(_close, client)
-        client.ehlo("laptop.example.net")
+        client.ehlo(name)
         client.starttls(context=self.server.context)
-        client.ehlo("laptop.example.net")
+        client.ehlo(name)
         if identity is not None:
             self.assertTrue(client.has_extn("clientid"))
             self.assertEqual(client.docmd("CLIENTID", "UUID " + identity), (250, b"OK"))
@@ -216,6 +221,28 @@ class ThunderbirdSequenceTests(GatewayTestCase):
         client.quit()
         log = self.postfix.waitForLog("disconnect from unknown[" + CLIENT)
         self.assertIn(f"client=unknown[{CLIENT}]:{port}", log)
+
+    def test_clientNameInPostfix(self) -> None:
+        """
+        The gateway sends the client's EHLO name too (C{XCLIENT HELO=}, in
+        xtext: this one has C{+} and C{=}), and does not greet Postfix
+        again with its own: Postfix's HELO checks, its log and the
+        C{Received:} line name the client's.
+        """
+        name = "anna+laptop=1.example.net"
+        client = self.connect(name=name)
+        self.assertEqual(
+            client.docmd("AUTH", "PLAIN " + plain(ALICE, PASSWORD)),
+            (235, b"2.7.0 Authentication successful"),
+        )
+        self.assertEqual(client.sendmail(ALICE, [BOB], BODY), {})
+        client.quit()
+        [stored] = self.postfix.waitForMessages("bob")
+        self.assertIn(f"Received: from {name} (unknown [{CLIENT}])".encode(), stored)
+        log = self.postfix.waitForLog("disconnect from unknown[" + CLIENT)
+        self.assertRegex(log, rf"warn: RCPT from unknown\[{re.escape(CLIENT)}\]:\d+: ;")
+        helos = re.findall(r"helo=<([^>]*)>", log)
+        self.assertEqual(helos, [name])
 
 
 class OptionTests(ThunderbirdSequenceTests):

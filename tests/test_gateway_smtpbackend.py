@@ -22,7 +22,7 @@ from clientid_twisted.gateway.smtpbackend import (
     BackendSMTPSession,
     Reply,
     loginToSMTPBackend,
-    xclientCommand,
+    xclientCommands,
     xtext,
 )
 
@@ -131,21 +131,81 @@ class XClientTests(SynchronousTestCase):
 
     def test_offeredAttributesOnly(self) -> None:
         self.assertEqual(
-            xclientCommand([b"NAME", b"ADDR", b"PROTO", b"PORT"], PEER),
-            b"XCLIENT ADDR=203.0.113.9 PORT=40123 PROTO=ESMTP",
+            xclientCommands([b"NAME", b"ADDR", b"PROTO", b"PORT"], PEER, b"laptop.example"),
+            [b"XCLIENT ADDR=203.0.113.9 PORT=40123 PROTO=ESMTP"],
         )
-        self.assertEqual(xclientCommand([b"addr"], PEER), b"XCLIENT ADDR=203.0.113.9")
+        self.assertEqual(xclientCommands([b"addr"], PEER), [b"XCLIENT ADDR=203.0.113.9"])
 
     def test_ipv6(self) -> None:
         peer = IPv6Address("TCP", "2001:db8::9", 25)
-        self.assertEqual(xclientCommand([b"ADDR"], peer), b"XCLIENT ADDR=IPV6:2001:db8::9")
+        self.assertEqual(xclientCommands([b"ADDR"], peer), [b"XCLIENT ADDR=IPV6:2001:db8::9"])
 
     def test_nothingToSay(self) -> None:
         """
         No C{ADDR} offered, or no address known: no XCLIENT at all.
         """
-        self.assertIsNone(xclientCommand([b"NAME", b"HELO"], PEER))
-        self.assertIsNone(xclientCommand([b"ADDR", b"PORT"], None))
+        self.assertEqual(xclientCommands([b"NAME", b"HELO"], PEER, b"laptop"), [])
+        self.assertEqual(xclientCommands([b"ADDR", b"PORT", b"HELO"], None, b"laptop"), [])
+
+    def test_heloWhenOffered(self) -> None:
+        """
+        The client's EHLO name goes with the address when the backend
+        lists C{HELO}, and only then.
+        """
+        self.assertEqual(
+            xclientCommands([b"ADDR", b"PORT", b"PROTO", b"HELO"], PEER, b"laptop.example.net"),
+            [b"XCLIENT ADDR=203.0.113.9 PORT=40123 PROTO=ESMTP HELO=laptop.example.net"],
+        )
+        self.assertEqual(
+            xclientCommands([b"ADDR", b"helo"], PEER, b"[192.0.2.7]"),
+            [b"XCLIENT ADDR=203.0.113.9 HELO=[192.0.2.7]"],
+        )
+        self.assertEqual(xclientCommands([b"ADDR", b"HELO"], PEER, None), [b"XCLIENT ADDR=203.0.113.9"])
+        self.assertEqual(xclientCommands([b"ADDR", b"HELO"], PEER, b""), [b"XCLIENT ADDR=203.0.113.9"])
+
+    def test_oddNamesEncoded(self) -> None:
+        """
+        Whatever the client sent as its name reaches the backend as one
+        xtext word: spaces, C{+} and C{=} (which would end the value or
+        start another attribute), controls and 8-bit bytes are C{+XX}, so
+        no name can add an attribute (C{ADDR=}, C{LOGIN=}) or a command.
+        """
+        for name, encoded in [
+            (b"my laptop", b"my+20laptop"),
+            (b"a+b=c", b"a+2Bb+3Dc"),
+            (b"x ADDR=192.0.2.66 LOGIN=root", b"x+20ADDR+3D192.0.2.66+20LOGIN+3Droot"),
+            (b"tab\there\x01\x7f", b"tab+09here+01+7F"),
+            ("caf\u00e9".encode(), b"caf+C3+A9"),
+            (b"<>()[]\\\"'", b"<>()[]\\\"'"),
+        ]:
+            [command] = xclientCommands([b"ADDR", b"HELO"], PEER, name)
+            self.assertEqual(command, b"XCLIENT ADDR=203.0.113.9 HELO=" + encoded)
+            self.assertEqual(command.count(b" "), 2)
+            self.assertEqual(command.count(b"="), 2)
+
+    def test_longNameSplit(self) -> None:
+        """
+        A line longer than SMTP's 512 octets is split as Postfix's
+        XCLIENT_README asks: C{HELO} (and C{PROTO}) first, C{ADDR} last.
+        """
+        name = b" " * 160
+        commands = xclientCommands([b"ADDR", b"PORT", b"PROTO", b"HELO"], PEER, name)
+        self.assertEqual(
+            commands,
+            [b"XCLIENT PROTO=ESMTP HELO=" + b"+20" * 160, b"XCLIENT ADDR=203.0.113.9 PORT=40123"],
+        )
+        self.assertTrue(all(len(c) + 2 <= 512 for c in commands))
+
+    def test_nameTooLongLeftOut(self) -> None:
+        """
+        A name longer than the 255 octets Postfix takes (it refuses the
+        whole XCLIENT with 501), or one too long for a line even alone once
+        encoded, is left out, not cut: the address still goes.
+        """
+        address = [b"XCLIENT ADDR=203.0.113.9"]
+        self.assertEqual(xclientCommands([b"ADDR", b"HELO"], PEER, b"a" * 256), address)
+        self.assertEqual(len(xclientCommands([b"ADDR", b"HELO"], PEER, b"a" * 255)[0]), 24 + 6 + 255)
+        self.assertEqual(xclientCommands([b"ADDR", b"HELO"], PEER, b"\x01" * 170), address)
 
 
 class LoginTests(SynchronousTestCase):
@@ -153,9 +213,11 @@ class LoginTests(SynchronousTestCase):
     The login conversation, step by step.
     """
 
-    def start(self, starttls: bool = False) -> tuple[FakeBackend, defer.Deferred[Any]]:
+    def start(
+        self, starttls: bool = False, helo: bytes | None = None
+    ) -> tuple[FakeBackend, defer.Deferred[Any]]:
         backend = FakeBackend(starttls)
-        d = loginToSMTPBackend(backend, b"gw.example", b"alice", b"s3cret", PEER)  # type: ignore[arg-type]
+        d = loginToSMTPBackend(backend, b"gw.example", b"alice", b"s3cret", PEER, helo)  # type: ignore[arg-type]
         backend.answer(b"220 mx ESMTP\r\n")
         self.assertEqual(backend.said(), [b"EHLO gw.example"])
         return backend, d
@@ -185,6 +247,71 @@ class LoginTests(SynchronousTestCase):
         self.assertIsInstance(session, BackendSMTPSession)
         self.assertIn(b"CHUNKING", session.extensions)
         self.assertEqual(session.username, "alice")
+
+    def test_clientNameStandsForTheGreeting(self) -> None:
+        """
+        With the client's EHLO name in C{XCLIENT HELO=}, the gateway does
+        not greet again after Postfix's new 220: its own EHLO would replace
+        the client's name.  AUTH follows at once, with the extensions of
+        the EHLO before.
+        """
+        backend, d = self.start(helo=b"laptop example")
+        backend.answer(EHLO_XCLIENT)
+        self.assertEqual(
+            backend.said(),
+            [b"XCLIENT ADDR=203.0.113.9 PORT=40123 PROTO=ESMTP HELO=laptop+20example"],
+        )
+        backend.answer(b"220 mx ESMTP\r\n")
+        [auth] = backend.said()
+        self.assertTrue(auth.startswith(b"AUTH PLAIN "), auth)
+        backend.answer(b"235 2.7.0 Authentication successful\r\n")
+        session = self.successResultOf(d)
+        self.assertIn(b"CHUNKING", session.extensions)
+        self.assertNotIn(b"XCLIENT", session.extensions)
+
+    def test_nameRefused(self) -> None:
+        """
+        A backend that refuses the XCLIENT with the name is asked again
+        without it (the address matters more), and then greeted with the
+        gateway's EHLO.
+        """
+        backend, d = self.start(helo=b"laptop.example")
+        backend.answer(EHLO_XCLIENT)
+        self.assertEqual(
+            backend.said(), [b"XCLIENT ADDR=203.0.113.9 PORT=40123 PROTO=ESMTP HELO=laptop.example"]
+        )
+        backend.answer(b"501 5.5.4 Bad HELO syntax\r\n")
+        self.assertEqual(backend.said(), [b"XCLIENT ADDR=203.0.113.9 PORT=40123 PROTO=ESMTP"])
+        backend.answer(b"220 mx ESMTP\r\n")
+        self.assertEqual(backend.said(), [b"EHLO gw.example"])
+        backend.answer(b"250-mx.example\r\n250 AUTH PLAIN\r\n")
+        [auth] = backend.said()
+        self.assertTrue(auth.startswith(b"AUTH PLAIN "), auth)
+
+    def test_splitCommands(self) -> None:
+        """
+        A name that makes the line too long: two XCLIENTs, each answered
+        by a new greeting, then AUTH.
+        """
+        backend, d = self.start(helo=b" " * 160)
+        backend.answer(EHLO_XCLIENT)
+        self.assertEqual(backend.said(), [b"XCLIENT PROTO=ESMTP HELO=" + b"+20" * 160])
+        backend.answer(b"220 mx ESMTP\r\n")
+        self.assertEqual(backend.said(), [b"XCLIENT ADDR=203.0.113.9 PORT=40123"])
+        backend.answer(b"220 mx ESMTP\r\n")
+        [auth] = backend.said()
+        self.assertTrue(auth.startswith(b"AUTH PLAIN "), auth)
+
+    def test_heloNotOffered(self) -> None:
+        """
+        A backend whose XCLIENT takes no C{HELO}: the address, then the
+        gateway's EHLO, as before.
+        """
+        backend, d = self.start(helo=b"laptop.example")
+        backend.answer(b"250-mx.example\r\n250-AUTH PLAIN\r\n250 XCLIENT ADDR PORT\r\n")
+        self.assertEqual(backend.said(), [b"XCLIENT ADDR=203.0.113.9 PORT=40123"])
+        backend.answer(b"220 mx ESMTP\r\n")
+        self.assertEqual(backend.said(), [b"EHLO gw.example"])
 
     def test_noXClientWhenNotOffered(self) -> None:
         backend, d = self.start()

@@ -6,7 +6,8 @@ succeeds, then the backend's authenticated session for the mail
 transactions.
 
 The password is checked by the backend: L{SMTPBackendChecker} logs in
-there (EHLO, STARTTLS, C{XCLIENT}, C{AUTH PLAIN}) under
+there (EHLO, STARTTLS, C{XCLIENT} with the client's address and EHLO
+name, C{AUTH PLAIN}) under
 L{ClientIDChecker}, which asks the device policy first.  The logged-in
 backend connection is the avatar.  After C{235}, C{MAIL}, C{RCPT},
 C{DATA}, C{BDAT}, C{RSET}, C{NOOP} and C{QUIT} go to the backend one at a
@@ -86,7 +87,12 @@ class SMTPBackendChecker(BackendPasswordChecker):
 
     def logIn(self, username: bytes, password: bytes, credentials: Any) -> defer.Deferred[Any]:
         return loginToSMTPBackend(
-            self.backend, self.hostname, username, password, getattr(credentials, "peer", None)
+            self.backend,
+            self.hostname,
+            username,
+            password,
+            getattr(credentials, "peer", None),
+            getattr(credentials, "helo", None),
         )
 
 

@@ -2,7 +2,8 @@
 """
 The gateway's side of a conversation with the SMTP submission backend:
 greeting, EHLO, optional STARTTLS, C{XCLIENT} with the client's address
-when the backend offers it, C{AUTH PLAIN} with the user's credentials,
+and EHLO name when the backend offers it, C{AUTH PLAIN} with the user's
+credentials,
 and then the client's mail transactions, one command and one reply at a
 time, the replies kept as the backend's exact bytes.
 
@@ -33,7 +34,7 @@ __all__ = [
     "BackendSMTPSession",
     "Reply",
     "loginToSMTPBackend",
-    "xclientCommand",
+    "xclientCommands",
     "xtext",
 ]
 
@@ -41,7 +42,14 @@ _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -])")
 _MAX_REPLY = 64 * 1024
 """Longest reply (all its lines) taken from the backend."""
 
-_XCLIENT_ATTRIBUTES = (b"ADDR", b"PORT", b"PROTO")
+_XCLIENT_MAX_LINE = 510
+"""Longest XCLIENT command line, without its CRLF: SMTP's 512 octets
+(Postfix's XCLIENT_README: split the attributes over several commands
+rather than exceed it)."""
+
+_XCLIENT_MAX_HELO = 255
+"""Longest EHLO name Postfix takes in C{XCLIENT HELO=} (a host name's
+limit; a longer one is refused with C{501 ... attribute value too long})."""
 
 
 class Reply:
@@ -219,29 +227,97 @@ def _expect(reply: Reply, code: int, what: str) -> Reply:
     return reply
 
 
-def xclientCommand(offered: list[bytes], peer: Any) -> bytes | None:
+def xclientCommands(offered: list[bytes], peer: Any, helo: bytes | None = None) -> list[bytes]:
     """
-    The C{XCLIENT} line that tells the backend who the client is, with the
-    attributes it offers among C{ADDR}, C{PORT} and C{PROTO}; or L{None}
-    when it does not take C{ADDR} or the client's address is unknown.
+    The C{XCLIENT} commands that tell the backend who the client is: its
+    address, port and protocol, and the name it gave in EHLO, each only if
+    the backend offers the attribute, values in xtext.
+
+    One command when it fits in an SMTP line; else, as Postfix's
+    XCLIENT_README asks, C{HELO} and C{PROTO} first and C{ADDR} last (once
+    C{ADDR} is sent the gateway may no longer be allowed to send more).  A
+    name longer than Postfix takes, or too long for a line even encoded
+    alone, is left out rather than cut: the backend then sees the
+    gateway's own EHLO name.
+
+    @param offered: The attribute names in the backend's C{XCLIENT} EHLO
+        line.
+    @param peer: The client's address.
+    @param helo: The client's EHLO name as it sent it, or L{None}.
+    @return: The command lines, without CRLF; none when the backend does
+        not take C{ADDR} or the client's address is unknown.
     """
     offer = {attribute.upper() for attribute in offered}
-    values: dict[bytes, bytes] = {}
     host = getattr(peer, "host", None)
     port = getattr(peer, "port", None)
-    if isinstance(host, str) and host:
-        values[b"ADDR"] = (b"IPV6:" if ":" in host else b"") + host.encode("ascii", "replace")
-        if isinstance(port, int):
-            values[b"PORT"] = b"%d" % (port,)
-    values[b"PROTO"] = b"ESMTP"
-    if b"ADDR" not in offer or b"ADDR" not in values:
-        return None
-    pairs = [
-        name + b"=" + xtext(values[name])
-        for name in _XCLIENT_ATTRIBUTES
-        if name in values and name in offer
-    ]
-    return b"XCLIENT " + b" ".join(pairs)
+    if b"ADDR" not in offer or not isinstance(host, str) or not host:
+        return []
+    address = [b"ADDR=" + xtext((b"IPV6:" if ":" in host else b"") + host.encode("ascii", "replace"))]
+    if isinstance(port, int) and b"PORT" in offer:
+        address.append(b"PORT=%d" % (port,))
+    greeting = [b"PROTO=ESMTP"] if b"PROTO" in offer else []
+    if helo and b"HELO" in offer and len(helo) <= _XCLIENT_MAX_HELO:
+        greeting.append(b"HELO=" + xtext(helo))
+    whole = b"XCLIENT " + b" ".join(address + greeting)
+    if len(whole) <= _XCLIENT_MAX_LINE:
+        return [whole]
+    first = b"XCLIENT " + b" ".join(greeting)
+    if len(first) > _XCLIENT_MAX_LINE:
+        return xclientCommands(offered, peer, None)
+    return [first, b"XCLIENT " + b" ".join(address)]
+
+
+async def _introduceClient(
+    protocol: BackendSMTPProtocol,
+    extensions: dict[bytes, list[bytes]],
+    ehlo: bytes,
+    peer: Any,
+    helo: bytes | None,
+) -> dict[bytes, list[bytes]]:
+    """
+    Tell a backend that offers C{XCLIENT} who the client is.
+
+    Postfix starts the session afresh after each accepted C{XCLIENT} (a
+    new C{220} greeting).  When the client's EHLO name went with it
+    (C{HELO=}), that name stands for the session's greeting, so no EHLO
+    follows: the gateway's own would replace it in Postfix's logs,
+    C{Received:} line and HELO restrictions.  Otherwise the gateway greets
+    again with its own EHLO.  A backend that refuses the C{HELO=} value is
+    asked again without it: the client's address matters more.
+
+    @return: The backend's EHLO extensions in force afterwards.
+    """
+    offered = extensions.get(b"XCLIENT")
+    if offered is None:
+        return extensions
+    commands = xclientCommands(offered, peer, helo)
+    named = any(b" HELO=" in command for command in commands)
+    greeted, accepted = await _sendXClient(protocol, commands)
+    if named and not greeted:
+        # The backend refused the name: the address without it.
+        commands = xclientCommands(offered, peer, None)
+        named = False
+        greeted, accepted = await _sendXClient(protocol, commands)
+    if named and accepted:
+        return {keyword: value for keyword, value in extensions.items() if keyword != b"XCLIENT"}
+    if greeted:
+        return _expect(await protocol.command(ehlo), 250, "EHLO").keywords()
+    return extensions
+
+
+async def _sendXClient(protocol: BackendSMTPProtocol, commands: list[bytes]) -> tuple[bool, bool]:
+    """
+    Send C{commands} in order, up to the first the backend refuses.
+
+    @return: Whether the backend accepted (greeted anew after) any of
+        them, and whether it accepted them all.
+    """
+    greeted = False
+    for command in commands:
+        if (await protocol.command(command)).code != 220:
+            return greeted, False
+        greeted = True
+    return greeted, greeted
 
 
 async def _login(
@@ -250,6 +326,7 @@ async def _login(
     username: bytes,
     password: bytes,
     peer: Any,
+    helo: bytes | None,
 ) -> BackendSMTPSession:
     protocol: BackendSMTPProtocol = await backend.connect(_FACTORY)
     try:
@@ -262,12 +339,7 @@ async def _login(
             _expect(await protocol.command(b"STARTTLS"), 220, "STARTTLS")
             backend.startTLS(protocol.transport)
             extensions = _expect(await protocol.command(ehlo), 250, "EHLO").keywords()
-        if b"XCLIENT" in extensions:
-            xclient = xclientCommand(extensions[b"XCLIENT"], peer)
-            if xclient is not None:
-                # Postfix starts the session afresh: a new greeting, then EHLO.
-                if (await protocol.command(xclient)).code == 220:
-                    extensions = _expect(await protocol.command(ehlo), 250, "EHLO").keywords()
+        extensions = await _introduceClient(protocol, extensions, ehlo, peer, helo)
         mechanisms = {word.upper() for word in extensions.get(b"AUTH", [])}
         if b"PLAIN" not in mechanisms:
             raise BackendUnavailable("the backend offers no AUTH PLAIN")
@@ -290,6 +362,7 @@ def loginToSMTPBackend(
     username: bytes,
     password: bytes,
     peer: Any = None,
+    helo: bytes | None = None,
 ) -> defer.Deferred[BackendSMTPSession]:
     """
     Connect to the SMTP submission backend and log in as the user, all
@@ -297,10 +370,11 @@ def loginToSMTPBackend(
 
     @param hostname: The gateway's name, for its EHLO.
     @param peer: The client's address (C{XCLIENT ADDR}/C{PORT}).
+    @param helo: The client's EHLO name (C{XCLIENT HELO}), or L{None}.
     @return: A Deferred firing with the authenticated session, or failing
         with L{UnauthorizedLogin} (the backend refused the credentials:
         C{535}) or L{BackendUnavailable} (anything else).
     """
     return backend.guard(
-        defer.Deferred.fromCoroutine(_login(backend, hostname, username, password, peer))
+        defer.Deferred.fromCoroutine(_login(backend, hostname, username, password, peer, helo))
     )
