@@ -54,12 +54,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from clientid_twisted._version import __version__
+from clientid_twisted import __version__
 from clientid_twisted._authlog import escapeForLog
-from clientid_twisted._devicename import MAX_NAME_LENGTH
-from clientid_twisted._identity import ClientIdentity
-from clientid_twisted.policy._decision import accountName
-from clientid_twisted.policy._manage import DeviceManager, DeviceView, resultOf
+from clientid_twisted.policy import DeviceManager, DeviceView, MAX_NAME_LENGTH, accountName, resultOf
+from clientid_twisted.cred import ClientIdentity
 from clientid_twisted.server.config import checkConfig, configPath, getTable, loadConfig
 from clientid_twisted._keyfile import KEY_FILE
 from clientid_twisted.store import StoreError, StoreMissing, openStore, storeScheme
@@ -371,8 +369,7 @@ def _manager(context: _Context, create: bool = False) -> DeviceManager:
 
     @param create: Whether a missing store may be made (only C{init}).
     """
-    from clientid_twisted.policy._builder import resolveIdentityHasher
-    from clientid_twisted.policy._config import parsePolicyConfig
+    from clientid_twisted.policy import parsePolicyConfig, resolveIdentityHasher
 
     arguments = context.arguments
     dataDir = context.existingDataDir() if _usesDataDir(context) else None

@@ -8,6 +8,12 @@ L{IClientIdentifiedCredentials} I{and} every interface the wrapped object
 provides, and forwards attribute access to it, so a checker written for
 L{IUsernamePassword <twisted.cred.credentials.IUsernamePassword>} (C{checkPassword}, C{username}) keeps working and a
 checker that knows about CLIENTID can read C{clientIdentity}.
+
+This module is also where a checker finds what it works with: the
+L{ClientIdentity} the credentials carry (and L{parseClientIDArguments}, the
+drafts' grammar), the L{IdentityHasher} that gives the fingerprint to log
+instead of the token, and L{TemporaryAuthenticationFailure} to raise when it
+cannot decide now.
 """
 
 from __future__ import annotations
@@ -19,10 +25,20 @@ from zope.interface import directlyProvides, implementer, providedBy
 from twisted.cred.credentials import ICredentials
 from twisted.internet.interfaces import IAddress
 
-from clientid_twisted._identity import ClientIdentity
+from clientid_twisted._errors import TemporaryAuthenticationFailure
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity, MalformedClientID, parseClientIDArguments
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
 
-__all__ = ["ClientIdentifiedCredentials", "identifyCredentials"]
+__all__ = [
+    "ClientIdentifiedCredentials",
+    "ClientIdentity",
+    "IdentityHasher",
+    "MalformedClientID",
+    "TemporaryAuthenticationFailure",
+    "identifyCredentials",
+    "parseClientIDArguments",
+]
 
 
 @implementer(IClientIdentifiedCredentials)

@@ -25,7 +25,7 @@ and run the server with this directory importable::
     PYTHONPATH=examples twistd -n clientid-mail --data-dir DIR --config clientid.toml
 
 The factory is called with one
-L{clientid_twisted.policy._builder.PolicyFactoryContext} (the parsed
+L{clientid_twisted.policy.PolicyFactoryContext} (the parsed
 configuration, the whole TOML, the store, the hasher, the alert observers,
 the clock, the data directory and the built-in policy) and returns an
 L{IClientIDPolicy}.
@@ -54,11 +54,9 @@ from zope.interface import implementer
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
-from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted.cred import IdentityHasher
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
-from clientid_twisted.policy._alerts import Alert, notifyAll
-from clientid_twisted.policy._decision import Attempt, Decision, Verdict
-from clientid_twisted.policy._builder import PolicyFactoryContext
+from clientid_twisted.policy import Alert, Attempt, Decision, PolicyFactoryContext, Verdict, notifyAll
 
 DEFAULT_PORT = 3587
 ACCOUNT = "alice@example.test"

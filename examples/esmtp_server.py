@@ -39,13 +39,11 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.mail import smtp
 from twisted.mail.imap4 import PLAINCredentials
 
-from clientid_twisted._fingerprint import IdentityHasher
-from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.cred import ClientIdentity, IdentityHasher
 from clientid_twisted.interfaces import IClientIdentifiedCredentials
 from clientid_twisted.policy import ClientIDChecker, DevicePolicy, LogAlertObserver, PolicyConfig
 from clientid_twisted.smtp import ClientIDESMTPMixin
-from clientid_twisted.store._memory import MemoryStore
-from clientid_twisted.store._records import APPROVED
+from clientid_twisted.store import APPROVED, MemoryStore
 from clientid_twisted.testing import throwawayCertificate
 
 DEFAULT_PORT = 2587

@@ -39,12 +39,10 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.mail import imap4
 
-from clientid_twisted._fingerprint import IdentityHasher
-from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.cred import ClientIdentity, IdentityHasher
 from clientid_twisted.imap import ClientIDIMAP4ServerMixin
 from clientid_twisted.policy import ClientIDChecker, DevicePolicy, LogAlertObserver, PolicyConfig
-from clientid_twisted.store._memory import MemoryStore
-from clientid_twisted.store._records import APPROVED
+from clientid_twisted.store import APPROVED, MemoryStore
 from clientid_twisted.testing import throwawayCertificate
 
 DEFAULT_PORT = 2143

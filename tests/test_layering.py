@@ -2,8 +2,11 @@
 The package's layering (docs/embedding.md, "Layers"): the library
 (identity, fingerprint, credentials, interfaces, protocol mixins, policy,
 stores, testing helpers) imports no application (C{server}, C{gateway},
-C{admin}, C{probe}); no two parts import each other in a cycle; and
-importing the dropins or the library's packages picks no reactor.
+C{admin}, C{probe}); no two parts import each other in a cycle;
+importing the dropins or the library's packages picks no reactor; and the
+library's API is its public modules (L{PUBLIC_MODULES}), every other library
+module being private (C{_name.py}), which the applications, the examples and
+the docs' code do not import (L{SHARED_INTERNALS} aside).
 """
 
 from __future__ import annotations
@@ -68,8 +71,16 @@ def importedModules(path: Path) -> set[str]:
     (function bodies and C{TYPE_CHECKING} blocks too: a lazy import is a
     dependency all the same).
     """
-    tree = ast.parse(path.read_text("utf-8"), str(path))
     package = moduleName(path) if path.name == "__init__.py" else moduleName(path).rpartition(".")[0]
+    return importsIn(path.read_text("utf-8"), package, str(path))
+
+
+def importsIn(source: str, package: str = "", filename: str = "<source>") -> set[str]:
+    """
+    Every C{clientid_twisted} module Python C{source} imports (see
+    L{importedModules}); C{package} anchors its relative imports.
+    """
+    tree = ast.parse(source, filename)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -213,10 +224,213 @@ class LayeringTests(SynchronousTestCase):
         self.assertEqual(cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}), [["a", "b", "c"]])
 
 
+PUBLIC_MODULES = (
+    "clientid_twisted",
+    "clientid_twisted.cred",
+    "clientid_twisted.imap",
+    "clientid_twisted.interfaces",
+    "clientid_twisted.policy",
+    "clientid_twisted.smtp",
+    "clientid_twisted.store",
+    "clientid_twisted.testing",
+)
+"""The library's API (docs/embedding.md, "Public modules"); every other
+library module is private (C{_name.py}, the layout Klein uses)."""
+
+SHARED_INTERNALS = {
+    "clientid_twisted._authlog": (
+        "escapeForLog: every application logs client-chosen strings (user "
+        "names, EHLO names, device names) by the one escaping rule the "
+        "protocols and the policy use"
+    ),
+    "clientid_twisted._sessioninfo": (
+        "peerHost: the peer's host is computed in one place (issue 13, item "
+        "5), for the protocols, the server's line guard and connection limits"
+    ),
+    "clientid_twisted._configfile": (
+        "one reader of clientid.toml (ConfigTable, getTable, ConfigError): "
+        "the server, gateway, relay and web tables are checked like the "
+        "policy's, in the same file"
+    ),
+    "clientid_twisted._certificate": (
+        "one loader of TLS certificates and CA files, for the server's "
+        "listeners (server/tls.py) and its relay sender"
+    ),
+    "clientid_twisted._keyfile": (
+        "KEY_FILE: twistd clientid-mail and clientid-admin find the "
+        "installation's identity key where the builder keeps it"
+    ),
+    "clientid_twisted._smtpfixes": (
+        "the server's hardened ESMTP needs Twisted's SMTP workarounds; "
+        "private Twisted names live in one module per Twisted module "
+        "(tests/test_twistedprivate.py)"
+    ),
+    "clientid_twisted._imapfixes": "likewise, Twisted's IMAP4 workarounds, for the server's IMAP4",
+    "clientid_twisted._linefixes": "likewise, LineReceiver's, for the server's line guard",
+    "clientid_twisted._endpointfixes": (
+        "likewise, endpoint string parsing, for the listeners the server "
+        "hands to its workers and the gateway's backend endpoints"
+    ),
+}
+"""Private library modules the bundled applications (never the examples or
+the docs) may import, each with the reason; they ship and are tested with
+the library, and are not API for embedders."""
+
+
+def privateModule(imported: str) -> str | None:
+    """
+    The private library module an imported dotted name is in or under
+    (C{"clientid_twisted.policy._engine"} for
+    C{"clientid_twisted.policy._engine.DevicePolicy"}), or L{None} for a
+    public one or an application's.
+    """
+    pieces = imported.split(".")
+    if part(imported) in APPLICATIONS:
+        return None
+    for index, piece in enumerate(pieces[1:], 1):
+        if piece.startswith("_") and not piece.startswith("__"):
+            return ".".join(pieces[: index + 1])
+    return None
+
+
+def privateImports(imports: dict[str, set[str]], allowed: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """
+    The imports of private library modules outside C{allowed}, as
+    C{"where imports module"}.
+
+    @param imports: The modules each place imports.
+    """
+    return sorted(
+        f"{where} imports {module}"
+        for where, modules in imports.items()
+        for module in {privateModule(name) for name in modules} - {None} - set(allowed)
+    )
+
+
+def applicationImports() -> dict[str, set[str]]:
+    """
+    What each application module and dropin imports of the package.
+    """
+    paths = [p for p in sorted(PACKAGE.rglob("*.py")) if part(moduleName(p)) in APPLICATIONS]
+    paths += sorted((ROOT / "twisted" / "plugins").glob("*.py"))
+    return {str(p.relative_to(ROOT)): importedModules(p) for p in paths}
+
+
+def exampleAndDocsImports() -> dict[str, set[str]]:
+    """
+    What each example and each Python block of the docs and README imports
+    of the package.
+    """
+    from tests.test_docs_code import blocks
+
+    found = {str(p.relative_to(ROOT)): importedModules(p) for p in sorted((ROOT / "examples").glob("*.py"))}
+    for page, line, body, _ in blocks("python"):
+        found[f"{page.relative_to(ROOT)}:{line}"] = importsIn(body)
+    return found
+
+
+_PRIVATE_NAME = re.compile(r"clientid_twisted(?:\.[A-Za-z]\w*)*\._[a-z]\w*")
+
+
+class PublicAPITests(SynchronousTestCase):
+    def test_implementationModulesPrivate(self) -> None:
+        """
+        Every library module is one of L{PUBLIC_MODULES} or private: a new
+        public module is a decision to make here, not an accident.
+        """
+        public = []
+        for path in sorted(PACKAGE.rglob("*.py")):
+            name = moduleName(path)
+            if part(name) in APPLICATIONS or name in PUBLIC_MODULES:
+                continue
+            if privateModule(name) is None:
+                public.append(name)
+        self.assertEqual(public, [])
+
+    def test_applicationsUsePublicModules(self) -> None:
+        """
+        The applications (C{server}, C{gateway}, C{web}, C{admin},
+        C{probe}) and the dropins import the library through its public
+        modules, and of its private ones only L{SHARED_INTERNALS}.
+        """
+        self.assertEqual(privateImports(applicationImports(), set(SHARED_INTERNALS)), [])
+
+    def test_sharedInternalsUsed(self) -> None:
+        """
+        Every exception in L{SHARED_INTERNALS} is still needed, so the list
+        shrinks when an application stops using one.
+        """
+        used = {privateModule(name) for modules in applicationImports().values() for name in modules}
+        self.assertEqual(set(SHARED_INTERNALS) - used, set())
+
+    def test_examplesAndDocsUsePublicModules(self) -> None:
+        """
+        The examples and the Python in the docs and README import only
+        public modules (no exception: they are what embedders copy), and
+        the pages name no private module in their text.
+        """
+        self.assertEqual(privateImports(exampleAndDocsImports()), [])
+        named = [
+            f"{page.relative_to(ROOT)}: {match.group()}"
+            for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+            for match in _PRIVATE_NAME.finditer(page.read_text("utf-8"))
+        ]
+        self.assertEqual(named, [])
+
+    def test_checksSeePrivateImports(self) -> None:
+        """
+        The private-import check finds a private module imported by name,
+        through its package, or as a name's module, allows what it is told
+        to, and leaves public and application modules alone.
+        """
+        self.assertEqual(
+            privateImports(
+                {
+                    "a": importsIn("from clientid_twisted.policy._engine import DevicePolicy"),
+                    "b": importsIn("from clientid_twisted.store import _redis as redis"),
+                    "c": importsIn("import clientid_twisted._identity"),
+                    "d": importsIn("from clientid_twisted._authlog import escapeForLog"),
+                    "e": importsIn(
+                        "from clientid_twisted.policy import DevicePolicy\n"
+                        "from clientid_twisted import __version__\n"
+                        "from clientid_twisted.server.listening import _Listener\n"
+                    ),
+                },
+                {"clientid_twisted._authlog"},
+            ),
+            [
+                "a imports clientid_twisted.policy._engine",
+                "b imports clientid_twisted.store._redis",
+                "c imports clientid_twisted._identity",
+            ],
+        )
+        self.assertTrue(_PRIVATE_NAME.search("see `clientid_twisted.policy._builder.buildAuthentication`"))
+        self.assertIsNone(_PRIVATE_NAME.search("`clientid_twisted/store/_sentinel.py`, `clientid_twisted.__version__`"))
+
+    def test_publicNamesResolve(self) -> None:
+        """
+        Each public module lists its API in C{__all__}, once each, and
+        every name listed resolves (the lazy ones too, to the object of the
+        module that defines it).
+        """
+        import importlib
+
+        for name in PUBLIC_MODULES:
+            module = importlib.import_module(name)
+            exported = module.__all__
+            self.assertEqual(len(exported), len(set(exported)), name)
+            missing = [n for n in exported if not hasattr(module, n)]
+            self.assertEqual(missing, [], name)
+            lazy = getattr(module, "_PUBLIC", {})
+            for attribute, source in lazy.items():
+                self.assertIn(attribute, exported, name)
+                self.assertIs(getattr(module, attribute), getattr(importlib.import_module(source), attribute))
+
+
 REACTOR_FREE = """
 import sys
 import twisted.plugins.clientid_mail, twisted.plugins.clientid_cred
-import clientid_twisted, clientid_twisted.policy, clientid_twisted.store
+import clientid_twisted, clientid_twisted.policy, clientid_twisted.store, clientid_twisted.cred
 import clientid_twisted.policy._credfactory
 print(sorted(m for m in sys.modules if m in {"twisted.internet.reactor", "twisted.mail.smtp"}))
 """

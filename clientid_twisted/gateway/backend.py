@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted._errors import TemporaryAuthenticationFailure
+from clientid_twisted.cred import TemporaryAuthenticationFailure
 from clientid_twisted.gateway.config import BackendAddress, GatewayConfig
 
 __all__ = ["Backend", "BackendSession", "BackendUnavailable", "clientTLSOptions", "printable"]

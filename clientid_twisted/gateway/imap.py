@@ -6,7 +6,7 @@ until the login, then the backend's session, relayed byte for byte.
 
 The password is checked by the backend: L{IMAPBackendChecker} logs in
 there with the user's credentials, under
-L{clientid_twisted.policy._checker.ClientIDChecker}, which asks the device
+L{clientid_twisted.policy.ClientIDChecker}, which asks the device
 policy first (L{IPasswordForwardingChecker}).  The authenticated backend
 connection is the avatar; L{GatewayIMAP4Server} answers the login with the
 backend's capabilities, APPENDs pending notices on that connection, and
@@ -34,10 +34,7 @@ from clientid_twisted.gateway.checker import BackendPasswordChecker
 from clientid_twisted.gateway.config import GatewayConfig
 from clientid_twisted.gateway.imapbackend import BackendIMAPSession, loginToBackend
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
-from clientid_twisted.policy._checker import ClientIDChecker
-from clientid_twisted.policy._alerts import Alert
-from clientid_twisted.policy._decision import accountName
-from clientid_twisted.policy._notice import LINK_KINDS, messageLines, noticeLines
+from clientid_twisted.policy import Alert, ClientIDChecker, LINK_KINDS, accountName, messageLines, noticeLines
 from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
 from clientid_twisted.server.mailnotice import WITHOUT_PASSWORD_KINDS
 

@@ -37,7 +37,7 @@ from clientid_twisted.gateway.checker import BackendPasswordChecker
 from clientid_twisted.gateway.config import GatewayConfig
 from clientid_twisted.gateway.smtpbackend import BackendSMTPSession, Reply, loginToSMTPBackend
 from clientid_twisted.interfaces import IClientIDPolicy
-from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy import ClientIDChecker
 from clientid_twisted.server.submission import (
     AUTH_LINE_MAX,
     COMMAND_LINE_MAX,

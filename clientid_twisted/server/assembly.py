@@ -7,7 +7,7 @@ and protocol factories.
 Kept apart from the twistd options so tests and embedders can build the same
 server without a command line.  L{assembleServer} returns a
 L{Deferred <twisted.internet.defer.Deferred>}: the policy's builder
-(L{clientid_twisted.policy._builder.buildAuthentication}) resolves the
+(L{clientid_twisted.policy.buildAuthentication}) resolves the
 identity key before anything is made that could listen.
 """
 
@@ -23,11 +23,10 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted.cred import IdentityHasher
 from clientid_twisted.gateway.config import GatewayConfig, parseGatewayConfig
 from clientid_twisted._keyfile import KEY_FILE
-from clientid_twisted.policy._builder import Authentication, buildAuthentication
-from clientid_twisted.policy._config import PolicyConfig
+from clientid_twisted.policy import Authentication, PolicyConfig, buildAuthentication
 from clientid_twisted.server.config import ConfigError, checkConfig, getTable, loadConfig
 from clientid_twisted.server.connections import ConnectionLimiter
 from clientid_twisted.server.delivery import MailRealm, removeStaleTemporaryFiles

@@ -26,7 +26,7 @@ from clientid_twisted._configfile import (
     getTable,
     loadConfig,
 )
-from clientid_twisted.policy._config import POLICY_TABLES
+from clientid_twisted.policy import POLICY_TABLES
 
 __all__ = [
     "ConfigError",

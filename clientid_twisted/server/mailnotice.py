@@ -24,8 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from clientid_twisted.interfaces import IAlertObserver
-from clientid_twisted.policy._alerts import Alert
-from clientid_twisted.policy._notice import LINK_KINDS, asciiHost, messageLines, noticeLines
+from clientid_twisted.policy import Alert, LINK_KINDS, asciiHost, messageLines, noticeLines
 from clientid_twisted.server.delivery import deliverToInbox
 from clientid_twisted.server.users import UserDatabase
 

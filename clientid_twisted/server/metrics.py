@@ -60,11 +60,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from twisted.cred.checkers import ICredentialsChecker
 
-from clientid_twisted._version import __version__
+from clientid_twisted import __version__
 
 from clientid_twisted.server.listening import listener as makeListener
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store._errors import UnknownDevice
+from clientid_twisted.store import UnknownDevice
 
 __all__ = [
     "ServerMetrics",

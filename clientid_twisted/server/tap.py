@@ -170,7 +170,7 @@ class Options(usage.Options):
         """Print clientid-twisted's version (and Twisted's) and exit."""
         import twisted
 
-        from clientid_twisted._version import __version__
+        from clientid_twisted import __version__
 
         print(f"clientid-mail (clientid-twisted) {__version__}")
         print(f"Twisted {twisted.__version__}")

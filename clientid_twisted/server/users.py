@@ -35,7 +35,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clientid_twisted._errors import TemporaryAuthenticationFailure
+from clientid_twisted.cred import TemporaryAuthenticationFailure
 from clientid_twisted.server.files import replaceDurably
 
 try:

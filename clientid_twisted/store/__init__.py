@@ -16,6 +16,12 @@ picks a backend from a URL:
       names, following a failover.
 
 More backends register their scheme with L{registerStoreScheme}.
+
+This package is the stores' public API: L{openStore}, the two stores an
+embedder makes directly (L{MemoryStore}, L{SQLiteStore}), the records a
+store exchanges with the policy (L{DeviceRecord}, L{Event}, the device
+states, the batch operations a backend implements) and its errors.  Its
+modules (C{_sqlite}, C{_redis}, ...) are the implementation.
 """
 
 from __future__ import annotations
@@ -25,8 +31,27 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.store._errors import StoreError, StoreMissing
+from clientid_twisted.store._errors import StoreError, StoreMissing, UnknownDevice
 from clientid_twisted.store._memory import MemoryStore
+from clientid_twisted.store._records import (
+    APPROVED,
+    AddMember,
+    Bump,
+    DEVICE_STATES,
+    DecisionState,
+    DeviceRecord,
+    DeviceUpdate,
+    Event,
+    FOREVER,
+    Once,
+    Operation,
+    OutcomeRecord,
+    OutcomeResult,
+    PENDING,
+    REVOKED,
+    Reset,
+    StateQuery,
+)
 from clientid_twisted.store._sqlite import STORE_FILE, SQLiteStore
 
 __all__ = [
@@ -36,10 +61,28 @@ __all__ = [
     "storeScheme",
     "StoreError",
     "StoreMissing",
+    "UnknownDevice",
     "sqlitePath",
     "MemoryStore",
     "SQLiteStore",
     "STORE_FILE",
+    "APPROVED",
+    "PENDING",
+    "REVOKED",
+    "DEVICE_STATES",
+    "FOREVER",
+    "Event",
+    "DeviceRecord",
+    "StateQuery",
+    "DecisionState",
+    "DeviceUpdate",
+    "Bump",
+    "Reset",
+    "AddMember",
+    "Once",
+    "Operation",
+    "OutcomeRecord",
+    "OutcomeResult",
 ]
 
 StoreOpener = Callable[..., IClientIDStore]

@@ -14,8 +14,8 @@ import datetime
 from html import escape
 from typing import Sequence
 
-from clientid_twisted._devicename import MAX_NAME_LENGTH
-from clientid_twisted.store._records import DeviceRecord, Event
+from clientid_twisted.policy import MAX_NAME_LENGTH
+from clientid_twisted.store import DeviceRecord, Event
 
 __all__ = ["STYLESHEET", "page", "message", "confirmLink", "signInForm", "devicePage", "describeDevice"]
 

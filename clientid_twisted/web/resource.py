@@ -26,9 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from clientid_twisted._devicename import BadDeviceName
-from clientid_twisted.policy._manage import ManagementError
-from clientid_twisted.store._records import APPROVED, REVOKED
+from clientid_twisted.policy import BadDeviceName, ManagementError
+from clientid_twisted.store import APPROVED, REVOKED
 from clientid_twisted.web import pages
 from clientid_twisted.web.links import APPROVE, DISOWN, InvalidLink
 from clientid_twisted.web.selfservice import SelfService

@@ -27,9 +27,8 @@ from twisted.logger import Logger
 
 from clientid_twisted._authlog import escapeForLog
 from clientid_twisted.interfaces import IClientIDStore
-from clientid_twisted.policy._decision import accountName
-from clientid_twisted.policy._manage import ManagementError, matchDevice, renameDevice
-from clientid_twisted.store._records import APPROVED, REVOKED, DeviceRecord, Event
+from clientid_twisted.policy import ManagementError, accountName, matchDevice, renameDevice
+from clientid_twisted.store import APPROVED, DeviceRecord, Event, REVOKED
 from clientid_twisted.web.links import APPROVE, SIGN_IN, InvalidLink, LinkClaim, LinkMaker
 
 __all__ = ["Notice", "SelfService", "RateLimiter", "linkUsedKey", "deviceDisownedKey"]
@@ -236,7 +235,7 @@ class SelfService:
         line has it escaped.
 
         @raise ManagementError: If the account has no such device.
-        @raise clientid_twisted._devicename.BadDeviceName: If the name is
+        @raise clientid_twisted.policy.BadDeviceName: If the name is
             too long or holds control characters.
         @return: A Deferred of the device's new L{DeviceRecord}.
         """

@@ -2,13 +2,13 @@
 """
 The C{twisted.cred} checker factory dropin: C{clientid:inner=...} strings
 (C{--auth} and C{strcred.makeChecker}) make a
-L{clientid_twisted.policy._checker.ClientIDChecker}.
+L{clientid_twisted.policy.ClientIDChecker}.
 
 Kept light: every Twisted tool that lists checkers imports this module; the
 policy, store and reactor load only when a checker is made.  This directory
 must never get an C{__init__.py}.
 """
 
-from clientid_twisted.policy._credfactory import ClientIDCheckerFactory
+from clientid_twisted.policy import ClientIDCheckerFactory
 
 theClientIDCheckerFactory = ClientIDCheckerFactory()
