@@ -11,7 +11,7 @@ from typing import Any
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -209,3 +209,140 @@ class GuardTests(SynchronousTestCase):
             self.clock,
         )
         self.assertIn("[gateway] backend_ca: cannot read /nonexistent/ca.pem", str(error))
+
+
+class _ScriptedBackend(protocol.Protocol):
+    """
+    A backend that greets, answers command lines from its C{script}
+    (prefix to reply), and starts TLS after the reply to STARTTLS.
+    """
+
+    greeting = b""
+    script: dict[bytes, bytes] = {}
+    options: Any = None
+    closeAtOnce = False
+
+    def connectionMade(self) -> None:
+        if self.closeAtOnce:
+            self.transport.loseConnection()
+            return
+        self.transport.write(self.greeting)
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\r\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\r\n", 1)
+            for prefix, reply in self.script.items():
+                if line.startswith(prefix):
+                    self.transport.write(reply)
+                    if b"STARTTLS" in prefix:
+                        self.transport.startTLS(self.options)
+                    break
+
+
+_IMAP_STARTTLS = {
+    "greeting": b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n",
+    "script": {b"G1 STARTTLS": b"G1 OK Begin TLS\r\n"},
+}
+_SMTP_STARTTLS = {
+    "greeting": b"220 mx.example ESMTP\r\n",
+    "script": {b"EHLO": b"250-mx.example\r\n250 STARTTLS\r\n", b"STARTTLS": b"220 2.0.0 Go\r\n"},
+}
+
+
+class OutageReasonTests(TestCase):
+    """
+    The outage log line says why the backend is unavailable, in the same
+    words for the IMAP and the SMTP backend (one implementation in
+    L{clientid_twisted.gateway.backend}): refused, no answer in time, a
+    TLS failure (implicit or after STARTTLS), the backend closing.
+    """
+
+    def setUp(self) -> None:
+        certificatePEM, keyPEM = selfSignedCertificate("localhost")
+        self.certificate = ServerCertificate(certificatePEM, keyPEM)
+        # A CA the backend's certificate does not chain to.
+        self.otherCA = Path(self.mktemp())
+        self.otherCA.write_bytes(selfSignedCertificate("localhost")[0])
+
+    def listen(self, factory: protocol.Factory) -> int:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+    def scripted(self, **attributes: Any) -> protocol.Factory:
+        server = type("Scripted", (_ScriptedBackend,), attributes)
+        return protocol.Factory.forProtocol(server)
+
+    async def why(self, kind: str, description: str, **settings: Any) -> str:
+        """
+        Log in to the backend at C{description} with the IMAP or SMTP
+        conversation; the reason its one "down" line gives.
+        """
+        from clientid_twisted.gateway.imapbackend import loginToBackend
+        from clientid_twisted.gateway.smtpbackend import loginToSMTPBackend
+
+        events = _events(self)
+        settings.setdefault("timeoutSeconds", 2)
+        backend = Backend(
+            parseBackendAddress(description), GatewayConfig(**settings), reactor, kind
+        )
+        if kind == "IMAP":
+            d = loginToBackend(backend, b"alice", b"secret")
+        else:
+            d = loginToSMTPBackend(backend, b"gw.example", b"alice", b"secret")
+        with self.assertRaises(BackendUnavailable):
+            await d
+        [event] = events
+        self.assertEqual(event["backendEvent"], "down")
+        text = formatEvent(event)
+        self.assertTrue(text.startswith(f"{kind} backend {description} unavailable ("), text)
+        self.assertNotIn("secret", text)
+        return str(event["why"])
+
+    async def bothSay(self, words: str, description: str, **settings: Any) -> None:
+        for kind in ("IMAP", "SMTP"):
+            why = await self.why(kind, description, **settings)
+            self.assertIn(words, why, kind)
+
+    async def test_refused(self) -> None:
+        await self.bothSay("Connection refused", f"tcp:host=127.0.0.1:port={freePort()}")
+
+    async def test_noAnswer(self) -> None:
+        from tests.services import silentListener
+
+        portNumber = freePort()
+        self.addCleanup(silentListener(portNumber).close)
+        await self.bothSay(
+            "no answer within 0.5 s", f"tcp:host=127.0.0.1:port={portNumber}", timeoutSeconds=0.5
+        )
+
+    async def test_closed(self) -> None:
+        portNumber = self.listen(self.scripted(closeAtOnce=True))
+        await self.bothSay(
+            "the backend closed the connection", f"tcp:host=127.0.0.1:port={portNumber}"
+        )
+
+    async def test_implicitTLSUntrusted(self) -> None:
+        factory = TLSMemoryBIOFactory(
+            self.certificate.options(), False, protocol.Factory.forProtocol(_Echo)
+        )
+        portNumber = self.listen(factory)
+        await self.bothSay(
+            "the connection failed: ", f"tls:localhost:{portNumber}", caPath=str(self.otherCA)
+        )
+        why = await self.why("IMAP", f"tls:localhost:{portNumber}", caPath=str(self.otherCA))
+        self.assertIn("certificate verify failed", why)
+
+    async def test_startTLSUntrusted(self) -> None:
+        for kind, script in (("IMAP", _IMAP_STARTTLS), ("SMTP", _SMTP_STARTTLS)):
+            portNumber = self.listen(self.scripted(options=self.certificate.options(), **script))
+            why = await self.why(
+                kind,
+                f"tcp:host=localhost:port={portNumber}",
+                starttls=True,
+                caPath=str(self.otherCA),
+            )
+            self.assertIn("the connection failed: ", why, kind)
+            self.assertIn("certificate verify failed", why, kind)

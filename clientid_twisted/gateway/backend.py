@@ -7,7 +7,9 @@ certificate checks, and log an outage once.
 Everything that goes wrong on the way (refused, unreachable, no answer in
 time, a TLS or certificate failure, a connection lost during the login)
 becomes L{BackendUnavailable}: a temporary failure for the client
-(C{NO [UNAVAILABLE]} / C{454 4.7.0}), never a refusal.
+(C{NO [UNAVAILABLE]} / C{454 4.7.0}), never a refusal.  Its message says
+why, in the same words for both backends: the IMAP and SMTP protocols
+share how their connection ends (L{BackendConnection}).
 
 Use::
 
@@ -25,14 +27,23 @@ from typing import Any, TypeVar
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, endpoints, ssl
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clientid_twisted.cred import TemporaryAuthenticationFailure
 from clientid_twisted.gateway.config import BackendAddress, GatewayConfig
 
-__all__ = ["Backend", "BackendSession", "BackendUnavailable", "clientTLSOptions", "printable"]
+__all__ = [
+    "Backend",
+    "BackendConnection",
+    "BackendSession",
+    "BackendUnavailable",
+    "clientTLSOptions",
+    "printable",
+]
 
 _T = TypeVar("_T")
 
@@ -186,6 +197,72 @@ class Backend:
         if reason.check(BackendUnavailable):
             return reason
         return Failure(BackendUnavailable(f"{self.name} backend unavailable: {why}"))
+
+
+class BackendConnection:
+    """
+    How a backend protocol's connection ends, the same for IMAP and SMTP:
+    whoever waits on it (the greeting, the replies L{takeWaiting} gives)
+    fails with L{BackendUnavailable} saying why (the backend closed the
+    connection; the connection failed, with TLS's or the socket's
+    reason), then L{connectionEnded} runs, then C{closed} fires.  Mixed
+    into the protocol class before Twisted's protocol base.
+
+    @ivar greeting: Fires with the backend's greeting; fails if the
+        connection ends first.
+    @ivar closed: Fires once the connection is gone.
+    """
+
+    transport: Any
+    greeting: defer.Deferred[Any]
+    closed: defer.Deferred[None]
+
+    def takeWaiting(self) -> list[defer.Deferred[Any]]:
+        """
+        The Deferreds of replies still awaited, no longer awaited after
+        this call.
+        """
+        return []
+
+    def connectionEnded(self, reason: Failure) -> None:
+        """
+        The connection is gone, for a reason L{unavailableReason} gave;
+        after the waiters were told, before C{closed} fires.
+        """
+
+    def _fail(self, error: BackendUnavailable) -> None:
+        """
+        Give up on the backend (it sent what no server sends): drop the
+        connection at once, telling the waiters why.
+        """
+        self.transport.abortConnection()
+        self.connectionLost(Failure(error))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.closed.called:
+            return
+        reason = unavailableReason(reason)
+        if not self.greeting.called:
+            self.greeting.errback(reason)
+        for d in self.takeWaiting():
+            if not d.called:  # not cancelled by a timeout
+                d.errback(reason)
+        self.connectionEnded(reason)
+        self.closed.callback(None)
+
+
+def unavailableReason(reason: Failure) -> Failure:
+    """
+    Why a backend connection ended, as a L{BackendUnavailable} whose
+    message is fit for the outage log line: the backend closed it, or it
+    failed (TLS says why: C{certificate verify failed}, ...).
+    """
+    if reason.check(BackendUnavailable):
+        return reason
+    if reason.check(ConnectionDone):
+        return Failure(BackendUnavailable("the backend closed the connection"))
+    why = printable(reason.getErrorMessage().encode("utf-8", "replace"))
+    return Failure(BackendUnavailable(f"the connection failed: {why}"))
 
 
 class BackendSession:

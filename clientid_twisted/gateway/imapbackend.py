@@ -20,10 +20,16 @@ from typing import Any, Callable
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from clientid_twisted.gateway.backend import Backend, BackendSession, BackendUnavailable, printable
+from clientid_twisted.gateway.backend import (
+    Backend,
+    BackendConnection,
+    BackendSession,
+    BackendUnavailable,
+    printable,
+)
 
 __all__ = [
     "BackendIMAPProtocol",
@@ -86,7 +92,7 @@ def imapQuoted(value: bytes) -> bytes:
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-class BackendIMAPProtocol(Protocol):
+class BackendIMAPProtocol(BackendConnection, Protocol):
     """
     One connection to the backend.  Until L{startRelay}, it reads replies
     line by line for L{command}; after it, every byte goes to the relay's
@@ -206,24 +212,17 @@ class BackendIMAPProtocol(Protocol):
         if not d.called:  # not cancelled by a timeout
             d.callback(Reply(status.upper(), text, self._untagged))
 
-    def _fail(self, error: Exception) -> None:
-        self.transport.abortConnection()
-        self.connectionLost(Failure(error))
+    def takeWaiting(self) -> list[defer.Deferred[Reply]]:
+        if self._pending is None:
+            return []
+        _, d, _ = self._pending
+        self._pending = None
+        return [d]
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.closed.called:
-            return
-        if not self.greeting.called:
-            self.greeting.errback(reason)
-        if self._pending is not None:
-            _, d, _ = self._pending
-            self._pending = None
-            if not d.called:
-                d.errback(reason)
+    def connectionEnded(self, reason: Failure) -> None:
         onClose, self._onClose = self._onClose, None
         if onClose is not None:
             onClose(reason)
-        self.closed.callback(None)
 
     # -- relay ----------------------------------------------------------------
 

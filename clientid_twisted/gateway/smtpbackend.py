@@ -22,12 +22,16 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
-from twisted.python.failure import Failure
 
-from clientid_twisted.gateway.backend import Backend, BackendSession, BackendUnavailable, printable
+from clientid_twisted.gateway.backend import (
+    Backend,
+    BackendConnection,
+    BackendSession,
+    BackendUnavailable,
+    printable,
+)
 
 __all__ = [
     "BackendSMTPProtocol",
@@ -99,7 +103,7 @@ def xtext(value: bytes) -> bytes:
     )
 
 
-class BackendSMTPProtocol(LineOnlyReceiver):
+class BackendSMTPProtocol(BackendConnection, LineOnlyReceiver):
     """
     One connection to the backend.  Replies go, in order, to the callers
     of L{command} / L{expectReply}; a reply nobody waits for (a C{421}
@@ -176,25 +180,9 @@ class BackendSMTPProtocol(LineOnlyReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         self._fail(BackendUnavailable("the backend sent an over-long reply"))
 
-    def _fail(self, error: Exception) -> None:
-        self.transport.abortConnection()
-        self.connectionLost(Failure(error))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.closed.called:
-            return
-        if reason.check(ConnectionDone):
-            reason = Failure(BackendUnavailable("the backend closed the connection"))
-        elif not reason.check(BackendUnavailable):
-            # A TLS failure says why (certificate verify failed, ...).
-            why = printable(reason.getErrorMessage().encode("utf-8", "replace"))
-            reason = Failure(BackendUnavailable(f"the connection failed: {why}"))
-        if not self.greeting.called:
-            self.greeting.errback(reason)
+    def takeWaiting(self) -> list[defer.Deferred[Reply]]:
         waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.errback(reason)
-        self.closed.callback(None)
+        return waiting
 
 
 class _BackendFactory(Factory):
