@@ -3,6 +3,12 @@
 What the SMTP and IMAP CLIENTID mixins ask of their connection alike:
 whether it is encrypted, who is at the other end, and how their log
 lines show an identity.
+
+An accepted CLIENTID is not a log line of its own: the login that
+follows names the device anyway, so its event carries the acceptance
+(C{clientIDEvent="accepted"}) too, and a real server writes one line per
+login.  An identity no login used is logged when it is dropped (a new
+EHLO, the end of the connection).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 
 from clientid_twisted._authlog import describeClientID, escapeForLog
@@ -32,10 +39,14 @@ class ClientIDSessionMixin:
     """
 
     identityHasher: IdentityHasher | None = None
+    clientIdentity: ClientIdentity | None = None
     identityLogPolicy: Callable[[str], bool] | None = None
     transport: Any
     _encryptedTransport: Any = None
     _lastFingerprint: tuple[ClientIdentity, str] | None = None
+    _unreportedIdentity: ClientIdentity | None = None
+    _log: Logger
+    protocolName: str
 
     def isEncrypted(self) -> bool:
         """
@@ -95,6 +106,44 @@ class ClientIDSessionMixin:
             "clientIDFingerprint": fingerprint,
             "clientID": describeClientID(identity.type, fingerprint),
         }
+
+    def _identityAccepted(self, identity: ClientIdentity) -> None:
+        """
+        Keep C{identity} as the session's accepted one; its acceptance is
+        logged with the login that uses it (L{_loginLogFields}), or when
+        it is dropped unused (L{_identityDropped}).
+        """
+        self._identityDropped()
+        self.clientIdentity = identity
+        self._unreportedIdentity = identity
+
+    def _loginLogFields(self, identity: ClientIdentity | None) -> dict[str, Any]:
+        """
+        L{_identityLogFields} for a login's event; the first login with an
+        accepted identity also reports its acceptance
+        (C{clientIDEvent="accepted"}).
+        """
+        fields = self._identityLogFields(identity)
+        if identity is not None and identity is self._unreportedIdentity:
+            self._unreportedIdentity = None
+            fields["clientIDEvent"] = "accepted"
+        return fields
+
+    def _identityDropped(self) -> None:
+        """
+        The session forgets its identity (or ends): an acceptance no login
+        reported is logged now.
+        """
+        identity, self._unreportedIdentity = self._unreportedIdentity, None
+        if identity is None:
+            return
+        self._log.info(
+            "CLIENTID accepted from {peer}, no login followed ({clientID})",
+            clientIDEvent="accepted",
+            protocol=self.protocolName,
+            peer=self._peerHost(),
+            **self._identityLogFields(identity),
+        )
 
     def _peerHost(self) -> str:
         return peerHost(self.transport)

@@ -366,6 +366,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connectionGone = True
         self._stopIdlePoll()
+        self._identityDropped()
         super().connectionLost(reason)
 
     # -- polling the selected mailbox ----------------------------------------
@@ -500,6 +501,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
         self.unparsedInput = b""
         if self.blocked:
             del self.blocked[:]
+        self._identityDropped()
         self.clientIdentity = None
         self.clientIDAdvertised = False
 
@@ -534,15 +536,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
                 tag, b"Malformed CLIENTID: expected CLIENTID <type> <token>"
             )
             return True
-        self.clientIdentity = identity
-        self._log.info(
-            "CLIENTID accepted from {peer}: "
-            "type={clientIDType} fingerprint={clientIDFingerprint}",
-            clientIDEvent="accepted",
-            protocol=self.protocolName,
-            peer=self._peerHost(),
-            **self._identityLogFields(identity),
-        )
+        self._identityAccepted(identity)
         self.sendPositiveResponse(tag, b"CLIENTID completed")
         return True
 
@@ -762,7 +756,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
             peer=self._peerHost(),
             username=escapeForLog(username),
             command=command,
-            **self._identityLogFields(identity),
+            **self._loginLogFields(identity),
             **extra,
         )
 

@@ -183,14 +183,22 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
         return ext
 
     def do_EHLO(self, rest: bytes) -> None:
-        self.clientIdentity = None
+        self._forgetIdentity()
         self._ehloSinceTLS = True
         super().do_EHLO(rest)
 
     def do_HELO(self, rest: bytes) -> None:
-        self.clientIdentity = None
+        self._forgetIdentity()
         self._ehloSinceTLS = False
         super().do_HELO(rest)
+
+    def _forgetIdentity(self) -> None:
+        self._identityDropped()
+        self.clientIdentity = None
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._identityDropped()
+        super().connectionLost(reason)
 
     def ext_STARTTLS(self, rest: bytes) -> None:
         if self.isEncrypted():
@@ -209,7 +217,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
         """
         self._discardingPlaintext = True
         self.unparsedInput = b""
-        self.clientIdentity = None
+        self._forgetIdentity()
         self._ehloSinceTLS = False
         self._authSeen = False
         self._helo = (None, self._peerHost().encode("ascii", "replace"))
@@ -267,14 +275,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
         except MalformedClientID:
             self._refuseClientID(501, b"Syntax error in parameters: CLIENTID <type> <token>", "malformed")
             return
-        self.clientIdentity = identity
-        self._log.info(
-            "CLIENTID accepted from {peer}: type={clientIDType} fingerprint={clientIDFingerprint}",
-            clientIDEvent="accepted",
-            protocol="smtp",
-            peer=self._peerHost(),
-            **self._identityLogFields(identity),
-        )
+        self._identityAccepted(identity)
         self.sendCode(250, b"OK")
 
     def _refuseClientID(self, code: int, message: bytes, reason: str) -> None:
@@ -402,7 +403,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
             protocol="smtp",
             peer=self._peerHost(),
             username=escapeForLog(getattr(credentials, "username", None)),
-            **self._identityLogFields(identity),
+            **self._loginLogFields(identity),
         )
 
     def _cbClientIDLogin(self, result: Any, credentials: Any) -> None:

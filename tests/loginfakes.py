@@ -92,12 +92,14 @@ def assertIdentityLogging(test: Any, events: list[dict[str, Any]], typeName: byt
     """
     Under L{HIDDEN_TYPES}, a session that sent CLIENTID (C{typeName},
     C{token}, fingerprints keyed with C{b"k" * 32}), a wrong and a right
-    password logged three events naming the device only for a shown type,
-    and no formatted line names a hidden one.
+    password logged two events (the first login's also reports the
+    CLIENTID's acceptance) naming the device only for a shown type, and no
+    formatted line names a hidden one.
     """
     fingerprint = IdentityHasher(b"k" * 32).fingerprint(ClientIdentity(typeName.decode(), token.decode()))
     named = [e for e in events if "clientIDType" in e]
-    test.assertEqual(len(named), 3)
+    test.assertEqual([e.get("clientIDEvent") for e in named], ["accepted", None])
+    test.assertEqual([e.get("authEvent") for e in named], ["failed", "succeeded"])
     shown = {(e["clientIDType"], e["clientIDFingerprint"]) for e in named}
     if HIDDEN_TYPES.showsInLog(typeName.decode().upper()):
         test.assertEqual(shown, {(typeName.decode(), fingerprint)})

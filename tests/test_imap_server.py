@@ -524,10 +524,19 @@ class GrammarTests(_Base):
         self.assertEqual(self.checker.seen, [])
 
     def test_acceptedEvent(self) -> None:
+        """
+        The acceptance is reported by the login that uses the identity:
+        one event for both, the acceptance counted once however many
+        logins follow.
+        """
         self.clientID()
+        self.assertEqual([e for e in self.events if "clientIDEvent" in e], [])
+        self.login(password=b"wrong")
+        self.login()
         accepted = [e for e in self.events if e.get("clientIDEvent") == "accepted"]
         self.assertEqual(len(accepted), 1)
         event = accepted[0]
+        self.assertEqual(event["authEvent"], "failed")
         self.assertEqual(event["protocol"], "imap")
         self.assertEqual(event["peer"], "192.0.2.7")
         self.assertEqual(event["clientIDType"], "UUID")
@@ -535,6 +544,20 @@ class GrammarTests(_Base):
             event["clientIDFingerprint"],
             self.factory.identityHasher.fingerprint(IDENTITY),
         )
+        self.assertEqual(len([e for e in self.events if "authEvent" in e]), 2)
+
+    def test_acceptedWithoutLogin(self) -> None:
+        """
+        An identity no login used is logged as accepted when the session
+        ends.
+        """
+        self.clientID()
+        self.protocol.connectionLost(None)
+        [event] = [e for e in self.events if "clientIDEvent" in e]
+        self.assertEqual(event["clientIDEvent"], "accepted")
+        self.assertNotIn("authEvent", event)
+        self.assertEqual(event["clientIDType"], "UUID")
+        self.assertIn("no login followed", formatEvent(event))
 
     def test_refusedEvents(self) -> None:
         self.exchange(b"x CLIENTID UUID")

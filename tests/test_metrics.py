@@ -68,6 +68,20 @@ class ObserverTests(SynchronousTestCase):
             1,
         )
 
+    def test_loginReportsAcceptance(self) -> None:
+        """
+        A login's event that also reports the CLIENTID it first used counts
+        as both a login and an accepted CLIENTID.
+        """
+        self.metrics.observe(
+            {"authEvent": "succeeded", "clientIDEvent": "accepted", "protocol": "imap"}
+        )
+        self.assertEqual(_value(self.metrics, "clientid_logins_total", protocol="imap", result="succeeded"), 1)
+        self.assertEqual(
+            _value(self.metrics, "clientid_commands_total", protocol="imap", outcome="accepted", reason=""),
+            1,
+        )
+
     def test_loginsAndRefusals(self) -> None:
         self.metrics.observe({"authEvent": "failed", "protocol": "imap", "username": "a@b"})
         self.metrics.observe(

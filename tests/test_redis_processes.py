@@ -196,7 +196,10 @@ class TwoProcessesOneRedisTests(SynchronousTestCase):
         alerted = []
         for frontend in (self.one, self.two):
             log = frontend.server.log()
-            accepted = re.findall(r"CLIENTID accepted from .*fingerprint=(\S+)", log)
+            # Each login's line names the device it used.
+            accepted = re.findall(
+                r"(?:AUTH|LOGIN) (?:succeeded|failed) for .* \(CLIENTID type=\S+ fingerprint=([0-9a-f]+)\)", log
+            )
             self.assertTrue(accepted, log)
             self.assertEqual(set(accepted), {fingerprint}, log)
             # The device-refused alert goes out once per period, from

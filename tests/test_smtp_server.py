@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.mail import smtp
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -521,6 +521,27 @@ class LoggingTests(_Base):
         self.assertEqual(outcomes, ["failed", "succeeded"])
         for event in self.events:
             self.assertNotIn(TOKEN.decode(), repr(event))
+
+    def test_acceptedReportedOnce(self) -> None:
+        """
+        The login's event reports the CLIENTID's acceptance (one line for
+        both); an identity dropped unused (a new EHLO) is logged then.
+        """
+        self.ready()
+        self.code(CLIENTID)
+        self.assertEqual([e for e in self.events if "clientIDEvent" in e], [])
+        self.code(b"EHLO there")
+        [dropped] = [e for e in self.events if "clientIDEvent" in e]
+        self.assertEqual(dropped["clientIDEvent"], "accepted")
+        self.assertNotIn("authEvent", dropped)
+        self.assertIn("no login followed", formatEvent(dropped))
+        self.events.clear()
+        self.code(CLIENTID)
+        self.code(b"AUTH PLAIN " + plain(b"alice", b"secret"))
+        [login] = self.events
+        self.assertEqual((login["authEvent"], login["clientIDEvent"]), ("succeeded", "accepted"))
+        self.assertIn("AUTH succeeded for alice", formatEvent(login))
+        self.assertIn("fingerprint=" + login["clientIDFingerprint"], formatEvent(login))
 
     def test_handlingKeepsTypeOutOfLog(self) -> None:
         """

@@ -249,7 +249,8 @@ class ServerMetrics:
             outcome = _label(event["clientIDEvent"], ("accepted", "refused"))
             reason = _label(event.get("reason")) if outcome == "refused" else ""
             self.commands.labels(protocol, outcome, reason).inc()
-        elif "authEvent" in event:
+        # (A login's event also reports the CLIENTID it was the first to use.)
+        if "authEvent" in event:
             result = _label(event["authEvent"], ("succeeded", "failed", "tempfail", "error"))
             self.logins.labels(protocol, result).inc()
         elif event.get("policyEvent") == "refused":
