@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SkipTest
 
-from tests.services import requireProgram
+from tests.services import freePort, requireProgram
 
 __all__ = [
     "RedisServer",
@@ -68,12 +68,6 @@ def requireRedisServer() -> str:
         "redis-server is not installed (apt-get install redis-server); "
         "the Redis store tests are skipped outside CI"
     )
-
-
-def _freePort() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -114,7 +108,7 @@ class RedisServer:
             group; by default a throwaway one of its own.
         """
         self.program = requireRedisServer()
-        self.port = port if port is not None else _freePort()
+        self.port = port if port is not None else freePort()
         self.directory = tempfile.mkdtemp(prefix="clientid-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -187,7 +181,7 @@ class RedisServer:
                 "--cluster-enabled", "yes", "--cluster-config-file", nodes,
                 # Its bus port, by default PORT + 10000 (maybe taken, or
                 # beyond 65535).
-                "--cluster-port", str(_freePort()),
+                "--cluster-port", str(freePort()),
             ]
         return arguments
 

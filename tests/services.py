@@ -11,6 +11,7 @@ C{selenium}) and CI must not pass without running those tests.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 from pathlib import Path
@@ -49,11 +50,42 @@ def requireProgram(name: str, package: str, purpose: str) -> str:
 
 def freePort() -> int:
     """
-    A TCP port on 127.0.0.1 that nothing listens on right now.
+    A TCP port on 127.0.0.1 that nothing listens on right now, for a server
+    a test starts (a child process, so the test cannot bind it and hand it
+    over).
+
+    Alone, the kernel picks it (port 0).  Under pytest-xdist the workers run
+    side by side, and a port the kernel handed one worker is free again the
+    moment the check closes it: another worker's port 0 (or a connection's
+    source port) could get it before the first worker's server binds it.
+    So each worker picks from a range of its own, below the kernel's
+    ephemeral range, and never hands out the same port twice.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    size = (_WORKER_PORTS.stop - _WORKER_PORTS.start) // count
+    first = _WORKER_PORTS.start + int(worker[2:]) % count * size
+    candidates = [p for p in range(first, first + size) if p not in _handedOut]
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handedOut.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {first}-{first + size - 1} for xdist worker {worker}")
+
+
+# Below Linux's default ephemeral range (32768-60999), which port 0 and
+# outgoing connections draw from.
+_WORKER_PORTS = range(12000, 32000)
+_handedOut: set[int] = set()
 
 
 def silentListener(port: int) -> socket.socket:

@@ -12,6 +12,9 @@ imported, so this takes about a second, not the minutes of a second run.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +91,39 @@ class SameTestsTests(SynchronousTestCase):
         recorder = _Recorder()
         recorder.pytest_collection_modifyitems([Item()])
         self.assertEqual(recorder.ids, {"tests.test_x.SomeTests.test_y"})
+
+
+class TemporaryFilesTests(SynchronousTestCase):
+    """
+    With the project's pytest settings, a test that passes leaves nothing
+    in the temporary directory: its C{tmp_path} (where C{conftest.py}
+    runs every test) is removed.
+    """
+
+    def test_passingTestLeavesNothing(self) -> None:
+        if not (ROOT / "pyproject.toml").exists():
+            raise SkipTest("not running from a source checkout")
+        work = Path(self.mktemp()).resolve()
+        temporary = work / "tmp"
+        temporary.mkdir(parents=True)
+        record = work / "record"
+        (work / "test_writes.py").write_text(
+            "import os\n"
+            "def test_writes(tmp_path):\n"
+            "    (tmp_path / 'data').write_text('data')\n"
+            "    with open(os.environ['RECORD'], 'w') as f:\n"
+            "        f.write(str(tmp_path))\n"
+        )
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+                "--rootdir", str(work), str(work / "test_writes.py"),
+            ],
+            cwd=work, env=dict(os.environ, RECORD=str(record), TMPDIR=str(temporary)),
+            capture_output=True, text=True, timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        written = Path(record.read_text())
+        self.assertTrue(written.is_relative_to(temporary), written)
+        self.assertFalse(written.exists())
+        self.assertEqual([p for p in temporary.rglob("*") if not p.is_dir()], [])

@@ -27,6 +27,7 @@ from clientid_twisted.policy._builder import PolicyFactoryContext
 from clientid_twisted.policy._manage import resultOf
 from clientid_twisted.server.assembly import assembleServer
 from clientid_twisted.testing import ConnectionTracker, RecordingPolicy
+from tests.services import freePort
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ACCOUNT, PASSWORD = "alice@example.test", "alice password"
@@ -122,12 +123,7 @@ class ServeTests(SynchronousTestCase):
         self.assertServesAndStops("imap_server.py", "0", signal.SIGINT)
 
     def test_customPolicySIGTERM(self) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.assertServesAndStops("custom_policy.py", str(port), signal.SIGTERM)
+        self.assertServesAndStops("custom_policy.py", str(freePort()), signal.SIGTERM)
 
 
 # -- [policy] custom ----------------------------------------------------------

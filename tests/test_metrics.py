@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import platform
 import smtplib
-import socket
 import ssl
 import urllib.request
 from pathlib import Path
@@ -32,6 +31,7 @@ from clientid_twisted.server.users import UserDatabase
 from clientid_twisted.store._errors import StoreError, UnknownDevice
 from clientid_twisted.store._records import APPROVED, Bump, OutcomeRecord, StateQuery
 from clientid_twisted.testing import MemoryStore
+from tests.services import freePort
 
 ACCOUNT, PASSWORD = "alice@example.test", "alice password"
 GOOD_TOKEN = "5b0e0c1e-laptop-token-9f1d-7a44c0de"
@@ -40,12 +40,6 @@ BAD_TOKEN = "77aa01b2-stranger-token-c3d4e5f6"
 
 def _value(metrics: ServerMetrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ObserverTests(SynchronousTestCase):
@@ -203,7 +197,7 @@ class ScrapeTests(TestCase):
             "[alerts]\nmail_account = false\n"
         )
         UserDatabase(dataDir / "users.json").addUser(ACCOUNT, PASSWORD)
-        smtpPort, metricsPort = _freePort(), _freePort()
+        smtpPort, metricsPort = freePort(), freePort()
         options = Options()
         options.parseOptions(
             [

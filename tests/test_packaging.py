@@ -55,7 +55,7 @@ class TestExtraTests(SynchronousTestCase):
         requirements = [Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["test"]]
         names = {r.name.lower() for r in requirements}
         for tool in (
-            "pytest", "hypothesis", "build", "mypy", "mypy-zope", "sphinx", "myst-parser", "pydoctor", "ruff",
+            "pytest", "pytest-xdist", "hypothesis", "build", "mypy", "mypy-zope", "sphinx", "myst-parser", "pydoctor", "ruff",
             "towncrier",
         ):
             self.assertIn(tool, names)
@@ -93,6 +93,18 @@ class ReadmeSetUpTests(SynchronousTestCase):
         self.assertTrue(command.startswith("python3 -m venv .venv && .venv/bin/pip install '.[test]' && "), command)
         self.assertEqual(len(re.findall(r"-m pytest\b", command)), 1, command)
         self.assertNotIn("trial", command)
+
+    def test_suiteRunsInParallel(self) -> None:
+        """
+        pytest runs the tests in four processes (pytest-xdist), a class or
+        module to a process, so tests sharing a server within a class (or
+        module) still share it.
+        """
+        pytestArguments = readmeTestCommand(self.readme).split("-m pytest", 1)[1].split()
+        self.assertIn("-n", pytestArguments)
+        self.assertEqual(int(pytestArguments[pytestArguments.index("-n") + 1]), 4)
+        self.assertIn("--dist", pytestArguments)
+        self.assertEqual(pytestArguments[pytestArguments.index("--dist") + 1], "loadscope")
 
 
 class MetadataTests(SynchronousTestCase):

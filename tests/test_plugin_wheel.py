@@ -27,14 +27,9 @@ import pytest
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from clientid_twisted import __version__
+from tests.services import freePort
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -109,7 +104,7 @@ class WheelTests(SynchronousTestCase):
         # A fresh install: no plugin cache yet, so twistd imports every
         # dropin (ours too) before it installs the reactor asked for.
         self.assertEqual(list(env.rglob("dropin.cache")), [])
-        port = _freePort()
+        port = freePort()
         server = subprocess.Popen(
             [
                 str(env / "bin" / "twistd"),

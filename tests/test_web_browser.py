@@ -16,8 +16,10 @@ import email
 import imaplib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,12 @@ auth_failure_delay_seconds = 0
 """
 
 
-def _webdriver() -> Any:
+def _webdriver(temporary: Path) -> Any:
+    """
+    A Selenium driver of a headless Chromium whose temporary files (it
+    leaves a C{org.chromium.Chromium.*} directory behind even after
+    C{quit}) go into C{temporary}, for the caller to remove.
+    """
     chromium = requireProgram("chromium", "chromium", "self-service browser")
     driver = requireProgram("chromedriver", "chromium-driver", "self-service browser")
     try:
@@ -58,7 +65,8 @@ def _webdriver() -> Any:
     # The server's certificate is one the test made; the browser is told to
     # accept it rather than have its trust store changed.
     options.accept_insecure_certs = True
-    return webdriver.Chrome(options=options, service=Service(driver))
+    service = Service(driver, env=dict(os.environ, TMPDIR=str(temporary)))
+    return webdriver.Chrome(options=options, service=service)
 
 
 def _login(server: RunningServer, token: str) -> tuple[str, imaplib.IMAP4_SSL]:
@@ -102,7 +110,11 @@ class SelfServiceBrowserTests(SynchronousTestCase):
         if reason is not None:
             raise SkipTest(reason)
         registerIMAPLibCommand(self, "CLIENTID")
-        self.browser = _webdriver()
+        # Short, under the system's temporary directory: Chromium puts a
+        # Unix socket in it.
+        temporary = Path(tempfile.mkdtemp(prefix="clientid-chromium-"))
+        self.addCleanup(shutil.rmtree, temporary, ignore_errors=True)
+        self.browser = _webdriver(temporary)
         self.addCleanup(self.browser.quit)
         self.webPort = freePort()
         work = Path(self.mktemp())
