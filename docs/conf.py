@@ -45,7 +45,12 @@ html_title = "clientid-twisted"
 _docs = Path(__file__).resolve().parent
 _package = _docs.parent / "clientid_twisted"
 
+# The public modules' names are documented where users import them from
+# (docs/publicapi.py), not in the private modules that define them.
+sys.path.insert(0, str(_docs))
+
 pydoctor_args = [
+    "--system-class=publicapi.PublicAPISystem",
     "--project-name=clientid-twisted",
     f"--project-version={release}",
     "--project-url=../index.html",

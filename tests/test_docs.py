@@ -37,3 +37,13 @@ class SphinxTests(SynchronousTestCase):
         )
         for page in ["index.html", "embedding.html", "api/index.html", "api/clientid_twisted.html"]:
             self.assertTrue(os.path.exists(os.path.join(out, page)), page)
+        # The public modules' names are documented where users import them
+        # from (docs/publicapi.py), not in the private modules defining them.
+        for name in [
+            "clientid_twisted.policy.DevicePolicy",
+            "clientid_twisted.policy.ClientIDChecker",
+            "clientid_twisted.store.MemoryStore",
+            "clientid_twisted.cred.ClientIdentity",
+        ]:
+            self.assertTrue(os.path.exists(os.path.join(out, "api", f"{name}.html")), name)
+        self.assertFalse(os.path.exists(os.path.join(out, "api", "clientid_twisted.policy._engine.DevicePolicy.html")))
