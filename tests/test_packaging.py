@@ -56,7 +56,7 @@ class TestExtraTests(SynchronousTestCase):
         names = {r.name.lower() for r in requirements}
         for tool in (
             "pytest", "pytest-xdist", "hypothesis", "build", "mypy", "mypy-zope", "sphinx", "myst-parser", "pydoctor", "ruff",
-            "towncrier",
+            "towncrier", "trove-classifiers",
         ):
             self.assertIn(tool, names)
         for requirement in requirements:
@@ -159,6 +159,19 @@ class MetadataTests(SynchronousTestCase):
         self.assertTrue(versions)
         for version in versions:
             self.assertIn(version, requires)
+
+    def test_classifiers(self) -> None:
+        """
+        Every classifier is one PyPI knows and has not deprecated (an
+        unknown one makes the upload fail), and none is repeated.
+        """
+        requireModules(self, "trove_classifiers")
+        from trove_classifiers import classifiers, deprecated_classifiers
+
+        ours = self.project["classifiers"]
+        self.assertEqual(len(ours), len(set(ours)))
+        self.assertEqual([c for c in ours if c not in classifiers], [])
+        self.assertEqual([c for c in ours if c in deprecated_classifiers], [])
 
     def test_noObsoleteSetupCfg(self) -> None:
         """

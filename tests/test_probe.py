@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from clientid_twisted.server.submission import SubmissionESMTP, SubmissionFactor
 from clientid_twisted.smtp import ClientIDESMTPFactory
 from clientid_twisted.testing import ConnectionTracker, throwawayCertificate
 from tests.loginfakes import RefusingDelivery
+from tests.services import freePort
 
 USER = "alice@example.test"
 PASSWORD = "correct horse"
@@ -523,17 +523,10 @@ class UnreachableTests(_ProbeTestCase):
     When nothing can be checked, the exit status is 2.
     """
 
-    def closedPort(self) -> int:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        s.close()
-        return port
-
     @defer.inlineCallbacks
     def test_connectionRefused(self) -> Any:
         status, out, err = yield self.probe(
-            "smtp", f"127.0.0.1:{self.closedPort()}", login=False
+            "smtp", f"127.0.0.1:{freePort()}", login=False
         )
         self.assertEqual(status, 2)
         self.assertIn("cannot connect", err)
@@ -542,7 +535,7 @@ class UnreachableTests(_ProbeTestCase):
     @defer.inlineCallbacks
     def test_connectionRefusedJSON(self) -> Any:
         status, out, err = yield self.probe(
-            "imap", f"127.0.0.1:{self.closedPort()}", "--json", login=False
+            "imap", f"127.0.0.1:{freePort()}", "--json", login=False
         )
         self.assertEqual(status, 2)
         document = json.loads(out)
