@@ -6,7 +6,15 @@ A client presents a device identity over TLS before it logs in; the server
 hands it to C{twisted.cred} with the credentials, so a checker can refuse a
 right password from a device the account never approved.
 
-Public names are importable from this package; they load on first use
+The API is this package and its public modules: L{interfaces
+<clientid_twisted.interfaces>}, L{smtp <clientid_twisted.smtp>}, L{imap
+<clientid_twisted.imap>}, L{cred <clientid_twisted.cred>}, L{policy
+<clientid_twisted.policy>}, L{store <clientid_twisted.store>} and
+L{testing <clientid_twisted.testing>}; modules named C{_name} are the
+implementation and may change.  C{server}, C{gateway}, C{web}, C{admin}
+and C{probe} are applications built on it.
+
+The main names are importable from this package; they load on first use
 (PEP 562), because C{twisted.mail.smtp} installs the default reactor when it
 is imported, and importing this package (as the twistd and cred dropins do)
 must not pick a reactor before C{twistd --reactor} has.
