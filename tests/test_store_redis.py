@@ -416,6 +416,37 @@ class RESPProtocolTests(SynchronousTestCase):
         protocol.dataReceived(data[-3:])
         self.assertEqual(results, list(range(50)))
 
+    def test_parseAndErrorHook(self) -> None:
+        """
+        A command's C{parse} runs on its reply before its Deferred fires
+        (what it raises, the Deferred fails with); C{onError} gets an
+        error reply and the Deferred to fire, instead of the Deferred
+        failing with the L{ReplyError}; replies after them still go to
+        their own commands.
+        """
+        protocol, transport = self.connect()
+        results: list[Any] = []
+        handled: list[Any] = []
+
+        def onError(error: ReplyError, d: defer.Deferred[Any]) -> None:
+            handled.append(str(error))
+            d.callback("handled")
+
+        protocol.executeEncoded(encodeCommand(["GET", "a"]), parse=len).addBoth(results.append)
+        protocol.executeEncoded(encodeCommand(["GET", "b"]), parse=int).addBoth(results.append)
+        protocol.executeEncoded(
+            encodeCommand(["EVALSHA", b"f" * 40, 0]), parse=len, onError=onError
+        ).addBoth(results.append)
+        protocol.executeEncoded(encodeCommand(["GET", "c"]), onError=onError).addBoth(results.append)
+        protocol.dataReceived(
+            _resp(b"four") + _resp(b"x") + _resp(ReplyError("NOSCRIPT none")) + _resp(b"c")
+        )
+        self.assertEqual(results[0], 4)
+        self.assertIsInstance(results[1].value, ValueError)
+        self.assertEqual(results[2:], ["handled", b"c"])
+        self.assertEqual(handled, ["NOSCRIPT none"])
+        self.assertFalse(transport.disconnecting)
+
     def test_garbage(self) -> None:
         """
         Bytes that are not RESP drop the connection, after the replies
@@ -489,24 +520,27 @@ class RedisJSONTests(SynchronousTestCase):
         self.assertEqual(
             argv,
             [
-                "5",
+                5,
                 "device-new", "=alice", "=UUID", "=fp", "=192.0.2.1", "=imap", "",
                 "token-locked", "", "=UUID", "=fp", "", "", "=too many",
                 "account-closed", "=alice", "", "", "", "", "",
                 "device-new", "=alice", "=UUID", "=fp", "=192.0.2.1", "=imap", "",
                 "login", "=alice", "", "", "", "", "=",
                 "1", "alice", "d" * 64, "UUID", "fp", "", "=imap", "", "", APPROVED, "0",
-                "1", "pending",
-                "5",
-                "m", "token-accounts:d", "alice", "600.0", "3", "token-locked:d", "900.0", "1",
-                "b", "unknown-failures:alice", "600.0", "5", "account-closed:alice", "900.0", "2",
-                "b", "attack", "60.0", "0", "", "0.0", "",
+                1, "pending",
+                5,
+                "m", "token-accounts:d", "alice", 600.0, 3, "token-locked:d", 900.0, "1",
+                "b", "unknown-failures:alice", 600.0, 5, "account-closed:alice", 900.0, "2",
+                "b", "attack", 60.0, 0, "", 0.0, "",
                 "r", "device-failures:d",
-                "o", "alerted:x", "3600.0", "3",
-                "1", "4",
+                "o", "alerted:x", 3600.0, "3",
+                1, "4",
             ],
         )
-        self.assertEqual(_encodeRecord(OutcomeRecord()), (["0", "", "0", "0"], []))
+        # Numbers are written by hiredis as Python writes them (floats as
+        # their repr, which the script's tonumber reads back exactly).
+        self.assertIn(b"$5\r\n600.0\r\n$1\r\n3\r\n", encodeCommand(argv))
+        self.assertEqual(_encodeRecord(OutcomeRecord()), ([0, "", 0, 0], []))
         self.assertRaises(TypeError, _encodeRecord, OutcomeRecord(operations=("x",)))  # type: ignore[arg-type]
 
 

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import time as _time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -378,32 +379,41 @@ def _value(text: str | None) -> str:
 def _eventNumber(event: Event | None, events: list[Event], fields: list[str]) -> str:
     """
     Number an event the C{recordOutcome} script may record; its fields go
-    in C{fields}.  C{""} for no event.
+    in C{fields} (each optional one as L{_value} puts it).  C{""} for no
+    event.
     """
     if event is None:
         return ""
     events.append(event)
+    account, typeName, fingerprint = event.account, event.typeName, event.fingerprint
+    address, protocol, detail = event.address, event.protocol, event.detail
     fields += (
-        event.kind, _value(event.account), _value(event.typeName), _value(event.fingerprint),
-        _value(event.address), _value(event.protocol), _value(event.detail),
+        event.kind,
+        "" if account is None else "=" + account,
+        "" if typeName is None else "=" + typeName,
+        "" if fingerprint is None else "=" + fingerprint,
+        "" if address is None else "=" + address,
+        "" if protocol is None else "=" + protocol,
+        "" if detail is None else "=" + detail,
     )
     return str(len(events) - 1)
 
 
-def _encodeRecord(record: OutcomeRecord) -> tuple[list[str], list[Event]]:
+def _encodeRecord(record: OutcomeRecord) -> tuple[list[Any], list[Event]]:
     """
     The arguments of the C{recordOutcome} script, flat (what it may need
     of each event is only encoded as JSON by the script, if it records
     it): the number of events and their fields, seven each; then the
     device update (C{"1"} and its fields, or C{""}); the number of
     operations and each one's kind and fields; the number of events to
-    record whatever happens and their numbers.
+    record whatever happens and their numbers.  Numbers are left for
+    C{hiredis} to write (floats as their C{repr}).
 
     @return: The arguments and the events, numbered as in them.
     """
     events: list[Event] = []
-    fields: list[str] = []
-    body: list[str] = []
+    fields: list[Any] = []
+    body: list[Any] = []
     u = record.device
     if u is None:
         body.append("")
@@ -411,29 +421,33 @@ def _encodeRecord(record: OutcomeRecord) -> tuple[list[str], list[Event]]:
         body += (
             "1", u.account, u.digest, u.typeName, u.fingerprint, _value(u.address),
             _value(u.protocol), "1" if u.succeeded else "", u.create or "", u.promote or "",
-            _eventNumber(u.event, events, fields), str(len(u.promoteFrom)), *u.promoteFrom,
+            _eventNumber(u.event, events, fields), len(u.promoteFrom), *u.promoteFrom,
         )
-    body.append(str(len(record.operations)))
+    body.append(len(record.operations))
     for op in record.operations:
-        if isinstance(op, Reset):
-            body += ("r", op.counter)
-        elif isinstance(op, Once):
-            body += ("o", op.marker, repr(float(op.seconds)), _eventNumber(op.event, events, fields))
-        elif isinstance(op, Bump):
+        kind = type(op)
+        if kind is Reset:
+            body += ("r", op.counter)  # type: ignore[union-attr]
+        elif kind is AddMember:
+            m: AddMember = op  # type: ignore[assignment]
             body += (
-                "b", op.counter, repr(float(op.window)), str(int(op.limit)), op.lock or "",
-                repr(float(op.lockSeconds)), _eventNumber(op.event, events, fields),
+                "m", m.key, m.member, float(m.window), int(m.limit), m.lock or "",
+                float(m.lockSeconds), _eventNumber(m.event, events, fields),
             )
-        elif isinstance(op, AddMember):
+        elif kind is Bump:
+            b: Bump = op  # type: ignore[assignment]
             body += (
-                "m", op.key, op.member, repr(float(op.window)), str(int(op.limit)),
-                op.lock or "", repr(float(op.lockSeconds)), _eventNumber(op.event, events, fields),
+                "b", b.counter, float(b.window), int(b.limit), b.lock or "",
+                float(b.lockSeconds), _eventNumber(b.event, events, fields),
             )
+        elif kind is Once:
+            o: Once = op  # type: ignore[assignment]
+            body += ("o", o.marker, float(o.seconds), _eventNumber(o.event, events, fields))
         else:
             raise TypeError(f"unknown operation {op!r}")
-    body.append(str(len(record.events)))
+    body.append(len(record.events))
     body += [_eventNumber(e, events, fields) for e in record.events]
-    return [str(len(events)), *fields, *body], events
+    return [len(events), *fields, *body], events
 
 
 def _fieldsDevice(account: str, digest: str, reply: list[Any], at: int) -> DeviceRecord:
@@ -448,16 +462,16 @@ def _fieldsDevice(account: str, digest: str, reply: list[Any], at: int) -> Devic
     return DeviceRecord(
         account,
         digest,
-        "" if t is None else t.decode("utf-8"),
-        "" if f is None else f.decode("utf-8"),
-        state.decode("utf-8"),
+        "" if t is None else t.decode(),
+        "" if f is None else f.decode(),
+        state.decode(),
         None if firstSeen is None else float(firstSeen),
         None if lastSeen is None else float(lastSeen),
-        None if address is None else address.decode("utf-8"),
-        None if protocol is None else protocol.decode("utf-8"),
-        0 if logins is None else int(float(logins)),
-        0 if failures is None else int(float(failures)),
-        None if name is None else name.decode("utf-8"),
+        None if address is None else address.decode(),
+        None if protocol is None else protocol.decode(),
+        logins or 0,
+        failures or 0,
+        None if name is None else name.decode(),
     )
 
 
@@ -498,9 +512,6 @@ def _parseOutcome(record: OutcomeRecord, events: list[Event], reply: list[Any]) 
         )
     return OutcomeResult((), lockedKeys, device)
 
-
-def _same(value: Any) -> Any:
-    return value
 
 
 @implementer(IClientIDStore)
@@ -726,29 +737,32 @@ class RedisStore:
             command = encodeCommand((*head, now, *self._constants, *arguments))
         else:
             command = encodeCommand((*head, *arguments))
-        d = self._connection.executeEncoded(command)
-        d.addCallbacks(
-            _same if parse is None else parse,
-            self._noScript,
-            errbackArgs=(script, arguments, now, parse),
+        return self._connection.executeEncoded(
+            command, parse, partial(self._noScript, script, arguments, now, parse)
         )
-        return d
 
     def _noScript(
         self,
-        failure: Failure,
         script: Script,
         arguments: Sequence[Any],
         now: str | None,
         parse: Callable[[Any], Any] | None,
-    ) -> Any:
-        if failure.check(ReplyError) and str(failure.value).startswith("NOSCRIPT"):
+        error: ReplyError,
+        d: defer.Deferred[Any],
+    ) -> None:
+        """
+        An error reply to a script's C{EVALSHA}: if Redis has forgotten
+        the script, send it whole (C{EVAL}) and fire C{d} with that reply.
+        """
+        if str(error).startswith("NOSCRIPT"):
             argv = [*self._common, *arguments]
             if now is not None:
                 argv[1] = now
-            d = self._connection.execute("EVAL", script.source, 0, *argv)
-            return d.addCallbacks(_same if parse is None else parse, self._replyError)
-        return self._replyError(failure)
+            self._connection.executeEncoded(
+                encodeCommand(("EVAL", script.source, 0, *argv)), parse
+            ).addErrback(self._replyError).chainDeferred(d)
+        else:
+            d.errback(self._replyError(Failure(error)))
 
     def _replyError(self, failure: Failure) -> Failure:
         if failure.check(ReplyError):

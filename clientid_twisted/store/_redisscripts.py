@@ -138,13 +138,20 @@ end
 
 -- A stored device record (decoded) as the fields the client reads, after
 -- those already in OUT: type, fingerprint, state, first seen, last seen,
--- last address, last protocol, logins, failures, name; each a string, or
+-- last address, last protocol, logins, failures, name; each a string (the
+-- counts: an integer reply, which the client needs not convert), or
 -- false (a nil reply) for one the record lacks (records stored before
 -- names existed have no nm).
 local function opt(v)
   if v == nil or v == cjson.null then return false end
   if type(v) == 'number' then return fmt(v) end
   return v
+end
+
+local function count(v)
+  v = tonumber(v)
+  if v == nil then return false end
+  return math.floor(v)
 end
 
 local function deviceFields(dev, out)
@@ -156,8 +163,8 @@ local function deviceFields(dev, out)
   out[n + 5] = opt(dev.ls)
   out[n + 6] = opt(dev.la)
   out[n + 7] = opt(dev.lp)
-  out[n + 8] = opt(dev.n)
-  out[n + 9] = opt(dev.x)
+  out[n + 8] = count(dev.n)
+  out[n + 9] = count(dev.x)
   out[n + 10] = opt(dev.nm)
   return out
 end

@@ -158,7 +158,7 @@ def encodeCommand(arguments: Sequence[Any]) -> bytes:
     same bytes.
     """
     try:
-        return _pack(tuple(arguments))
+        return _pack(arguments if type(arguments) is tuple else tuple(arguments))
     except TypeError:
         return b"*%d\r\n%s" % (len(arguments), encodeArguments(arguments))
 
@@ -178,6 +178,14 @@ def replyReader() -> Any:
     return hiredis.Reader(protocolError=ProtocolError, replyError=ReplyError)
 
 
+ErrorHandler = Callable[[ReplyError, defer.Deferred[Any]], None]
+"""Handles an error reply for a command, firing its Deferred."""
+
+_Pending = tuple[defer.Deferred[Any], float, Callable[[Any], Any] | None, ErrorHandler | None]
+"""A command waiting for its reply: its Deferred, when it was sent, how to
+parse its reply and how to handle an error reply."""
+
+
 class RedisProtocol(Protocol):
     """
     Commands pipelined on one connection: replies come back in order, each
@@ -190,7 +198,7 @@ class RedisProtocol(Protocol):
         clock: Any = None,
     ) -> None:
         self._reader = replyReader()
-        self._pending: collections.deque[tuple[defer.Deferred[Any], float]] = collections.deque()
+        self._pending: collections.deque[_Pending] = collections.deque()
         self._onLost = onLost
         self._clock = clock
         self.lost = False
@@ -217,14 +225,29 @@ class RedisProtocol(Protocol):
         """
         return self.executeEncoded(encodeCommand(arguments))
 
-    def executeEncoded(self, command: bytes) -> defer.Deferred[Any]:
+    def executeEncoded(
+        self,
+        command: bytes,
+        parse: Callable[[Any], Any] | None = None,
+        onError: ErrorHandler | None = None,
+    ) -> defer.Deferred[Any]:
         """
         L{execute} for a command already encoded (L{encodeCommand}).
+
+        @param parse: Turns the reply into what the L{Deferred
+            <twisted.internet.defer.Deferred>} fires with (what it raises,
+            the Deferred fails with): run here, not as a callback, so a
+            reply costs its caller no extra layer of callbacks.
+        @param onError: Called with an error reply and the Deferred
+            instead of failing it with the L{ReplyError}; it must fire the
+            Deferred (the store's way to send a script Redis has forgotten).
         """
         if self.lost:
             return defer.fail(StoreError("the Redis connection is closed"))
         d: defer.Deferred[Any] = defer.Deferred()
-        self._pending.append((d, self._clock.seconds() if self._clock is not None else 0.0))
+        self._pending.append(
+            (d, self._clock.seconds() if self._clock is not None else 0.0, parse, onError)
+        )
         self.transport.write(command)  # type: ignore[union-attr]
         return d
 
@@ -243,13 +266,23 @@ class RedisProtocol(Protocol):
             if not pending:
                 self.transport.abortConnection()  # type: ignore[union-attr]
                 return
-            d = pending.popleft()[0]
+            d, _, parse, onError = pending.popleft()
             if d.called:
                 continue  # its caller gave up waiting
             if type(reply) is ReplyError:
-                d.errback(reply)
-            else:
+                if onError is None:
+                    d.errback(reply)
+                else:
+                    onError(reply, d)
+            elif parse is None:
                 d.callback(reply)
+            else:
+                try:
+                    value = parse(reply)
+                except BaseException:
+                    d.errback()
+                else:
+                    d.callback(value)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
@@ -257,7 +290,7 @@ class RedisProtocol(Protocol):
         error = StoreError(
             self.abortReason or f"the Redis connection was lost ({reason.getErrorMessage()})"
         )
-        for d, sent in pending:
+        for d, *_ in pending:
             if not d.called:
                 d.errback(error)
         if self._onLost is not None:
@@ -460,14 +493,22 @@ class RedisConnection:
         """
         return self.executeEncoded(encodeCommand(arguments))
 
-    def executeEncoded(self, command: bytes) -> defer.Deferred[Any]:
+    def executeEncoded(
+        self,
+        command: bytes,
+        parse: Callable[[Any], Any] | None = None,
+        onError: ErrorHandler | None = None,
+    ) -> defer.Deferred[Any]:
         """
-        L{execute} for a command already encoded.
+        L{execute} for a command already encoded; C{parse} and C{onError}
+        as for L{RedisProtocol.executeEncoded}.
         """
         protocol = self._protocol
         if protocol is not None:
-            return protocol.executeEncoded(command)
-        return self._protocolNow().addCallback(lambda p: p.executeEncoded(command))
+            return protocol.executeEncoded(command, parse, onError)
+        return self._protocolNow().addCallback(
+            lambda p: p.executeEncoded(command, parse, onError)
+        )
 
     def _watch(self) -> None:
         """
