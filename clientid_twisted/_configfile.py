@@ -176,12 +176,18 @@ class ConfigTable:
             raise self.error(key, f"must be at least {minimum}, not {value}")
         return value
 
-    def seconds(self, key: str, default: float) -> float:
+    def seconds(self, key: str, default: float, zero: bool = False) -> float:
+        """
+        A finite number of seconds, above 0 (or, with C{zero}, at least 0).
+        """
         value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, f"must be a number of seconds, not {value!r}")
+        if zero and value == 0:
+            return 0.0
         if not value > 0 or value == float("inf"):
-            raise self.error(key, f"must be a positive number of seconds, not {value}")
+            least = "0 or more" if zero else "a positive number of"
+            raise self.error(key, f"must be {least} seconds, not {value}")
         return float(value)
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:

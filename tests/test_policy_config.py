@@ -52,6 +52,7 @@ class ValuesTests(SynchronousTestCase):
                     "under_attack": True,
                     "store_failure": "open",
                     "store_timeout_seconds": 1.5,
+                    "last_seen_interval_seconds": 60,
                 },
                 "limits": {
                     "device_failures": 1,
@@ -83,6 +84,7 @@ class ValuesTests(SynchronousTestCase):
             (True, "tofu", 3, True),
         )
         self.assertEqual((config.storeFailure, config.storeTimeoutSeconds), ("open", 1.5))
+        self.assertEqual(config.lastSeenIntervalSeconds, 60.0)
         self.assertEqual(config.limits, Limits(1, 2, 3.0, 4.5, 0, 6, 7))
         self.assertEqual(config.handlingFor("UUID"), {"auth", "user-log"})
         self.assertEqual(config.handlingFor("MAC"), {"ignore"})
@@ -127,6 +129,20 @@ class ErrorTests(SynchronousTestCase):
         self.assertError({"limits": {"window_seconds": 0}}, "[limits] window_seconds", "positive")
         self.assertError({"limits": {"lockout_seconds": "900"}}, "[limits] lockout_seconds")
         self.assertError({"limits": {"lockout_seconds": float("inf")}}, "[limits] lockout_seconds")
+
+    def test_lastSeenInterval(self) -> None:
+        """
+        C{last_seen_interval_seconds} is 300 by default, may be 0 (every
+        login writes), and is otherwise checked like the other durations.
+        """
+        self.assertEqual(parsePolicyConfig({}).lastSeenIntervalSeconds, 300.0)
+        zero = parsePolicyConfig({"policy": {"last_seen_interval_seconds": 0}})
+        self.assertEqual(zero.lastSeenIntervalSeconds, 0.0)
+        key = "[policy] last_seen_interval_seconds"
+        self.assertError({"policy": {"last_seen_interval_seconds": -1}}, key, "0 or more")
+        self.assertError({"policy": {"last_seen_interval_seconds": "5"}}, key, "number of seconds")
+        self.assertError({"policy": {"last_seen_interval_seconds": True}}, key)
+        self.assertError({"policy": {"last_seen_interval_seconds": float("inf")}}, key)
 
     def test_choices(self) -> None:
         self.assertError({"policy": {"devices": "whitelist"}}, "[policy] devices", "off, learn, tofu, allowlist")

@@ -246,13 +246,13 @@ class ReactorThreadTests(SynchronousTestCase):
         A read answers before it returns, on the calling thread.
         """
         threads = []
-        original = sqlops.loadState
+        original = sqlops.loadStateUntil
 
-        def loadState(*args: Any) -> Any:
+        def loadStateUntil(*args: Any) -> Any:
             threads.append(threading.current_thread())
             return original(*args)
 
-        self.patch(sqlops, "loadState", loadState)
+        self.patch(sqlops, "loadStateUntil", loadStateUntil)
         d = self.store.loadState(StateQuery(account="a", digest="d", scope=("account:a",)))
         self.successResultOf(d)
         self.assertEqual(threads, [threading.current_thread()])

@@ -23,6 +23,7 @@ from clientid_twisted.interfaces import (
     IPasswordForwardingChecker,
 )
 from clientid_twisted.policy._decision import Attempt, Decision, Verdict, accountName
+from clientid_twisted.policy._fired import NOT_FIRED, firedResult
 
 __all__ = ["ClientIDChecker", "attemptFromCredentials"]
 
@@ -74,6 +75,11 @@ class ClientIDChecker:
     client why it was refused.  The outcome (was the password right?) goes
     back to the policy, which records it without delaying the answer.
 
+    When the policy and the password check both answer at once (a store
+    that reads in memory or SQLite, a password table), the verdict is
+    made on the spot: no C{gatherResults}, no Deferred but the one
+    returned, which has fired.
+
     A policy that cannot decide (store outage) gives
     L{TemporaryAuthenticationFailure}, which the protocols answer with 454
     4.7.0 / NO [UNAVAILABLE]; so does a wrapped checker that raises
@@ -97,11 +103,11 @@ class ClientIDChecker:
         self, innerChecker: ICredentialsChecker, policy: IClientIDPolicy, clock: Any = None
     ) -> None:
         """
-        @param clock: If given, the outcome goes to the policy one turn of
-            C{clock} after the answer, so the answer never waits on what
-            the outcome records (a right password from a refused device
-            writes a device record and sends a notice; a wrong one does
-            not): both answers then cost the same, a password check.
+        @param clock: If given, a refusal's outcome goes to the policy one
+            turn of C{clock} after the answer, so the answer never waits on
+            what the outcome records (a right password from a refused
+            device writes a device record and sends a notice; a wrong one
+            does not): both answers then cost the same, a password check.
             L{None}: before the answer, at once (unit tests).
         """
         self.innerChecker = innerChecker
@@ -120,30 +126,76 @@ class ClientIDChecker:
         except Exception:
             self.log.failure("cannot read the login attempt")
             return defer.fail(TemporaryAuthenticationFailure("unreadable credentials"))
-        decided = defer.maybeDeferred(self.policy.evaluate, attempt)
+        decided = self._evaluate(attempt)
         if IPasswordForwardingChecker.providedBy(self.innerChecker):
             decided.addCallback(self._forwardIfAccepted, credentials)
-            decided.addCallback(self._verdict, waitForRecord=True)
+            decided.addCallback(lambda both: self._verdict(*both, waitForRecord=True))
             return decided
-        checked = defer.maybeDeferred(self.innerChecker.requestAvatarId, credentials)
-        checked.addErrback(_refusedPassword)
-        both = defer.gatherResults([decided, checked], consumeErrors=True)
-        both.addCallbacks(self._verdict, _firstError)
-        return both
+        checked = self._check(self.innerChecker.requestAvatarId, credentials)
+        decision = firedResult(decided)
+        if decision is NOT_FIRED:
+            both = defer.gatherResults([decided, checked], consumeErrors=True)
+            both.addCallbacks(lambda both: self._verdict(*both), _firstError)
+            return both
+        if isinstance(decision, Failure):
+            # A policy that broke its promise never to fail.
+            checked.addErrback(lambda ignored: None)
+            return defer.fail(decision)
+        avatarId = firedResult(checked)
+        if avatarId is NOT_FIRED:
+            return checked.addCallback(lambda avatarId: self._verdict(decision, avatarId))
+        if isinstance(avatarId, Failure):
+            return defer.fail(avatarId)
+        try:
+            return defer.succeed(self._verdict(decision, avatarId))
+        except Exception:
+            return defer.fail()
+
+    def _evaluate(self, attempt: Attempt) -> defer.Deferred[Decision]:
+        """
+        The policy's decision; a policy that raises fails the Deferred.
+        """
+        try:
+            decided = self.policy.evaluate(attempt)
+        except Exception:
+            return defer.fail()
+        if not isinstance(decided, defer.Deferred):
+            return defer.succeed(decided)
+        return decided
+
+    def _check(self, check: Any, credentials: Any) -> defer.Deferred[Any]:
+        """
+        The wrapped checker's answer: an avatar ID, or L{_REFUSED} for
+        L{UnauthorizedLogin}; anything it raises fails the Deferred.
+        """
+        try:
+            checked = check(credentials)
+        except Exception:
+            checked = defer.fail()
+        else:
+            if not isinstance(checked, defer.Deferred):
+                return defer.succeed(checked)
+        return checked.addErrback(_refusedPassword)
 
     def _forwardIfAccepted(self, decision: Decision, credentials: Any) -> Any:
         if decision.verdict is Verdict.TEMPFAIL:
             return [decision, _REFUSED]
         inner: Any = self.innerChecker
         check = inner.requestAvatarId if decision.verdict is Verdict.ACCEPT else inner.refuseUnchecked
-        checked: defer.Deferred[Any] = defer.maybeDeferred(check, credentials)
-        checked.addErrback(_refusedPassword)
+        checked = self._check(check, credentials)
         checked.addCallback(lambda avatarId: [decision, avatarId])
         return checked
 
-    def _verdict(self, results: list[Any], waitForRecord: bool = False) -> Any:
-        decision: Decision = results[0]
-        avatarId = results[1]
+    def _verdict(self, decision: Decision, avatarId: Any, waitForRecord: bool = False) -> Any:
+        """
+        The answer to the login, given the decision and the password check.
+
+        A success hears its outcome before the answer (it records at most
+        a device's first login and raises its alerts: nothing a client
+        could learn from); any refusal a turn after, with a clock, so a
+        refused right password and a wrong one do the same work before
+        the answer.
+        """
         if decision.verdict is Verdict.TEMPFAIL:
             raise TemporaryAuthenticationFailure(decision.reason)
         passwordAccepted = avatarId is not _REFUSED
@@ -153,7 +205,7 @@ class ClientIDChecker:
             if isinstance(recorded, defer.Deferred):
                 return recorded.addBoth(lambda ignored: avatarId)
             return avatarId
-        if self._clock is None:
+        if self._clock is None or succeeded:
             self._outcome(decision, passwordAccepted)
         else:
             self._clock.callLater(0, self._outcome, decision, passwordAccepted)

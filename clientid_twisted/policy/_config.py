@@ -110,6 +110,9 @@ class PolicyConfig:
 
     @ivar allowedTypes: Case-folded type names; empty: any.
     @ivar handling: Case-folded type name to its handling flags.
+    @ivar lastSeenIntervalSeconds: How stale a known, approved device's
+        last-seen time and address may grow before a successful login
+        writes them again (0: every login writes them).
     @ivar custom: C{[policy] custom}: the C{"package.module:factory"} that
         makes the policy instead of the built-in one
         (L{clientid_twisted.policy._builder.PolicyFactoryContext}), or L{None}.
@@ -123,6 +126,7 @@ class PolicyConfig:
     underAttack: bool = False
     storeFailure: str = "tempfail"
     storeTimeoutSeconds: float = 5.0
+    lastSeenIntervalSeconds: float = 300.0
     limits: Limits = Limits()
     handling: Mapping[str, frozenset[str]] = field(factory=dict)
     alerts: AlertSettings = AlertSettings()
@@ -180,6 +184,7 @@ def parsePolicyConfig(config: Mapping[str, Any], source: object = None) -> Polic
     underAttack = policy.boolean("under_attack", False)
     storeFailure = policy.choice("store_failure", "tempfail", STORE_FAILURE_MODES)
     storeTimeout = policy.seconds("store_timeout_seconds", 5.0)
+    lastSeenInterval = policy.seconds("last_seen_interval_seconds", 300.0, zero=True)
     custom = policy.string("custom", None) or None
     if custom is not None and _FACTORY_NAME.fullmatch(custom) is None:
         raise policy.error("custom", f'must name a factory as "package.module:factory", not {custom!r}')
@@ -234,6 +239,7 @@ def parsePolicyConfig(config: Mapping[str, Any], source: object = None) -> Polic
         underAttack=underAttack,
         storeFailure=storeFailure,
         storeTimeoutSeconds=storeTimeout,
+        lastSeenIntervalSeconds=lastSeenInterval,
         limits=limits,
         handling=_handling(config, source),
         alerts=alerts,

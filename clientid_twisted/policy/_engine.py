@@ -6,8 +6,16 @@ and alerts.
 
 A decision reads the store once (L{IClientIDStore.loadState}) before the
 password is checked and writes it once (L{IClientIDStore.recordOutcome})
-after, without making the login wait for the write.  Rules, in order; the
-first that refuses wins:
+after, without making the login wait for the write, unless there is
+nothing to write: a successful login from a known, approved device whose
+last-seen time was written less than C{last_seen_interval_seconds} ago,
+that has no failures to forget and no event to record, writes nothing (its
+login is counted with the device's next write).  Every change of security
+state (a new or promoted device, a failure, a lock, an event) is written
+at once.  A store that answers at once (SQLite, memory) gets a decision
+with no Deferred of its own and no timeout timer.
+
+Rules, in order; the first that refuses wins:
 
     1. Handling flags of the type: C{ignore} and C{debug} make the identity
        count as not presented; without C{auth} it is not used for
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from attrs import evolve, frozen
+from attrs import define, evolve
 from zope.interface import implementer
 
 from twisted.internet import defer
@@ -58,6 +66,7 @@ from clientid_twisted.policy._config import (
     parsePolicyConfig,
 )
 from clientid_twisted.policy._decision import Attempt, Decision, Verdict
+from clientid_twisted.policy._fired import NOT_FIRED, firedResult
 from clientid_twisted.policy._health import StoreHealth
 from clientid_twisted.store._records import (
     APPROVED,
@@ -84,12 +93,17 @@ _FAILURE_ALERTS = frozenset(
 """Alert kinds that need the type's C{alert-failure} flag."""
 _ALWAYS_ALERTS = frozenset({"under-attack", "address-locked", "no-clientid-login"})
 """Alert kinds about logins without a usable identity, or the whole server."""
+_UNWRITTEN_MAX = 100_000
+"""Devices whose unwritten logins are counted at most; past it the counts
+start again (a lost count costs a statistic, never security state)."""
 
 
-@frozen
+@define
 class _Context:
     """
     What a decision worked out about its attempt; kept for its outcome.
+    Made by one decision and filled in by it (C{state}, C{degraded}), then
+    only read.
 
     @ivar used: Whether the identity takes part in decisions (C{auth}).
     @ivar logged: Whether the identity may appear in the system log.
@@ -139,6 +153,9 @@ class DevicePolicy:
         self.alertObservers = list(alertObservers)
         self._clock = clock
         self.health = StoreHealth(self.log, clock, config.storeFailure == "open")
+        # (account, digest) -> successful logins not written yet (see
+        # _throttled); bounded, as a lost count costs only a statistic.
+        self._unwritten: dict[tuple[str, str], int] = {}
 
     # -- before the password --------------------------------------------------
 
@@ -200,10 +217,14 @@ class DevicePolicy:
                 return refuse(f"no CLIENTID, and {config.devices} mode needs one")
 
         d = self.store.loadState(self._query(attempt, context))
-        if not d.called:
-            # (A store that answered at once, as SQLite's reads do, needs
-            # no timer scheduled and cancelled.)
-            d.addTimeout(config.storeTimeoutSeconds, self._clock)
+        answered = firedResult(d)
+        if answered is not NOT_FIRED:
+            # The store answered at once (SQLite, memory): decide now, with
+            # no timer to schedule and cancel and no callbacks to chain.
+            if isinstance(answered, Failure):
+                return defer.succeed(self._storeUnavailable(answered, attempt, context))
+            return defer.succeed(self._decide(answered, attempt, context))
+        d.addTimeout(config.storeTimeoutSeconds, self._clock)
         d.addCallbacks(
             self._decide,
             self._storeUnavailable,
@@ -229,6 +250,7 @@ class DevicePolicy:
                 locks=tuple(locks),
                 windowSet=keys.tokenAccounts(digest),
                 member=account,
+                counter=keys.deviceFailures(digest),
                 scope=tuple(scope),
             )
         if account is not None:
@@ -242,7 +264,7 @@ class DevicePolicy:
     def _decide(self, state: DecisionState, attempt: Attempt, context: _Context) -> Decision:
         self.health.succeeded()
         config = self.config
-        context = evolve(context, state=state)
+        context.state = state
         locks = state.locks
         underAttack = config.underAttack or keys.UNDER_ATTACK in locks
         account = context.account
@@ -289,12 +311,8 @@ class DevicePolicy:
     def _storeUnavailable(self, reason: Failure, attempt: Attempt, context: _Context) -> Decision:
         self.health.failed(reason)
         if self.config.storeFailure == "open":
-            return Decision(
-                attempt,
-                Verdict.ACCEPT,
-                "store unavailable: failing open",
-                evolve(context, degraded=True),
-            )
+            context.degraded = True
+            return Decision(attempt, Verdict.ACCEPT, "store unavailable: failing open", context)
         return Decision(attempt, Verdict.TEMPFAIL, "store unavailable", context)
 
     # -- after the password ---------------------------------------------------
@@ -381,11 +399,55 @@ class DevicePolicy:
                     detail=None if succeeded else (decision.reason or "wrong password"),
                 )
             )
+        if succeeded and self._throttled(context, device, operations, events):
+            key = (device.account, device.digest) if device is not None else None
+            if key is not None:
+                if len(self._unwritten) >= _UNWRITTEN_MAX and key not in self._unwritten:
+                    self._unwritten.clear()
+                self._unwritten[key] = self._unwritten.get(key, 0) + 1
+            return None
+        if device is not None and self._unwritten:
+            earlier = self._unwritten.pop((device.account, device.digest), 0)
+            if earlier:
+                device = evolve(device, earlierLogins=earlier)
         if device is None and not operations and not events:
             return None
         return OutcomeRecord(
             scope=tuple(scope), device=device, operations=tuple(operations), events=tuple(events)
         )
+
+    def _throttled(
+        self,
+        context: _Context,
+        device: DeviceUpdate | None,
+        operations: list[Operation],
+        events: list[Event],
+    ) -> bool:
+        """
+        Whether a successful login changes nothing in the store but the
+        device's last-seen time, address and login count, and the time was
+        written less than C{last_seen_interval_seconds} ago: then it waits.
+
+        Only a known, approved device qualifies, with nothing else to
+        write: its token already counted on this account in the window,
+        no failures to forget, no event (C{user-log}), no new state.
+        """
+        interval = self.config.lastSeenIntervalSeconds
+        state = context.state
+        if not interval or events or state is None:
+            return False
+        known = state.device
+        if known is None or known.state != APPROVED or known.lastSeen is None:
+            return False
+        if device is not None and (device.create or device.promote):
+            return False
+        for operation in operations:
+            if isinstance(operation, AddMember) and state.setHasMember:
+                continue  # already a member of the live set
+            if isinstance(operation, Reset) and state.count == 0:
+                continue  # no live count to forget (None: the store cannot say)
+            return False
+        return bool(self._clock.seconds() - known.lastSeen < interval)
 
     def _tokenOutcome(
         self,

@@ -23,6 +23,7 @@ from clientid_twisted._fingerprint import IdentityHasher
 from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.policy import _keys as keys
+from clientid_twisted.policy._fired import NOT_FIRED, firedResult
 from clientid_twisted.store._errors import UnknownDevice
 from clientid_twisted.store._records import APPROVED, REVOKED, DeviceRecord, Event
 
@@ -124,11 +125,9 @@ def resultOf(d: defer.Deferred[Any]) -> Any:
     """
     The result of a Deferred from a blocking store (one that has fired).
     """
-    results: list[Any] = []
-    d.addBoth(results.append)
-    if not results:
+    result = firedResult(d)
+    if result is NOT_FIRED:
         raise RuntimeError("the store did not answer at once: open it with blocking=True")
-    result = results[0]
     if isinstance(result, Failure):
         result.raiseException()
     return result

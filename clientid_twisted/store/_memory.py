@@ -127,6 +127,11 @@ class MemoryStore:
             members, expires = self._sets.get(query.windowSet, (set(), 0.0))
             if expires > now:
                 size, has = len(members), query.member in members
+        count = 0
+        if query.counter is not None:
+            counted, expires = self._counters.get(query.counter, (0, 0.0))
+            if expires > now:
+                count = counted
         return defer.succeed(
             DecisionState(
                 device=device,
@@ -134,6 +139,7 @@ class MemoryStore:
                 locks=locks,
                 setSize=size,
                 setHasMember=has,
+                count=count,
             )
         )
 

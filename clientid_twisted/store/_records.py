@@ -123,6 +123,8 @@ class StateQuery:
     @ivar locks: Lock keys whose state to read.
     @ivar windowSet: A windowed set whose size to read, and whether it
         holds C{member}.
+    @ivar counter: A counter whose live count to read (L{Bump}, L{Reset}),
+        or L{None}.
     @ivar scope: Names of what this decision is about (account, token,
         address): a backend that applies writes later may use them to make
         this read wait only for earlier writes with an overlapping scope.
@@ -133,6 +135,7 @@ class StateQuery:
     locks: tuple[str, ...] = ()
     windowSet: str | None = None
     member: str | None = None
+    counter: str | None = None
     scope: tuple[str, ...] = ()
 
 
@@ -142,6 +145,9 @@ class DecisionState:
     The answer to a L{StateQuery}.
 
     @ivar locks: The live ones among the locks asked for, to their end.
+    @ivar count: The live count of the query's C{counter} (0: none, or no
+        counter asked for); L{None} from a store that does not read
+        counters, so a caller must assume there may be one.
     """
 
     device: DeviceRecord | None = None
@@ -149,6 +155,7 @@ class DecisionState:
     locks: Mapping[str, float] = field(factory=dict)
     setSize: int = 0
     setHasMember: bool = False
+    count: int | None = None
 
 
 @frozen
@@ -162,6 +169,9 @@ class DeviceUpdate:
     @ivar promote: A new state for an existing record whose state is one
         of C{promoteFrom}.
     @ivar event: Recorded when the record is created or promoted.
+    @ivar earlierLogins: Successful logins of the device that were not
+        written when they happened (the policy writes a known device's
+        last-seen time at most once an interval), added to its count.
     """
 
     account: str
@@ -175,6 +185,7 @@ class DeviceUpdate:
     promote: str | None = None
     promoteFrom: tuple[str, ...] = ()
     event: Event | None = None
+    earlierLogins: int = 0
 
     def apply(self, current: DeviceRecord | None, now: float) -> tuple[DeviceRecord, bool] | None:
         """
@@ -186,6 +197,7 @@ class DeviceUpdate:
             be created.
         """
         logins, failures = (1, 0) if self.succeeded else (0, 1)
+        logins += self.earlierLogins
         if current is None:
             if self.create is None:
                 return None

@@ -26,8 +26,13 @@ Built for many decisions in flight without stalling the reactor:
       timeout is 0; writes that find the lock taken wait in memory and are
       retried on later turns, and only reads about the same account, token
       or address wait for them.
-    - Other processes see each other's commits on their next read: the
-      server keeps no device state between decisions.
+    - Answers to L{loadState} are kept in memory (L{StateCache}) while
+      nothing changes them: a login from a known device then reads no
+      file at all.  Other processes' commits are seen on the very next
+      read all the same: before each answer the store asks SQLite's
+      C{PRAGMA data_version}, which changes when another connection has
+      committed (C{clientid-admin}, another worker), and then forgets
+      everything; its own writes forget what they touched.
 
 Why not a writer thread: under CPython only one thread runs Python at a
 time, so a writer thread costs the reactor the same CPU, only later, and
@@ -72,6 +77,7 @@ from clientid_twisted.store._records import (
     OutcomeResult,
     StateQuery,
 )
+from clientid_twisted.store._statecache import StateCache
 from clientid_twisted.store._sqlschema import migrate
 
 __all__ = ["SQLiteStore", "STORE_FILE", "EVENT_RETENTION"]
@@ -123,6 +129,8 @@ class SQLiteStore:
     @ivar commits: How many write transactions were committed (a figure for
         tests and benchmarks).
     @ivar checkpoints: How many checkpoints the checkpoint thread ran.
+    @ivar cache: The answers to L{loadState} kept between decisions (not
+        in blocking mode).
     """
 
     log = Logger()
@@ -138,6 +146,7 @@ class SQLiteStore:
         migrations: Sequence[Sequence[str]] | None = None,
         checkpointInterval: float | None = 1.0,
         lockPatience: float = 30.0,
+        cacheSize: int = 10_000,
     ) -> None:
         """
         Open (or create) the store and bring its schema up to date.  This
@@ -154,6 +163,8 @@ class SQLiteStore:
             (tests).
         @param lockPatience: Seconds writes wait for another process's write
             lock before they fail.
+        @param cacheSize: How many answers to L{loadState} to keep (0:
+            none).
         @raise StoreError: If the file cannot be opened, is not a store, is
             missing with C{create=False}, or is newer than this software.
         """
@@ -168,6 +179,8 @@ class SQLiteStore:
         self._eventRetention = eventRetention
         self._lockPatience = lockPatience
         self._closed = False
+        self.cache = StateCache(0 if blocking else cacheSize)
+        self._dataVersion: int | None = None
         if not self.path.exists():
             if not create:
                 raise StoreMissing(f"no SQLite store at {self.path}")
@@ -378,6 +391,12 @@ class SQLiteStore:
                 connection.execute("RELEASE operation")
         except Exception as e:
             result = _storeError(self.path, e)
+            self.cache.clear()
+        else:
+            if operation is sqlops.recordOutcome:
+                self.cache.forgetOutcome(arguments[0], result)
+            else:
+                self.cache.clear()
         self._inTransaction.append((d, result))
 
     def _commit(self) -> None:
@@ -393,6 +412,8 @@ class SQLiteStore:
                 self.commits += 1
             except sqlite3.Error as e:
                 failure = _storeError(self.path, e)
+                # Answers read inside the transaction saw its writes.
+                self.cache.clear()
                 try:
                     self._writer.execute("ROLLBACK")
                 except sqlite3.Error:
@@ -528,10 +549,38 @@ class SQLiteStore:
         return defer.succeed(key)
 
     def loadState(self, query: StateQuery) -> defer.Deferred[DecisionState]:
-        waiting = None if self._closed else self._afterWaitingWrites(query.scope)
-        if waiting is None:
+        if self.blocking or self._closed:
             return self._read(sqlops.loadState, query)
-        return waiting.addCallback(lambda _: self._read(sqlops.loadState, query))
+        waiting = self._afterWaitingWrites(query.scope)
+        if waiting is None:
+            return self._cachedState(query)
+        return waiting.addCallback(lambda _: self._cachedState(query))
+
+    def _cachedState(self, query: StateQuery) -> defer.Deferred[DecisionState]:
+        """
+        The kept answer if no other process has committed since it was
+        read and it still holds; else read (and keep) it.
+        """
+        try:
+            (version,) = self._writer.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            version = None
+        if version is None or version != self._dataVersion:
+            self.cache.clear()
+            self._dataVersion = version
+        else:
+            state = self.cache.get(query, self._now())
+            if state is not None:
+                return defer.succeed(state)
+        return self._read(self._loadAndKeep, query)
+
+    def _loadAndKeep(
+        self, connection: sqlite3.Connection, now: float, query: StateQuery
+    ) -> DecisionState:
+        state, until = sqlops.loadStateUntil(connection, now, query)
+        if self._dataVersion is not None:
+            self.cache.put(query, state, until)
+        return state
 
     def recordOutcome(self, record: OutcomeRecord) -> defer.Deferred[OutcomeResult]:
         return self._write(sqlops.recordOutcome, record.scope, record)
@@ -597,6 +646,7 @@ class SQLiteStore:
                     self._failWaiting(StoreError(f"SQLite store {self.path} is closed"))
         self._commit()
         self._closed = True
+        self.cache.clear()
         self._stopCheckpoints.set()
         checkpointer = self._checkpointer
         self._reader.close()

@@ -38,6 +38,7 @@ from clientid_twisted.store._records import (
 __all__ = [
     "identityKey",
     "loadState",
+    "loadStateUntil",
     "recordOutcome",
     "listDevices",
     "setDeviceState",
@@ -77,6 +78,17 @@ def identityKey(connection: sqlite3.Connection, now: float, candidate: bytes | N
 
 
 def loadState(connection: sqlite3.Connection, now: float, query: StateQuery) -> DecisionState:
+    return loadStateUntil(connection, now, query)[0]
+
+
+def loadStateUntil(
+    connection: sqlite3.Connection, now: float, query: StateQuery
+) -> tuple[DecisionState, float]:
+    """
+    L{loadState}, and until when the answer holds if nothing is written:
+    the end of the first of its live locks, counter and set to expire
+    (a cache may serve it until then).
+    """
     # Three statements at most: a decision costs one read per login, so
     # what can be asked together is.
     device = None
@@ -94,18 +106,30 @@ def loadState(connection: sqlite3.Connection, now: float, query: StateQuery) -> 
                 (query.account, APPROVED),
             ).fetchone()
     locks = _liveLocks(connection, now, query.locks)
-    size, has = 0, False
-    if query.windowSet is not None:
-        row = connection.execute(
-            "SELECT count, EXISTS (SELECT 1 FROM set_members WHERE key = ? AND member = ?) "
-            "FROM counters WHERE key = ? AND expires > ?",
-            (query.windowSet, query.member, query.windowSet, now),
-        ).fetchone()
-        if row is not None:
-            size, has = row[0], bool(row[1])
-    return DecisionState(
-        device=device, approvedDevices=approved, locks=locks, setSize=size, setHasMember=has
+    until = min(locks.values(), default=FOREVER)
+    size, has, count = 0, False, 0
+    if query.windowSet is not None or query.counter is not None:
+        # The set's window and the counter are both rows of counters.
+        for key, counted, expires, member in connection.execute(
+            "SELECT key, count, expires, "
+            "EXISTS (SELECT 1 FROM set_members WHERE key = counters.key AND member = ?) "
+            "FROM counters WHERE key IN (?, ?) AND expires > ?",
+            (query.member, query.windowSet, query.counter, now),
+        ):
+            until = min(until, expires)
+            if key == query.windowSet:
+                size, has = counted, bool(member)
+            if key == query.counter:
+                count = counted
+    state = DecisionState(
+        device=device,
+        approvedDevices=approved,
+        locks=locks,
+        setSize=size,
+        setHasMember=has,
+        count=count,
     )
+    return state, until
 
 
 _DEVICE_AND_APPROVED = (
