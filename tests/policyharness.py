@@ -59,10 +59,16 @@ class PolicyHarness:
     """
 
     def __init__(self, test: SynchronousTestCase, config: dict[str, Any] | None = None,
-                 store: Any = None) -> None:
+                 store: Any = None, clock: Clock | None = None) -> None:
+        """
+        @param clock: The store's clock, if C{store} is given (else a new
+            one at L{START}).
+        """
         self.test = test
-        self.clock = Clock()
-        self.clock.advance(START)
+        if clock is None:
+            clock = Clock()
+            clock.advance(START)
+        self.clock = clock
         self.store = store if store is not None else MemoryStore(self.clock)
         self.hasher = IdentityHasher(b"k" * 32)
         self.observer = RecordingObserver()

@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest
 
 from clientid_twisted.interfaces import IClientIDStore
 from clientid_twisted.store._errors import StoreError, UnknownDevice
@@ -295,6 +296,48 @@ class StoreTestsMixin:
         self.assertEqual(result.locked, ())  # type: ignore[attr-defined]
         result = yield self.record(bump(limit=2))
         self.assertEqual(result.locked, ("lock:c",))  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_counterRead(self) -> Any:
+        """
+        A query's C{counter} reads its live count: 0 before the first
+        count, after a reset and once its window has passed.  A store that
+        does not read counters answers L{None} (the policy then writes
+        every success).
+        """
+        state = yield self.state(counter="c", windowSet="s", member="m")
+        if state.count is None:
+            raise SkipTest(f"{self.store!r} does not read counters")
+        self.assertEqual(state.count, 0)  # type: ignore[attr-defined]
+        yield self.record(bump(limit=0))
+        yield self.record(bump(limit=0), AddMember("s", "m", 600.0))
+        state = yield self.state(counter="c", windowSet="s", member="m")
+        self.assertEqual(  # type: ignore[attr-defined]
+            (state.count, state.setSize, state.setHasMember), (2, 1, True)
+        )
+        yield self.record(Reset("c"))
+        state = yield self.state(counter="c")
+        self.assertEqual(state.count, 0)  # type: ignore[attr-defined]
+        yield self.record(bump(limit=0))
+        self.clock.advance(600)
+        state = yield self.state(counter="c")
+        self.assertEqual(state.count, 0)  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_earlierLoginsCounted(self) -> Any:
+        """
+        A device update adds the logins the policy did not write when they
+        happened.  (Only a store that reads counters lets the policy leave
+        logins unwritten: see L{test_counterRead}.)
+        """
+        state = yield self.state(counter="c")
+        if state.count is None:
+            raise SkipTest(f"{self.store!r} does not read counters: no login goes unwritten")
+        yield self.record(device=update())
+        result = yield self.record(device=update(earlierLogins=4))
+        self.assertEqual(  # type: ignore[attr-defined]
+            (result.device.logins, result.device.failures), (6, 0)
+        )
 
     @defer.inlineCallbacks
     def test_countersAreSeparate(self) -> Any:

@@ -74,6 +74,10 @@ class StateCache:
     At most C{size} answers; when full, it starts again empty (cheaper than
     tracking recency, and a server's active devices fit many times over).
 
+    A write stamps the names it touched with a new write number; an answer
+    holds while none of the names it read was stamped after it was read
+    (cheaper in memory than an index from names to answers).
+
     @ivar hits: Answers served from memory (a figure for tests and
         benchmarks).
     """
@@ -81,18 +85,27 @@ class StateCache:
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
         self.hits = 0
-        self._answers: dict[StateQuery, tuple[DecisionState, float]] = {}
-        self._readers: dict[object, set[StateQuery]] = {}
+        self._answers: dict[StateQuery, tuple[DecisionState, float, int]] = {}
+        self._written: dict[object, int] = {}
+        self._writes = 0
 
     def get(self, query: StateQuery, now: float) -> DecisionState | None:
         """
         The kept answer to C{query} if it still holds at C{now}.
         """
         answer = self._answers.get(query)
-        if answer is None or answer[1] <= now:
+        if answer is None:
             return None
+        state, until, stamp = answer
+        if until <= now:
+            return None
+        written = self._written
+        if written:
+            for name in _readNames(query):
+                if written.get(name, -1) > stamp:
+                    return None
         self.hits += 1
-        return answer[0]
+        return state
 
     def put(self, query: StateQuery, state: DecisionState, until: float) -> None:
         """
@@ -103,21 +116,24 @@ class StateCache:
             return
         if len(self._answers) >= self.size and query not in self._answers:
             self.clear()
-        self._answers[query] = (state, until)
-        for name in _readNames(query):
-            self._readers.setdefault(name, set()).add(query)
+        self._answers[query] = (state, until, self._writes)
 
     def forgetOutcome(self, record: OutcomeRecord, result: OutcomeResult) -> None:
         """
         Forget the answers that C{record}, just applied, may have changed.
         """
+        if not self._answers:
+            return
+        if len(self._written) >= self.size:
+            self.clear()
+            return
+        self._writes += 1
         for name in _writtenNames(record, result):
-            for query in self._readers.pop(name, ()):
-                self._answers.pop(query, None)
+            self._written[name] = self._writes
 
     def clear(self) -> None:
         """
         Forget everything.
         """
         self._answers.clear()
-        self._readers.clear()
+        self._written.clear()
