@@ -17,6 +17,9 @@ from typing import Any
 
 from attrs import evolve
 
+from zope.interface import implementer
+
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -251,6 +254,7 @@ class SynchronousPathTests(SynchronousTestCase):
         h = PolicyHarness(self, {"policy": {"devices": "allowlist"}})
         pending: list[defer.Deferred[Any]] = []
 
+        @implementer(ICredentialsChecker)
         class Slow:
             credentialInterfaces = h.inner.credentialInterfaces
 

@@ -126,16 +126,16 @@ class ClientIDChecker:
         except Exception:
             self.log.failure("cannot read the login attempt")
             return defer.fail(TemporaryAuthenticationFailure("unreadable credentials"))
-        decided = self._evaluate(attempt)
+        decided: defer.Deferred[Any] = self._evaluate(attempt)
         if IPasswordForwardingChecker.providedBy(self.innerChecker):
             decided.addCallback(self._forwardIfAccepted, credentials)
-            decided.addCallback(lambda both: self._verdict(*both, waitForRecord=True))
+            decided.addCallback(self._verdict, waitForRecord=True)
             return decided
         checked = self._check(self.innerChecker.requestAvatarId, credentials)
         decision = firedResult(decided)
         if decision is NOT_FIRED:
             both = defer.gatherResults([decided, checked], consumeErrors=True)
-            both.addCallbacks(lambda both: self._verdict(*both), _firstError)
+            both.addCallbacks(self._verdict, _firstError)
             return both
         if isinstance(decision, Failure):
             # A policy that broke its promise never to fail.
@@ -143,11 +143,11 @@ class ClientIDChecker:
             return defer.fail(decision)
         avatarId = firedResult(checked)
         if avatarId is NOT_FIRED:
-            return checked.addCallback(lambda avatarId: self._verdict(decision, avatarId))
+            return checked.addCallback(lambda avatarId: self._verdict([decision, avatarId]))
         if isinstance(avatarId, Failure):
             return defer.fail(avatarId)
         try:
-            return defer.succeed(self._verdict(decision, avatarId))
+            return defer.succeed(self._verdict([decision, avatarId]))
         except Exception:
             return defer.fail()
 
@@ -186,9 +186,10 @@ class ClientIDChecker:
         checked.addCallback(lambda avatarId: [decision, avatarId])
         return checked
 
-    def _verdict(self, decision: Decision, avatarId: Any, waitForRecord: bool = False) -> Any:
+    def _verdict(self, results: list[Any], waitForRecord: bool = False) -> Any:
         """
-        The answer to the login, given the decision and the password check.
+        The answer to the login, given the decision and the password
+        check's result (C{results}).
 
         A success hears its outcome before the answer (it records at most
         a device's first login and raises its alerts: nothing a client
@@ -196,6 +197,8 @@ class ClientIDChecker:
         refused right password and a wrong one do the same work before
         the answer.
         """
+        decision: Decision = results[0]
+        avatarId = results[1]
         if decision.verdict is Verdict.TEMPFAIL:
             raise TemporaryAuthenticationFailure(decision.reason)
         passwordAccepted = avatarId is not _REFUSED
