@@ -11,7 +11,6 @@ and the same token gives unrelated fingerprints on two installations.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 
@@ -59,7 +58,7 @@ class IdentityHasher:
             identity.typeKey.encode("ascii"),
             identity.token.encode("ascii"),
         )
-        return hmac.new(self.key, message, hashlib.sha256).hexdigest()
+        return hmac.digest(self.key, message, "sha256").hex()
 
     def fingerprint(self, identity: ClientIdentity) -> str:
         """

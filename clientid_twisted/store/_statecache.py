@@ -124,7 +124,7 @@ class StateCache:
         """
         if not self._answers:
             return
-        if len(self._written) >= self.size:
+        if len(self._written) >= 4 * self.size:
             self.clear()
             return
         self._writes += 1
