@@ -134,6 +134,7 @@ class ClientIDChecker:
         checked = self._check(self.innerChecker.requestAvatarId, credentials)
         decision = firedResult(decided)
         if decision is NOT_FIRED:
+            checked.addErrback(_refusedPassword)
             both = defer.gatherResults([decided, checked], consumeErrors=True)
             both.addCallbacks(self._verdict, _firstError)
             return both
@@ -143,9 +144,12 @@ class ClientIDChecker:
             return defer.fail(decision)
         avatarId = firedResult(checked)
         if avatarId is NOT_FIRED:
+            checked.addErrback(_refusedPassword)
             return checked.addCallback(lambda avatarId: self._verdict([decision, avatarId]))
         if isinstance(avatarId, Failure):
-            return defer.fail(avatarId)
+            if not avatarId.check(UnauthorizedLogin):
+                return defer.fail(avatarId)
+            avatarId = _REFUSED
         try:
             return defer.succeed(self._verdict([decision, avatarId]))
         except Exception:
@@ -165,17 +169,16 @@ class ClientIDChecker:
 
     def _check(self, check: Any, credentials: Any) -> defer.Deferred[Any]:
         """
-        The wrapped checker's answer: an avatar ID, or L{_REFUSED} for
-        L{UnauthorizedLogin}; anything it raises fails the Deferred.
+        The wrapped checker's answer (an avatar ID); anything it raises
+        fails the Deferred.
         """
         try:
             checked = check(credentials)
         except Exception:
-            checked = defer.fail()
-        else:
-            if not isinstance(checked, defer.Deferred):
-                return defer.succeed(checked)
-        return checked.addErrback(_refusedPassword)
+            return defer.fail()
+        if not isinstance(checked, defer.Deferred):
+            return defer.succeed(checked)
+        return checked
 
     def _forwardIfAccepted(self, decision: Decision, credentials: Any) -> Any:
         if decision.verdict is Verdict.TEMPFAIL:
@@ -183,6 +186,7 @@ class ClientIDChecker:
         inner: Any = self.innerChecker
         check = inner.requestAvatarId if decision.verdict is Verdict.ACCEPT else inner.refuseUnchecked
         checked = self._check(check, credentials)
+        checked.addErrback(_refusedPassword)
         checked.addCallback(lambda avatarId: [decision, avatarId])
         return checked
 

@@ -326,14 +326,18 @@ class DevicePolicy:
             self._logRefusal(decision, passwordAccepted)
         if context.degraded:
             return defer.succeed(None)
-        try:
-            record = self._record(decision, context, passwordAccepted, succeeded)
-        except Exception:
-            self.log.failure("CLIENTID policy failed to record an outcome")
-            return defer.succeed(None)
         alertSuccess = (
             succeeded and "alert-success" in context.flags and context.digest is not None
         )
+        try:
+            if succeeded and self._quiet(context):
+                self._countUnwritten(context)
+                record = None
+            else:
+                record = self._record(decision, context, passwordAccepted, succeeded)
+        except Exception:
+            self.log.failure("CLIENTID policy failed to record an outcome")
+            return defer.succeed(None)
         if record is None:
             if alertSuccess:
                 self._alertLogin(decision, context)
@@ -399,13 +403,6 @@ class DevicePolicy:
                     detail=None if succeeded else (decision.reason or "wrong password"),
                 )
             )
-        if succeeded and self._throttled(context, device, operations, events):
-            key = (device.account, device.digest) if device is not None else None
-            if key is not None:
-                if len(self._unwritten) >= _UNWRITTEN_MAX and key not in self._unwritten:
-                    self._unwritten.clear()
-                self._unwritten[key] = self._unwritten.get(key, 0) + 1
-            return None
         if device is not None and self._unwritten:
             earlier = self._unwritten.pop((device.account, device.digest), 0)
             if earlier:
@@ -416,38 +413,50 @@ class DevicePolicy:
             scope=tuple(scope), device=device, operations=tuple(operations), events=tuple(events)
         )
 
-    def _throttled(
-        self,
-        context: _Context,
-        device: DeviceUpdate | None,
-        operations: list[Operation],
-        events: list[Event],
-    ) -> bool:
+    def _quiet(self, context: _Context) -> bool:
         """
-        Whether a successful login changes nothing in the store but the
-        device's last-seen time, address and login count, and the time was
-        written less than C{last_seen_interval_seconds} ago: then it waits.
+        Whether a successful login would write nothing but the device's
+        last-seen time, address and login count, and that time was written
+        less than C{last_seen_interval_seconds} ago: then nothing is
+        written now.
 
-        Only a known, approved device qualifies, with nothing else to
-        write: its token already counted on this account in the window,
-        no failures to forget, no event (C{user-log}), no new state.
+        A success from a known, approved device records (L{_record}): the
+        token's membership of the account's set, a reset of its failure
+        count, the device update and, with C{user-log}, an event.  It is
+        quiet when the first two would change nothing (already a member
+        of the live set; no live count) and there is no event.  Decided
+        here, before the record is built, as it is on every such login:
+        keep it in step with L{_tokenOutcome}.
         """
         interval = self.config.lastSeenIntervalSeconds
         state = context.state
-        if not interval or events or state is None:
+        if (
+            not interval
+            or state is None
+            or not context.used
+            or context.digest is None
+            or context.account is None
+            or "user-log" in context.flags
+            or state.count != 0  # failures to forget (None: the store cannot say)
+        ):
+            return False
+        if self.config.limits.accountsPerToken and not state.setHasMember:
             return False
         known = state.device
         if known is None or known.state != APPROVED or known.lastSeen is None:
             return False
-        if device is not None and (device.create or device.promote):
-            return False
-        for operation in operations:
-            if isinstance(operation, AddMember) and state.setHasMember:
-                continue  # already a member of the live set
-            if isinstance(operation, Reset) and state.count == 0:
-                continue  # no live count to forget (None: the store cannot say)
-            return False
         return bool(self._clock.seconds() - known.lastSeen < interval)
+
+    def _countUnwritten(self, context: _Context) -> None:
+        """
+        Count a quiet login for the device's next write.
+        """
+        assert context.account is not None and context.digest is not None
+        key = (context.account, context.digest)
+        unwritten = self._unwritten
+        if len(unwritten) >= _UNWRITTEN_MAX and key not in unwritten:
+            unwritten.clear()
+        unwritten[key] = unwritten.get(key, 0) + 1
 
     def _tokenOutcome(
         self,
