@@ -27,13 +27,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import clientid_twisted
 from clientid_twisted.admin import main as adminMain
-from clientid_twisted.fingerprint import IdentityHasher
-from clientid_twisted.identity import ClientIdentity
-from clientid_twisted.policy.checker import ClientIDChecker
-from clientid_twisted.policy.manage import resultOf
+from clientid_twisted._fingerprint import IdentityHasher
+from clientid_twisted._identity import ClientIdentity
+from clientid_twisted.policy._checker import ClientIDChecker
+from clientid_twisted.policy._manage import resultOf
 from clientid_twisted.server.users import UserDatabase, usersPath
-from clientid_twisted.store.records import APPROVED, REVOKED, StateQuery
-from clientid_twisted.store.sqlite import SQLiteStore
+from clientid_twisted.store._records import APPROVED, REVOKED, StateQuery
+from clientid_twisted.store._sqlite import SQLiteStore
 from tests.policyharness import ALICE, START, PolicyHarness
 
 
@@ -360,7 +360,7 @@ class SQLiteCoherenceTests(SynchronousTestCase):
         self.assertEqual(self.login(), "ok")
 
     def test_tokenRevokedByAnotherProcess(self) -> None:
-        from clientid_twisted.policy import keys
+        from clientid_twisted.policy import _keys as keys
 
         self.assertEqual(self.login(), "ok")
         self.assertEqual(self.login(), "ok")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from clientid_twisted.store.records import (
+from clientid_twisted.store._records import (
     AddMember,
     Bump,
     DecisionState,
