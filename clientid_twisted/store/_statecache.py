@@ -6,8 +6,9 @@ from a known device need not read the SQLite file again.
 An answer is kept until the first of these:
 
     - the time runs out: the end of the first of its live locks, counter
-      or set to expire (L{sqlops.loadStateUntil}), after which the same
-      rows say something else without anyone writing them;
+      or set to expire (L{clientid_twisted.store._sqlops.loadStateUntil}),
+      after which the same rows say something else without anyone writing
+      them;
     - this process writes something the answer read (L{forgetOutcome}
       names what an outcome changed; any other write forgets everything);
     - another process commits to the file: the store compares SQLite's
