@@ -30,6 +30,9 @@ PUBLIC_MODULES = (
     "clientid_twisted.testing",
     "clientid_twisted",
 )
+"""The library's API (docs/embedding.md, "Public modules"), listed once,
+here: tests/test_layering.py checks that every other library module is
+private and that the applications, examples and docs import only these."""
 
 
 def _isPrivate(fullName: str) -> bool:
