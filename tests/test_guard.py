@@ -216,6 +216,84 @@ class SMTPTimeoutTests(_Sessions, SynchronousTestCase):
         self.assertEqual(self.limiter.connections, 0)
 
 
+class OneTimerTests(_Sessions, SynchronousTestCase):
+    """
+    A session's deadlines (idle, command line, transfer, handshake) share
+    one delayed call, moved rather than cancelled and scheduled again.
+    """
+
+    def scheduled(self, client: LineExchange) -> list[float]:
+        """
+        Record the delay of every call the session schedules from now on.
+        """
+        delays: list[float] = []
+        protocol: Any = client.protocol
+        callLater = protocol.callLater
+
+        def recording(delay: float, *args: Any, **kwargs: Any) -> Any:
+            delays.append(delay)
+            return callLater(delay, *args, **kwargs)
+
+        protocol.callLater = recording
+        return delays
+
+    def test_busySession(self) -> None:
+        """
+        Lines split across reads (each starts and ends a command deadline)
+        and a message body (a transfer deadline) schedule no call per line
+        or per message, and one call is pending throughout.
+        """
+        client = self.smtp(secure=True)
+        scheduled = self.scheduled(client)
+        self.login(client)
+        for n in range(20):
+            client.protocol.dataReceived(b"NO")
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+            self.clock.advance(1)
+            client.protocol.dataReceived(b"OP\r\n")
+        client.exchange(b"MAIL FROM:<bob@example.test>")
+        client.exchange(b"RCPT TO:<bob@example.test>")
+        client.exchange(b"DATA")
+        for n in range(10):
+            client.protocol.dataReceived(b"line %d\r\n" % (n,))
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertTrue(client.exchange(b".").startswith(b"250 "))
+        # Once: the call armed for the handshake (5 s) found the idle
+        # deadline next, and was armed for it.
+        self.assertEqual(len(scheduled), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_rearmedOncePerIdlePeriod(self) -> None:
+        """
+        A deadline moved later (the idle timeout, at each line) is not
+        rescheduled: the call fires at the old time, finds nothing due, and
+        is armed for the new one.  The timeout itself is exact.
+        """
+        client = self.smtp(secure=True)
+        self.login(client)
+        self.clock.advance(5)  # past the handshake's deadline
+        scheduled = self.scheduled(client)
+        for n in range(10):
+            self.clock.advance(10)
+            client.exchange(b"NOOP")
+        # The first idle deadline passed during the loop: one new call.
+        self.assertEqual(len(scheduled), 1)
+        self.clock.advance(99.9)
+        self.assertFalse(self.closed(client))
+        self.clock.advance(0.1)
+        self.assertTrue(self.closed(client))
+
+    def test_imapSession(self) -> None:
+        client = self.imap()
+        scheduled = self.scheduled(client)
+        client.exchange(b"a LOGIN bob@example.test pw")
+        for n in range(20):
+            client.send(b"n NO")
+            client.send(b"OP\r\n")
+        self.assertEqual(scheduled, [])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+
 class HandshakeTests(_Sessions, SynchronousTestCase):
     limits = evolve(LIMITS, maxTLSHandshakesPerAddress=1)
 

@@ -10,8 +10,17 @@ is not read from until it does (so replies cannot pile up in memory).
 
 L{SessionGuardMixin} goes first in the bases of a protocol that has
 C{TimeoutMixin}'s C{setTimeout}/C{callLater} and an C{isEncrypted()}; the
-protocol supplies the few hooks that differ between SMTP and IMAP.  Every
-timer goes through C{self.callLater}, so tests drive them with a
+protocol supplies the few hooks that differ between SMTP and IMAP.
+
+Every deadline of a session (the idle timeout of C{TimeoutMixin}, which
+this takes over, a command line's, a transfer's, a TLS handshake's, a
+delayed answer's) is a time in a table; one L{DelayedCall
+<twisted.internet.base.DelayedCall>} per session is armed for the
+earliest.  A deadline that moves later (the idle timeout, at every line)
+only changes the table: the call finds nothing due when it fires and is
+armed again for what is next, so a busy session makes one call per idle
+period instead of cancelling and scheduling one per line.  Timers go
+through C{self.callLater}, so tests drive them with a
 L{twisted.internet.task.Clock}.
 """
 
@@ -83,7 +92,6 @@ class SessionGuardMixin:
     transport: Any
     protocolName: str
     callLater: Callable[..., Any]
-    setTimeout: Callable[[Any], Any]
     isEncrypted: Callable[[], bool]
 
     # -- hooks ----------------------------------------------------------------
@@ -141,11 +149,15 @@ class SessionGuardMixin:
 
     # -- connection -----------------------------------------------------------------
 
+    timeOut: Any  # TimeoutMixin's (IMAP4Server gives a default)
+    _timer: Any = None
+
     @property
-    def _timers(self) -> dict[str, Any]:
-        # The session's delayed calls by name (created on first use, so a
-        # protocol driven without connectionMade still works).
-        return self.__dict__.setdefault("_timerTable", {})  # type: ignore[no-any-return]
+    def _deadlines(self) -> dict[str, tuple[float, Callable[[], None]]]:
+        # The session's deadlines by name: when, and what to call then
+        # (created on first use, so a protocol driven without
+        # connectionMade still works).
+        return self.__dict__.setdefault("_deadlineTable", {})  # type: ignore[no-any-return]
 
     @property
     def _delayed(self) -> list[defer.Deferred[None]]:
@@ -165,8 +177,7 @@ class SessionGuardMixin:
 
     def connectionLost(self, reason: Any = None) -> None:
         self._guardGone = True
-        for name in list(self._timers):
-            self._cancelTimer(name)
+        self._cancelAllTimers()
         delayed = list(self._delayed)
         del self._delayed[:]
         for d in delayed:
@@ -190,18 +201,105 @@ class SessionGuardMixin:
     # -- timers -----------------------------------------------------------------
 
     def _startTimer(self, name: str, seconds: float, fire: Callable[[], None]) -> None:
-        self._cancelTimer(name)
-
-        def run() -> None:
-            self._timers.pop(name, None)
-            fire()
-
-        self._timers[name] = self.callLater(seconds, run)
+        """
+        Call C{fire} in C{seconds} unless L{_cancelTimer} is called for
+        C{name} first (which replaces a deadline of that name).
+        """
+        deadlines = self._deadlines
+        timer = self._timer
+        if timer is not None and timer.active():
+            when = timer.seconds() + seconds
+            deadlines[name] = (when, fire)
+            if when < timer.getTime():
+                timer.reset(seconds)
+            return
+        if timer is not None and deadlines:
+            # The call has fired: arm it again for the earliest.
+            deadlines[name] = (timer.seconds() + seconds, fire)
+            self._armTimer()
+            return
+        timer = self._timer = self.callLater(seconds, self._deadlineReached)
+        deadlines[name] = (timer.getTime(), fire)
 
     def _cancelTimer(self, name: str) -> None:
-        call = self._timers.pop(name, None)
-        if call is not None and call.active():
-            call.cancel()
+        deadlines = self._deadlines
+        if deadlines.pop(name, None) is not None and not deadlines:
+            self._stopTimer()
+
+    def _cancelAllTimers(self) -> None:
+        self._deadlines.clear()
+        self._stopTimer()
+
+    def _stopTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _armTimer(self) -> None:
+        """
+        Make the session's call fire at the earliest deadline (none left:
+        no call).
+        """
+        deadlines = self._deadlines
+        if not deadlines:
+            self._stopTimer()
+            return
+        earliest = min(when for when, _ in deadlines.values())
+        timer = self._timer
+        if timer.active():
+            if timer.getTime() > earliest:
+                timer.reset(earliest - timer.seconds())
+            return
+        self._timer = self.callLater(max(0.0, earliest - timer.seconds()), self._deadlineReached)
+
+    def _deadlineReached(self) -> None:
+        """
+        The session's call fired: run what is due, earliest first, then arm
+        the call for what is next.
+        """
+        timer = self._timer
+        deadlines = self._deadlines
+        while deadlines:
+            now = timer.seconds()
+            name, (when, fire) = min(deadlines.items(), key=lambda item: item[1][0])
+            if when > now:
+                break
+            del deadlines[name]
+            fire()
+            if self._timer is None or self._timer is not timer and self._timer.active():
+                # Stopped (every deadline gone), or armed anew by what ran.
+                break
+        if self._timer is timer:
+            self._armTimer()
+
+    # -- the idle timeout (TimeoutMixin's, as one of the deadlines) ------------------
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        Change the idle timeout (C{TimeoutMixin.setTimeout}): L{None} stops
+        it, a number restarts it from now.
+
+        @return: The previous period.
+        """
+        previous, self.timeOut = self.timeOut, period
+        if period is None:
+            self._cancelTimer("idle")
+        else:
+            self._startTimer("idle", period, self._idleTimedOut)
+        return previous
+
+    def resetTimeout(self) -> None:
+        """
+        Restart the idle timeout from now, if it is running
+        (C{TimeoutMixin.resetTimeout}): a later deadline, so only the table
+        changes.
+        """
+        idle = self._deadlines.get("idle")
+        if idle is not None and self.timeOut is not None:
+            self._deadlines["idle"] = (self._timer.seconds() + self.timeOut, idle[1])
+
+    def _idleTimedOut(self) -> None:
+        self.timeoutConnection()
 
     def idleTimeout(self) -> float:
         """
@@ -255,7 +353,7 @@ class SessionGuardMixin:
         """
         if self.inTransfer():
             self._cancelTimer("command")
-            if "transfer" not in self._timers:
+            if "transfer" not in self._deadlines:
                 self._startTimer("transfer", self.limits.dataTimeout, lambda: self.closeSession("data-timeout"))
             return
         self._cancelTimer("transfer")
@@ -265,7 +363,7 @@ class SessionGuardMixin:
             self._cancelTimer("command")
             return
         if self.hasPartialLine():
-            if "command" not in self._timers:
+            if "command" not in self._deadlines:
                 self._startTimer("command", self.limits.commandTimeout, lambda: self.closeSession("command-timeout"))
         else:
             self._cancelTimer("command")
@@ -379,9 +477,8 @@ class SessionGuardMixin:
             return
         self.closing = True
         self._logLimit(event)
-        for name in list(self._timers):
-            self._cancelTimer(name)
-        self.setTimeout(None)
+        self._cancelAllTimers()
+        self.timeOut = None
         self.sessionEnding()
         self.sendGoodbye(event)
         self.transport.loseConnection()
@@ -391,8 +488,7 @@ class SessionGuardMixin:
         # A TLS close waits for the client's close_notify, and a client that
         # does not read never drains the goodbye: neither may keep the
         # connection.
-        self._cancelTimer("abort")
-        self._timers["abort"] = self.callLater(seconds, self.transport.abortConnection)
+        self._startTimer("abort", seconds, self.transport.abortConnection)
 
     def countError(self) -> None:
         """
