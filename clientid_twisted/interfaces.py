@@ -198,6 +198,30 @@ class IClientIDStore(Interface):
             is locked now to the lock's end.
         """
 
+    def keepMessage(account, message, limit, seconds):
+        """
+        Keep a message for C{account}'s INBOX until L{takeMessages} takes
+        it: a gateway, which can write into the backend's INBOX only on
+        the account's own connection, APPENDs it at the account's next
+        login, on whichever frontend sharing the store sees it.
+
+        @param message: The message's bytes (with CRLF line ends).
+        @param limit: The most messages kept for the account: the oldest
+            go first.
+        @param seconds: How long the message is kept if no login takes it.
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing
+            with L{None} once the message is kept.
+        """
+
+    def takeMessages(account):
+        """
+        Remove and return the messages kept for C{account}, in one step:
+        of several frontends asking at once, one gets each message.
+
+        @return: A L{Deferred <twisted.internet.defer.Deferred>} firing
+            with the messages (L{bytes}) not yet expired, oldest first.
+        """
+
     def listEvents(account, limit):
         """
         @param account: Only this account's events, or L{None} for all.

@@ -610,6 +610,43 @@ class StoreTestsMixin:
         self.assertEqual([e.kind for e in events], ["user-removed"])  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
+    def test_keepAndTakeMessages(self) -> Any:
+        """
+        Messages kept for an account come back once, oldest first, byte
+        for byte; other accounts keep theirs.
+        """
+        odd = b"Subject: x\r\n\r\n\x00\xff caf\xc3\xa9 ' \" -- ]]\r\n"
+        yield self.store.keepMessage("a@x", b"first\r\n", 5, 3600.0)
+        yield self.store.keepMessage("b@x", b"bob's\r\n", 5, 3600.0)
+        yield self.store.keepMessage("a@x", odd, 5, 3600.0)
+        self.assertEqual((yield self.store.takeMessages("a@x")), [b"first\r\n", odd])  # type: ignore[attr-defined]
+        self.assertEqual((yield self.store.takeMessages("a@x")), [])  # type: ignore[attr-defined]
+        self.assertEqual((yield self.store.takeMessages("b@x")), [b"bob's\r\n"])  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_keptMessagesBounded(self) -> Any:
+        """
+        At most C{limit} per account: the oldest go first.
+        """
+        for n in range(5):
+            yield self.store.keepMessage("a@x", b"%d" % n, 3, 3600.0)
+        self.assertEqual((yield self.store.takeMessages("a@x")), [b"2", b"3", b"4"])  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_keptMessagesExpire(self) -> Any:
+        """
+        A message not taken within its C{seconds} is gone.
+        """
+        yield self.store.keepMessage("a@x", b"old", 5, 60.0)
+        self.clock.advance(30)
+        yield self.store.keepMessage("a@x", b"new", 5, 60.0)
+        self.clock.advance(31)
+        self.assertEqual((yield self.store.takeMessages("a@x")), [b"new"])  # type: ignore[attr-defined]
+        yield self.store.keepMessage("a@x", b"late", 5, 60.0)
+        self.clock.advance(61)
+        self.assertEqual((yield self.store.takeMessages("a@x")), [])  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
     def test_readYourWrites(self) -> Any:
         """
         A read sees a write made before it, even if the write's Deferred has

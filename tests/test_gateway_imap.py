@@ -42,6 +42,8 @@ class GatewayTestCase(TestCase):
     timeoutSeconds = 10
     dovecotSSL = False
     dovecotExtra = ""
+    extraConfig = ""
+    """More tables for C{clientid.toml}, after the others."""
 
     def backendSettings(self) -> str:
         """
@@ -70,6 +72,7 @@ class GatewayTestCase(TestCase):
             arguments = ("--imap-backend", self.backend)
         else:
             config += f"[gateway]\n{self.backendSettings()}backend_timeout_seconds = {self.timeoutSeconds}\n"
+        config += self.extraConfig
         self.server = RunningServer(self.work, config, protocols=("imap", "imaps"), arguments=arguments)
         self.addCleanup(self.server.stop)
 
@@ -306,6 +309,86 @@ class RelayTests(GatewayTestCase):
         notices = [m for m in self.dovecot.inbox(ALICE) if b"New device logged in" in m]
         self.assertEqual(len(notices), 1)
         self.assertIn(b"To: <alice@example.org>", notices[0])
+
+
+class DurableNoticesTests(GatewayTestCase):
+    """
+    A notice raised without a login (a device locked out, with
+    C{[alerts] notice_failures}) waits in the store, not in the gateway's
+    memory: it survives a restart, and with a store shared by several
+    frontends it is APPENDed once, by whichever sees the account's login.
+    """
+
+    extraConfig = "[limits]\ndevice_failures = 2\n[alerts]\nnotice_failures = true\n"
+    LOCKED = b"Subject: A device was locked out of your mail account"
+
+    def start(self, work: Path, store: str | None = None) -> RunningServer:
+        """
+        Another gateway with this test's configuration on C{work}.
+        """
+        config = (self.server.dataDir / "clientid.toml").read_text()
+        server = RunningServer(work, config, protocols=("imap", "imaps"), store=store)
+        self.addCleanup(server.stop)
+        return server
+
+    def lockOut(self, server: RunningServer) -> None:
+        """
+        Two wrong passwords from one device: it is locked, and Alice's
+        lockout notice waits for her next login.
+        """
+        for _ in range(2):
+            client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
+            self.addCleanup(_close, client)
+            client.starttls(ssl_context=server.context)
+            client._simple_command("CLIENTID", "UUID", "tok-thief")
+            with self.assertRaises(imaplib.IMAP4.error):
+                client.login(ALICE, "wrong")
+            client.logout()
+        self.assertEqual(self.locked(), 0)
+
+    def loginThrough(self, server: RunningServer) -> None:
+        client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
+        self.addCleanup(_close, client)
+        client.starttls(ssl_context=server.context)
+        client._simple_command("CLIENTID", "UUID", "tok-laptop")
+        self.assertEqual(client.login(ALICE, PASSWORD)[0], "OK")
+        self.assertEqual(client.select("INBOX")[0], "OK")
+        client.logout()
+
+    def locked(self) -> int:
+        return sum(1 for m in self.dovecot.inbox(ALICE) if self.LOCKED in m)
+
+    def test_survivesRestart(self) -> None:
+        """
+        Queued, the gateway stopped and started again on the same data
+        directory: the next login APPENDs it, once.
+        """
+        self.lockOut(self.server)
+        self.server.stop()
+        self.server = self.start(self.work)
+        self.loginThrough(self.server)
+        self.assertEqual(self.locked(), 1)
+        self.loginThrough(self.server)
+        self.assertEqual(self.locked(), 1)
+
+    def test_sharedStoreAppendsOnce(self) -> None:
+        """
+        Two gateways on one Redis: the notice raised on one is APPENDed
+        by the other, which saw the login, and never again by either.
+        """
+        from tests.redisserver import requireRedisServer, sharedRedisServer, uniquePrefix
+
+        requireRedisServer()
+        url = f"{sharedRedisServer().url}?prefix={uniquePrefix(self)}"
+        self.server.stop()
+        one = self.start(self.work / "one", store=url)
+        two = self.start(self.work / "two", store=url)
+        self.lockOut(one)
+        self.loginThrough(two)
+        self.assertEqual(self.locked(), 1)
+        self.loginThrough(one)
+        self.loginThrough(two)
+        self.assertEqual(self.locked(), 1)
 
 
 class CompressTests(GatewayTestCase):

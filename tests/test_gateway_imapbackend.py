@@ -295,48 +295,96 @@ class CheckerTests(SynchronousTestCase):
 
 class PendingNoticesTests(SynchronousTestCase):
     """
-    Notices wait for the account's next login, bounded.
+    Notices wait in the store for the account's next login, bounded.
     """
+
+    def setUp(self) -> None:
+        from clientid_twisted.store import MemoryStore
+
+        self.clock = Clock()
+        self.store = MemoryStore(self.clock)
+
+    def notices(self, **kwargs: Any) -> PendingNotices:
+        return PendingNotices(kwargs.pop("hostname", "mail.example.org"), self.store, **kwargs)
 
     def alert(self, account: str | None, kind: str = "device-new") -> Alert:
         return Alert(kind=kind, account=account, time=0.0, typeName="UUID", fingerprint="ab12")
 
+    def take(self, notices: PendingNotices, account: str) -> list[bytes]:
+        taken: list[bytes] = self.successResultOf(notices.take(account))
+        return taken
+
     def test_takenOnce(self) -> None:
-        notices = PendingNotices("mail.example.org")
+        notices = self.notices()
         notices.alertRaised(self.alert("alice@example.org"))
-        [message] = notices.take("Alice@Example.org")
+        [message] = self.take(notices, "Alice@Example.org")
         self.assertIn(b"To: <alice@example.org>\r\n", message)
         self.assertTrue(message.endswith(b"\r\n"))
-        self.assertEqual(notices.take("alice@example.org"), [])
+        self.assertEqual(self.take(notices, "alice@example.org"), [])
+
+    def test_keptInTheStore(self) -> None:
+        """
+        The notices wait in the store, not in the object: another
+        L{PendingNotices} on the same store (another frontend, or this one
+        after a restart) takes them, once.
+        """
+        self.notices().alertRaised(self.alert("alice@example.org"))
+        other = self.notices()
+        self.assertEqual(len(self.take(other, "alice@example.org")), 1)
+        self.assertEqual(self.take(self.notices(), "alice@example.org"), [])
 
     def test_operatorAlertsIgnored(self) -> None:
-        notices = PendingNotices("mail.example.org")
+        notices = self.notices()
         notices.alertRaised(self.alert(None, "token-locked"))
-        self.assertEqual(notices._pending, {})
+        notices.alertRaised(Alert(kind="device-new", account=None, time=0.0))
+        self.assertEqual(self.store._messages, {})
 
     def test_failureNoticesOnlyIfAsked(self) -> None:
         """
         As in the standalone server, alerts of failed logins without the
         right password become notices only with [alerts] notice_failures.
         """
-        notices = PendingNotices("h")
+        notices = self.notices(hostname="h")
         notices.alertRaised(self.alert("a@x", "device-locked"))
         notices.alertRaised(self.alert("a@x", "account-closed"))
-        self.assertEqual(notices.take("a@x"), [])
-        notices = PendingNotices("h", failureNotices=True)
+        self.assertEqual(self.take(notices, "a@x"), [])
+        notices = self.notices(hostname="h", failureNotices=True)
         notices.alertRaised(self.alert("a@x", "device-locked"))
-        self.assertEqual(len(notices.take("a@x")), 1)
+        self.assertEqual(len(self.take(notices, "a@x")), 1)
 
     def test_bounded(self) -> None:
-        notices = PendingNotices("h", accounts=2, perAccount=2)
-        for _ in range(3):
-            notices.alertRaised(self.alert("a@x"))
+        """
+        At most C{perAccount} per account, the oldest dropped; each kept
+        at most C{keepSeconds}.
+        """
+        notices = self.notices(perAccount=2, keepSeconds=60)
+        for n in range(3):
+            notices.addMessage("a@x", f"number {n}", ["body"], 0.0)
         notices.alertRaised(self.alert("b@x"))
-        notices.alertRaised(self.alert("c@x"))
-        self.assertEqual(notices.take("a@x"), [])
-        self.assertEqual(len(notices.take("c@x")), 1)
+        taken = self.take(notices, "a@x")
+        self.assertEqual(
+            [m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in taken], [b"number 1", b"number 2"]
+        )
+        self.clock.advance(61)
+        self.assertEqual(self.take(notices, "b@x"), [])
 
     def test_putBack(self) -> None:
-        notices = PendingNotices("h")
-        notices.putBack("a@x", [b"one"])
-        self.assertEqual(notices.take("a@x"), [b"one"])
+        notices = self.notices()
+        notices.putBack("A@x", [b"one", b"two"])
+        self.assertEqual(self.take(notices, "a@x"), [b"one", b"two"])
+
+    def test_storeFailureLogged(self) -> None:
+        """
+        A store that cannot keep the notice: a warning naming the account,
+        escaped; nothing raised into the policy that raised the alert.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.successResultOf(self.store.close())
+        self.notices().alertRaised(self.alert("a\x1b@x"))
+        [warning] = [e for e in events if "count" in e and "account" in e]
+        self.assertEqual(warning["account"], "a\\x1b@x")
+        self.assertIn("closed", warning["why"])

@@ -17,6 +17,7 @@ from clientid_twisted.gateway.imap import GatewayIMAP4Server, PendingNotices
 from clientid_twisted.gateway.imapbackend import BackendIMAPProtocol, BackendIMAPSession
 from clientid_twisted.policy._alerts import Alert
 from clientid_twisted.server.limits import ServerLimits
+from clientid_twisted.store import MemoryStore
 
 CAPABILITIES = [b"IMAP4rev1", b"IDLE", b"MOVE"]
 
@@ -114,7 +115,7 @@ class RelayTests(SynchronousTestCase):
         Pending notices are APPENDed on the backend connection first; the
         client's OK comes after the backend's.
         """
-        notices = PendingNotices("mail.example.org")
+        notices = PendingNotices("mail.example.org", MemoryStore(Clock()))
         notices.alertRaised(Alert(kind="device-new", account="alice", time=0.0))
         self.front.notices = notices
         d = self.front._appendNotices(self.session)
@@ -126,4 +127,4 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(
             self.frontTransport.value(), b"a OK [CAPABILITY IMAP4rev1 IDLE MOVE] LOGIN succeeded\r\n"
         )
-        self.assertEqual(notices.take("alice"), [])
+        self.assertEqual(self.successResultOf(notices.take("alice")), [])

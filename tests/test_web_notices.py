@@ -108,12 +108,16 @@ class GatewayNoticeLinkTests(SynchronousTestCase):
     def test_links(self) -> None:
         from clientid_twisted.gateway.imap import PendingNotices
 
+        from clientid_twisted.store import MemoryStore
+
         notices = PendingNotices(
-            "mail.example.org", linksFor=lambda account, fp: (f"https://a/{account}/{fp}", "https://d/x")
+            "mail.example.org",
+            MemoryStore(Clock()),
+            linksFor=lambda account, fp: (f"https://a/{account}/{fp}", "https://d/x"),
         )
         notices.alertRaised(REFUSED)
         notices.alertRaised(evolve(REFUSED, kind="login"))
-        refused, login = notices.take("alice@example.test")
+        refused, login = self.successResultOf(notices.take("alice@example.test"))
         self.assertIn(b"    https://a/alice@example.test/0123456789abcdef\r\n", refused)
         self.assertIn(b"    https://d/x\r\n", refused)
         self.assertNotIn(b"https://", login)

@@ -375,7 +375,7 @@ class GatewaySignInTests(HTTPClientMixin, TestCase):
         from clientid_twisted.web.service import selfServiceSite
 
         self.store = MemoryStore(reactor)
-        self.pending = PendingNotices("mail.example.test")
+        self.pending = PendingNotices("mail.example.test", self.store)
         links = LinkMaker(LinkSigner(deriveLinkKey(KEY)), "https://mail.example.test")
         site = selfServiceSite(
             WebConfig(), links, self.store, Path(self.mktemp()), None,  # type: ignore[arg-type]
@@ -394,7 +394,7 @@ class GatewaySignInTests(HTTPClientMixin, TestCase):
         known = yield self.request("POST", "/devices/signin", {"address": "Bob@Example.test", "csrf": csrf})
         other = yield self.request("POST", "/devices/signin", {"address": "not-an-address", "csrf": csrf})
         self.assertEqual((known.code, known.body), (other.code, other.body))
-        [message] = self.pending.take("bob@example.test")
+        [message] = yield self.pending.take("bob@example.test")
         self.assertIn(b"Subject: Sign-in link for your mail devices\r\n", message)
         url = re.search(rb"https://mail\.example\.test/signin\?t=\S+", message)
         assert url is not None
@@ -403,4 +403,4 @@ class GatewaySignInTests(HTTPClientMixin, TestCase):
         self.assertEqual(signedIn.code, 303)
         page = yield self.request("GET", "/devices")
         self.assertIn("Signed in as <strong>bob@example.test</strong>", page.text)
-        self.assertEqual(self.pending.take("not-an-address"), [])
+        self.assertEqual((yield self.pending.take("not-an-address")), [])

@@ -15,7 +15,6 @@ then relays.
 
 from __future__ import annotations
 
-import collections
 import email.utils
 from typing import Any, Callable
 
@@ -33,7 +32,7 @@ from clientid_twisted.gateway.backend import Backend
 from clientid_twisted.gateway.checker import BackendPasswordChecker
 from clientid_twisted.gateway.config import GatewayConfig
 from clientid_twisted.gateway.imapbackend import BackendIMAPSession, loginToBackend
-from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy
+from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
 from clientid_twisted.policy import Alert, ClientIDChecker, LINK_KINDS, accountName, messageLines, noticeLines
 from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
 from clientid_twisted.server.mailnotice import WITHOUT_PASSWORD_KINDS
@@ -84,19 +83,31 @@ class GatewayRealm:
 @implementer(IAlertObserver)
 class PendingNotices:
     """
-    Holds the notices for an account's INBOX until the account's next
-    gateway login, which APPENDs them on its backend connection (the
-    gateway has no access to the backend's mailboxes otherwise).
+    Holds the messages for an account's INBOX (notices, the self-service
+    site's sign-in links) until the account's next gateway login, which
+    APPENDs them on its backend connection (the gateway has no access to
+    the backend's mailboxes otherwise).
 
-    Bounded: at most C{perAccount} notices per account and C{accounts}
-    accounts (login names come from the network; the oldest go first).
+    They wait in the CLIENTID store (L{IClientIDStore.keepMessage}), not
+    in this process: they survive a restart, and with a store shared by
+    several frontends (Redis) or worker processes, whichever sees the
+    login takes them, in one step (L{IClientIDStore.takeMessages}), so a
+    message is APPENDed once.  Bounded: at most C{perAccount} messages
+    per account (login names come from the network; the oldest go first),
+    each kept at most C{keepSeconds}.
+
+    @ivar store: The CLIENTID store; set before the first alert (the
+        server's assembly sets it once the store is open).
     """
+
+    log = Logger()
 
     def __init__(
         self,
         hostname: str,
-        accounts: int = 10000,
+        store: IClientIDStore | None = None,
         perAccount: int = 5,
+        keepSeconds: float = 7 * 86400,
         linksFor: Callable[[str, str], tuple[str, str]] | None = None,
         failureNotices: bool = False,
     ) -> None:
@@ -109,11 +120,11 @@ class PendingNotices:
             (C{device-locked}, C{account-closed}) become notices.
         """
         self.hostname = hostname
+        self.store = store
         self.linksFor = linksFor
         self.failureNotices = failureNotices
-        self._accounts = accounts
         self._perAccount = perAccount
-        self._pending: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
+        self._keepSeconds = keepSeconds
 
     def alertRaised(self, alert: Alert) -> None:
         if not alert.forAccount or alert.account is None:
@@ -126,7 +137,7 @@ class PendingNotices:
         if self.linksFor is not None and alert.kind in LINK_KINDS and alert.fingerprint:
             links = [(alert.typeName or "?", alert.fingerprint, self.linksFor(alert.account, alert.fingerprint))]
         lines = noticeLines(alert, self.hostname, messageID, links=links)
-        self._keep(alert.account, lines)
+        self._keep(alert.account, [_message(lines)])
 
     def addMessage(self, account: str, subject: str, body: list[str], when: float) -> bool:
         """
@@ -139,31 +150,58 @@ class PendingNotices:
         if key is None:
             return False
         messageID = email.utils.make_msgid("clientid")
-        self._keep(key, messageLines(key, subject, body, self.hostname, messageID, when))
+        lines = messageLines(key, subject, body, self.hostname, messageID, when)
+        self._keep(key, [_message(lines)])
         return True
 
-    def _keep(self, account: str, lines: list[bytes]) -> None:
-        message = b"".join(line + b"\r\n" for line in lines)
-        notices = self._pending.setdefault(account, [])
-        notices.append(message)
-        del notices[: -self._perAccount]
-        while len(self._pending) > self._accounts:
-            self._pending.popitem(last=False)
-
-    def take(self, account: str) -> list[bytes]:
+    def _keep(self, account: str, messages: list[bytes]) -> defer.Deferred[None]:
         """
-        Remove and return C{account}'s notices.
+        Keep C{messages} in order; a store that fails is logged (the
+        notices are lost, as a mail the server could not deliver).
+        """
+        assert self.store is not None, "PendingNotices.store is set before the first alert"
+        store = self.store
+
+        async def keepAll() -> None:
+            for message in messages:
+                await store.keepMessage(account, message, self._perAccount, self._keepSeconds)
+
+        def failed(reason: Failure) -> None:
+            self.log.warn(
+                "could not keep {count} message(s) for {account}'s next login: {why}",
+                count=len(messages),
+                account=escapeForLog(account),
+                why=reason.getErrorMessage(),
+            )
+
+        return defer.Deferred.fromCoroutine(keepAll()).addErrback(failed)
+
+    def take(self, account: str) -> defer.Deferred[list[bytes]]:
+        """
+        Remove and return C{account}'s messages, oldest first.
         """
         key = accountName(account)
-        return self._pending.pop(key, []) if key is not None else []
+        if key is None:
+            return defer.succeed([])
+        assert self.store is not None, "PendingNotices.store is set before the first login"
+        return self.store.takeMessages(key)
 
-    def putBack(self, account: str, notices: list[bytes]) -> None:
+    def putBack(self, account: str, messages: list[bytes]) -> defer.Deferred[None]:
         """
-        Keep notices that could not be APPENDed for the next login.
+        Keep messages that could not be APPENDed for the next login.
         """
         key = accountName(account)
-        if key is not None and notices:
-            self._pending.setdefault(key, [])[:0] = notices
+        if key is None or not messages:
+            return defer.succeed(None)
+        return self._keep(key, messages)
+
+
+def _message(lines: list[bytes]) -> bytes:
+    """
+    A message's bytes from its lines, each ended with CRLF as APPEND
+    sends it.
+    """
+    return b"".join(line + b"\r\n" for line in lines)
 
 
 class GatewayIMAP4Server(MailIMAP4Server):
@@ -203,23 +241,22 @@ class GatewayIMAP4Server(MailIMAP4Server):
 
     def _appendNotices(self, session: BackendIMAPSession) -> defer.Deferred[None]:
         """
-        APPEND the account's pending notices on the backend connection
+        APPEND the account's pending messages on the backend connection
         before the client sees it.  A failure is logged; the session goes
-        on (the notice waits for the next login).
+        on (what was not APPENDed waits for the next login).
         """
         if self.notices is None:
             return defer.succeed(None)
-        pending = self.notices.take(session.username)
         notices = self.notices
+        pending: list[bytes] = []
 
         async def appendAll() -> None:
+            pending.extend(await notices.take(session.username))
             while pending:
                 reply = await session.append(pending[0])
                 if reply.status != b"OK":
                     raise RuntimeError(f"APPEND answered {reply.status!r}")
                 pending.pop(0)
-
-        d = defer.Deferred.fromCoroutine(appendAll())
 
         def failed(reason: Failure) -> None:
             notices.putBack(session.username, pending)
@@ -229,7 +266,7 @@ class GatewayIMAP4Server(MailIMAP4Server):
                 why=reason.getErrorMessage(),
             )
 
-        return d.addErrback(failed)
+        return defer.Deferred.fromCoroutine(appendAll()).addErrback(failed)
 
     def _startRelay(self, session: BackendIMAPSession, tag: bytes, okMessage: bytes) -> None:
         if self._connectionGone or self.closing:

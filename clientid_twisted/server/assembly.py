@@ -191,7 +191,8 @@ def assembleServer(
     # devices list` agree.
     inboxNotices = mailboxNotices(dataDir, users, serverName, reactor, linksFor)
     # In IMAP gateway mode, notices for the accounts (which live on the
-    # backend) wait for the account's next login through the gateway.
+    # backend) wait in the store for the account's next login through the
+    # gateway, on whichever frontend sharing the store sees it.
     gatewayNotices: list[Any] = []
 
     def observers(settings: PolicyConfig, hasher: IdentityHasher) -> list[Any]:
@@ -224,6 +225,9 @@ def assembleServer(
 
     def assemble(authentication: Authentication) -> MailServer:
         hasher = authentication.hasher
+        for pending in gatewayNotices:
+            # Gateway notices wait in the store, shared by every frontend.
+            pending.store = authentication.store
         links = linksFor(hasher)
         relay = _relayService(relaySettings, dataDir, users, serverName, metrics)
         senders = None

@@ -362,6 +362,12 @@ class CountingStore:
     def renameDevice(self, account: str, digest: str, name: str | None, event: Any) -> Any:
         return self._call("renameDevice", self.store.renameDevice, account, digest, name, event)
 
+    def keepMessage(self, account: str, message: bytes, limit: int, seconds: float) -> Any:
+        return self._call("keepMessage", self.store.keepMessage, account, message, limit, seconds)
+
+    def takeMessages(self, account: str) -> Any:
+        return self._call("takeMessages", self.store.takeMessages, account)
+
     def forgetDevices(self, account: str, event: Any) -> Any:
         return self._call("forgetDevices", self.store.forgetDevices, account, event)
 

@@ -65,6 +65,7 @@ class MemoryStore:
         self._sets: dict[str, tuple[set[str], float]] = {}
         self._locks: dict[str, float] = {}
         self._events: collections.deque[Event] = collections.deque(maxlen=maxEvents)
+        self._messages: dict[str, list[tuple[float, bytes]]] = {}
         self._writes = 0
         self.closed = False
 
@@ -273,6 +274,26 @@ class MemoryStore:
         if event is not None:
             self._record(event, now, [])
         return defer.succeed(None)
+
+    def keepMessage(
+        self, account: str, message: bytes, limit: int, seconds: float
+    ) -> defer.Deferred[None]:
+        try:
+            now = self._now()
+        except StoreError:
+            return defer.fail()
+        kept = self._messages.setdefault(account, [])
+        kept.append((now + seconds, bytes(message)))
+        del kept[: -limit if limit > 0 else len(kept)]
+        return defer.succeed(None)
+
+    def takeMessages(self, account: str) -> defer.Deferred[list[bytes]]:
+        try:
+            now = self._now()
+        except StoreError:
+            return defer.fail()
+        kept = self._messages.pop(account, [])
+        return defer.succeed([message for expires, message in kept if expires > now])
 
     def setLock(
         self, key: str, seconds: float | None, event: Event | None

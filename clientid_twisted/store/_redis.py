@@ -945,6 +945,18 @@ class RedisStore:
     def activeLocks(self, keys: Iterable[str]) -> defer.Deferred[dict[str, float]]:
         return self._run(SCRIPTS["activeLocks"], tuple(keys), _locks)
 
+    def keepMessage(
+        self, account: str, message: bytes, limit: int, seconds: float
+    ) -> defer.Deferred[None]:
+        return self._run(
+            SCRIPTS["keepMessage"],
+            (account, bytes(message), int(limit), repr(float(seconds))),
+            lambda _: None,
+        )
+
+    def takeMessages(self, account: str) -> defer.Deferred[list[bytes]]:
+        return self._run(SCRIPTS["takeMessages"], (account,), lambda entries: list(entries))
+
     def listEvents(self, account: str | None, limit: int) -> defer.Deferred[list[Event]]:
         if limit <= 0:
             return defer.succeed([])

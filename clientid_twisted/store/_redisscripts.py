@@ -452,6 +452,34 @@ if ARGV[6] ~= '' then record(ARGV[6], ARGV[7]) end
 return 1
 """
 
+_KEEP_MESSAGE = r"""
+-- ARGV[6..9]: account, message, limit, seconds.  One list per account,
+-- each entry the message's expiry then a space then the message; the
+-- list expires with its newest message.
+local k = P .. 'messages:' .. ARGV[6]
+local ends = now + tonumber(ARGV[9])
+redis.call('RPUSH', k, fmt(ends) .. ' ' .. ARGV[7])
+redis.call('LTRIM', k, -math.max(tonumber(ARGV[8]), 1), -1)
+expireAt(k, ends)
+return 1
+"""
+
+_TAKE_MESSAGES = r"""
+-- ARGV[6]: account.  The list's live messages, oldest first, and the list
+-- gone: in one script, so two frontends never both take one.
+local k = P .. 'messages:' .. ARGV[6]
+local entries = redis.call('LRANGE', k, 0, -1)
+redis.call('DEL', k)
+local live = {}
+for _, entry in ipairs(entries) do
+  local space = string.find(entry, ' ', 1, true)
+  if space and num(string.sub(entry, 1, space - 1)) > now then
+    live[#live + 1] = string.sub(entry, space + 1)
+  end
+end
+return live
+"""
+
 _ACTIVE_LOCKS = r"""
 local locks = {}
 for i = 6, #ARGV do
@@ -482,6 +510,8 @@ SCRIPTS = {
         _script("clearKeys", _CLEAR_KEYS),
         _script("forgetDevices", _FORGET_DEVICES),
         _script("activeLocks", _ACTIVE_LOCKS, writes=False),
+        _script("keepMessage", _KEEP_MESSAGE),
+        _script("takeMessages", _TAKE_MESSAGES),
     )
 }
 """Every script by name."""

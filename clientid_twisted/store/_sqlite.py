@@ -609,6 +609,14 @@ class SQLiteStore:
     def forgetDevices(self, account: str, event: Event | None) -> defer.Deferred[None]:
         return self._write(sqlops.forgetDevices, (), account, event)
 
+    def keepMessage(
+        self, account: str, message: bytes, limit: int, seconds: float
+    ) -> defer.Deferred[None]:
+        return self._write(sqlops.keepMessage, (), account, bytes(message), limit, seconds)
+
+    def takeMessages(self, account: str) -> defer.Deferred[list[bytes]]:
+        return self._write(sqlops.takeMessages, (), account)
+
     def setLock(self, key: str, seconds: float | None, event: Event | None) -> defer.Deferred[float]:
         return self._write(sqlops.setLock, (), key, seconds, event)
 

@@ -43,6 +43,8 @@ __all__ = [
     "listDevices",
     "setDeviceState",
     "renameDevice",
+    "keepMessage",
+    "takeMessages",
     "setLock",
     "clearKeys",
     "activeLocks",
@@ -391,6 +393,37 @@ def forgetDevices(
         _record(connection, now, event, None)
 
 
+def keepMessage(
+    connection: sqlite3.Connection,
+    now: float,
+    account: str,
+    message: bytes,
+    limit: int,
+    seconds: float,
+) -> None:
+    connection.execute(
+        "INSERT INTO messages (account, expires, message) VALUES (?, ?, ?)",
+        (account, now + seconds, message),
+    )
+    connection.execute(
+        "DELETE FROM messages WHERE account = ? AND id NOT IN "
+        "(SELECT id FROM messages WHERE account = ? ORDER BY id DESC LIMIT ?)",
+        (account, account, max(limit, 0)),
+    )
+
+
+def takeMessages(connection: sqlite3.Connection, now: float, account: str) -> list[bytes]:
+    """
+    Read and delete in the one write transaction the store runs this in,
+    so another process taking at once gets nothing.
+    """
+    rows = connection.execute(
+        "SELECT expires, message FROM messages WHERE account = ? ORDER BY id", (account,)
+    ).fetchall()
+    connection.execute("DELETE FROM messages WHERE account = ?", (account,))
+    return [bytes(message) for expires, message in rows if expires > now]
+
+
 def setLock(
     connection: sqlite3.Connection,
     now: float,
@@ -474,6 +507,10 @@ def sweep(
     removed += len(expired)
     removed += connection.execute(
         "DELETE FROM locks WHERE key IN (SELECT key FROM locks WHERE until <= ? LIMIT ?)",
+        (now, chunk),
+    ).rowcount
+    removed += connection.execute(
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE expires <= ? LIMIT ?)",
         (now, chunk),
     ).rowcount
     # Events go in id order, which is time order: look at the oldest

@@ -72,6 +72,17 @@ MIGRATIONS: Sequence[Sequence[str]] = [
     [
         "ALTER TABLE devices ADD COLUMN name TEXT",
     ],
+    # 2 -> 3: messages waiting for an account's next gateway login.
+    [
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            account TEXT NOT NULL,
+            expires REAL NOT NULL,
+            message BLOB NOT NULL
+        )""",
+        "CREATE INDEX messages_by_account ON messages (account, id)",
+        "CREATE INDEX messages_by_expiry ON messages (expires)",
+    ],
 ]
 
 
