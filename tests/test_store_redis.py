@@ -526,7 +526,7 @@ class RedisJSONTests(SynchronousTestCase):
                 "account-closed", "=alice", "", "", "", "", "",
                 "device-new", "=alice", "=UUID", "=fp", "=192.0.2.1", "=imap", "",
                 "login", "=alice", "", "", "", "", "=",
-                "1", "alice", "d" * 64, "UUID", "fp", "", "=imap", "", "", APPROVED, "0",
+                "1", "alice", "d" * 64, "UUID", "fp", "", "=imap", "", 0, "", APPROVED, "0",
                 1, "pending",
                 5,
                 "m", "token-accounts:d", "alice", 600.0, 3, "token-locked:d", 900.0, "1",

@@ -420,7 +420,8 @@ def _encodeRecord(record: OutcomeRecord) -> tuple[list[Any], list[Event]]:
     else:
         body += (
             "1", u.account, u.digest, u.typeName, u.fingerprint, _value(u.address),
-            _value(u.protocol), "1" if u.succeeded else "", u.create or "", u.promote or "",
+            _value(u.protocol), "1" if u.succeeded else "", int(u.earlierLogins),
+            u.create or "", u.promote or "",
             _eventNumber(u.event, events, fields), len(u.promoteFrom), *u.promoteFrom,
         )
     body.append(len(record.operations))
@@ -478,20 +479,14 @@ def _fieldsDevice(account: str, digest: str, reply: list[Any], at: int) -> Devic
 def _parseState(query: StateQuery, reply: list[Any]) -> DecisionState:
     """
     The C{loadState} script's answer: the approved count, the live locks
-    (flat), the set's size and membership, the time, then the device's
-    fields if it has one.
+    (flat), the set's size and membership, the time, the counter's count,
+    then the device's fields if it has one.
     """
-    approved, locks, size, has, now = reply[:5]
+    approved, locks, size, has, now, count = reply[:6]
     device = None
-    if len(reply) > 5 and query.account is not None and query.digest is not None:
-        device = _fieldsDevice(query.account, query.digest, reply, 5)
-    return DecisionState(
-        device,
-        approved,
-        _locks(locks),
-        size,
-        bool(has),
-    )
+    if len(reply) > 6 and query.account is not None and query.digest is not None:
+        device = _fieldsDevice(query.account, query.digest, reply, 6)
+    return DecisionState(device, approved, _locks(locks), size, bool(has), count)
 
 
 def _parseOutcome(record: OutcomeRecord, events: list[Event], reply: list[Any]) -> OutcomeResult:
@@ -839,6 +834,7 @@ class RedisStore:
                 query.digest or "",
                 query.windowSet or "",
                 query.member or "",
+                query.counter or "",
                 *query.locks,
             ),
             lambda reply: _parseState(query, reply),

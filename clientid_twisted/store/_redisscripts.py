@@ -184,7 +184,7 @@ return redis.call('GET', P .. 'identity-key')
 """
 
 _LOAD_STATE = r"""
-local account, digest, setKey, member = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local account, digest, setKey, member, counter = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local device = false
 local approved = 0
 if account ~= '' then
@@ -196,16 +196,16 @@ end
 -- The locks in one MGET, not a GET each (as liveLock would); in parts
 -- of 1000, within what unpack may put on Lua's stack.
 local locks = {}
-if #ARGV >= 10 then
+if #ARGV >= 11 then
   local names = {}
-  for i = 10, #ARGV do names[#names + 1] = P .. 'lock:' .. ARGV[i] end
+  for i = 11, #ARGV do names[#names + 1] = P .. 'lock:' .. ARGV[i] end
   local values = {}
   for first = 1, #names, 1000 do
     local part = redis.call('MGET', unpack(names, first, math.min(first + 999, #names)))
     for j = 1, #part do values[first + j - 1] = part[j] end
   end
-  for i = 10, #ARGV do
-    local v = values[i - 9]
+  for i = 11, #ARGV do
+    local v = values[i - 10]
     if v then
       local ends = num(v)
       if ends and ends > now then
@@ -225,10 +225,18 @@ if setKey ~= '' then
     if v[3] then has = 1 end
   end
 end
+-- The counter's live count (what a Bump would count on from).
+local count = 0
+if counter ~= '' then
+  local v = redis.call('HMGET', P .. 'n:' .. counter, 'c', 'e')
+  local ends = num(v[2] or '')
+  if ends and ends > now then count = tonumber(v[1]) or 0 end
+end
 -- One array, which the client's C parser reads: the approved-device count,
 -- the live locks (key, end, key, end...), the set's size, whether it holds
--- the member (0 or 1), the time; then the device's fields, if it has one.
-local reply = {approved, locks, size, has, fmt(now)}
+-- the member (0 or 1), the time, the counter's count; then the device's
+-- fields, if it has one.
+local reply = {approved, locks, size, has, fmt(now), count}
 if device then deviceFields(cjson.decode(device), reply) end
 return reply
 """
@@ -282,6 +290,7 @@ if nxt() == '1' then
   local ad = value(nxt())
   local p = value(nxt())
   local ok = nxt() == '1'
+  local earlier = tonumber(nxt())
   local create = maybe()
   local promote = maybe()
   local ev = maybe()
@@ -293,7 +302,7 @@ if nxt() == '1' then
   if not raw then
     if create then
       dev = {t = t, f = f, s = create, fs = fmt(now), ls = fmt(now), la = ad, lp = p,
-             n = ok and 1 or 0, x = ok and 0 or 1}
+             n = (ok and 1 or 0) + earlier, x = ok and 0 or 1}
       changed = true
     end
   else
@@ -309,7 +318,7 @@ if nxt() == '1' then
     dev.ls = fmt(now)
     dev.la = ad
     dev.lp = p
-    if ok then dev.n = dev.n + 1 else dev.x = dev.x + 1 end
+    if ok then dev.n = dev.n + 1 + earlier else dev.n = dev.n + earlier; dev.x = dev.x + 1 end
   end
   if dev then
     redis.call('HSET', k, g, cjson.encode(dev))
