@@ -51,7 +51,7 @@ from clientid_twisted.store._resp import (
     replyReader,
 )
 from tests.redisserver import RedisServer, requireRedisServer, sharedRedisServer, uniquePrefix
-from tests.storesuite import StoreTestsMixin, update
+from tests.storesuite import START, StoreTestsMixin, update
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -82,6 +82,56 @@ class BlockingRedisStoreTests(StoreTestsMixin, TestCase):
 
     def makeStore(self, clock: Clock) -> Any:
         return localStore(self, sharedRedisServer().url, clock, blocking=True)
+
+
+class RunManyTests(SynchronousTestCase):
+    """
+    L{RedisStore.runMany}: a script run for many argument lists in one
+    pipeline, as C{benchmarks.decisions} fills Redis.
+    """
+
+    def test_sameRecords(self) -> None:
+        """
+        Devices approved through C{setDeviceState}'s script in one
+        pipeline are stored exactly as C{setDeviceState} stores them (the
+        same JSON, the same approved set), on a real redis-server.
+        """
+        server = sharedRedisServer()
+        clock = Clock()
+        clock.advance(START)
+        piped = localStore(self, server.url, clock, blocking=True)
+        one = localStore(self, server.url, clock, blocking=True)
+        devices = [(f"a{n % 2}", f"d{n}", "UUID", f"f{n}", APPROVED) for n in range(5)]
+        piped.runMany("setDeviceState", [(*device, "", "") for device in devices])
+        for device in devices:
+            one.setDeviceState(*device, None)
+        for account in ("a0", "a1"):
+            stored = [
+                server.command("HGETALL", store._prefix + "devices:" + account)
+                for store in (piped, one)
+            ]
+            self.assertEqual(stored[0], stored[1])
+            self.assertIn(b"approved", stored[0])
+            approved = [
+                sorted(server.command("SMEMBERS", store._prefix + "approved:" + account).split())
+                for store in (piped, one)
+            ]
+            self.assertEqual(approved[0], approved[1])
+
+    def test_errorReply(self) -> None:
+        """
+        An error reply fails the call with L{StoreError}, after the other
+        commands of the pipeline have run.
+        """
+        server = sharedRedisServer()
+        store = localStore(self, server.url, Clock(), blocking=True)
+        self.assertRaises(
+            StoreError,
+            store.runMany,
+            "setLock",
+            [("k1", "60", "", ""), ("k2", "not a number", "", ""), ("k3", "60", "", "")],
+        )
+        self.assertEqual(sorted(store.activeLocks(["k1", "k2", "k3"]).result), ["k1", "k3"])
 
 
 class URLTests(SynchronousTestCase):
@@ -633,6 +683,23 @@ class LiveRedisTests(TestCase):
         self.server.command("SCRIPT", "FLUSH")
         state = yield store.loadState(StateQuery(account="a", digest="d"))
         self.assertIsNone(state.device)
+
+    @defer.inlineCallbacks
+    def test_counterOnServerTime(self) -> Any:
+        """
+        On Redis's clock, a decision's read sees the failure counter the
+        outcomes bumped, also after C{SCRIPT FLUSH} (the script is sent
+        whole), and 0 once it is reset.
+        """
+        store = self.open()
+        for _ in range(2):
+            yield store.recordOutcome(OutcomeRecord(operations=(Bump("fails", window=600.0),)))
+        self.server.command("SCRIPT", "FLUSH")
+        state = yield store.loadState(StateQuery(account="a", digest="d", counter="fails"))
+        self.assertEqual((state.count, state.device), (2, None))
+        yield store.recordOutcome(OutcomeRecord(operations=(Reset("fails"),)))
+        state = yield store.loadState(StateQuery(counter="fails"))
+        self.assertEqual(state.count, 0)
 
     @defer.inlineCallbacks
     def test_scriptCacheFlushedRecord(self) -> Any:

@@ -660,5 +660,34 @@ class BlockingRedisConnection:
         finally:
             self._socket.settimeout(previous)
 
+    def pipeline(self, commands: Sequence[bytes]) -> list[Any]:
+        """
+        Send encoded commands in one write, then read their replies: one
+        round trip for all of them.
+
+        @return: The replies in order; an error reply as a L{ReplyError}
+            instance (returned, not raised: the commands after it ran).
+        @raise StoreError: If Redis cannot be reached.
+        """
+        replies: list[Any] = []
+        try:
+            self._socket.sendall(b"".join(commands))
+            reader = self._reader
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is False:
+                    data = self._socket.recv(1 << 20)
+                    if not data:
+                        raise OSError("connection closed by Redis")
+                    reader.feed(data)
+                else:
+                    replies.append(reply)
+        except ProtocolError as e:
+            self._socket.close()
+            raise StoreError(f"Redis store {self.address}: {e}") from None
+        except OSError as e:
+            raise StoreError(f"Redis store {self.address}: {e}") from None
+        return replies
+
     def close(self) -> None:
         self._socket.close()
