@@ -7,7 +7,7 @@ It is made once, in C{DATA_DIR/clientid.key} by convention, and must then
 never change: a new key makes every stored device unknown.  A local store
 (SQLite) adopts this file's key when it is new; a shared store (Redis) keeps
 its own key, which wins over this file (see
-L{clientid_twisted.policy._builder.resolveIdentityHasher}).  It holds 64 hex
+L{clientid_twisted.policy.resolveIdentityHasher}).  It holds 64 hex
 digits (32 random bytes) and a newline, readable by its owner only.
 """
 

@@ -36,7 +36,7 @@ class IClientIdentifiedCredentials(ICredentials, Interface):
     """
 
     clientIdentity = Attribute(
-        "The L{clientid_twisted._identity.ClientIdentity} accepted on this "
+        "The L{clientid_twisted.cred.ClientIdentity} accepted on this "
         "connection, or L{None} when the client sent no valid CLIENTID."
     )
     peer = Attribute("The client's address, an L{twisted.internet.interfaces.IAddress}.")
@@ -63,9 +63,9 @@ class IClientIDPolicy(Interface):
         """
         Decide on an attempt before its password is known.
 
-        @param attempt: A L{clientid_twisted.policy._decision.Attempt}.
+        @param attempt: A L{clientid_twisted.policy.Attempt}.
         @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with a
-            L{clientid_twisted.policy._decision.Decision}: C{ACCEPT} (the
+            L{clientid_twisted.policy.Decision}: C{ACCEPT} (the
             password decides), C{REJECT} (refuse whatever the password) or
             C{TEMPFAIL} (cannot decide now).  It never fails.
         """
@@ -93,7 +93,7 @@ class IClientIDStore(Interface):
     decision needs, L{recordOutcome} applies everything it changes,
     atomically.  A backend can serve each with one round trip (one
     transaction, one Lua script).  Tokens never reach a store: only their
-    keyed hashes (L{clientid_twisted._fingerprint.IdentityHasher.digest}).
+    keyed hashes (L{clientid_twisted.cred.IdentityHasher.digest}).
 
     Time is the store's own (its clock), so frontends sharing a store agree
     on windows and lock ends.
@@ -117,25 +117,25 @@ class IClientIDStore(Interface):
         """
         Read what one decision needs.
 
-        @param query: A L{clientid_twisted.store._records.StateQuery}.
+        @param query: A L{clientid_twisted.store.StateQuery}.
         @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with a
-            L{clientid_twisted.store._records.DecisionState}.
+            L{clientid_twisted.store.DecisionState}.
         """
 
     def recordOutcome(record):
         """
         Apply the changes of one decision atomically.
 
-        @param record: A L{clientid_twisted.store._records.OutcomeRecord}.
+        @param record: A L{clientid_twisted.store.OutcomeRecord}.
         @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with a
-            L{clientid_twisted.store._records.OutcomeResult}: the events
+            L{clientid_twisted.store.OutcomeResult}: the events
             recorded (with their time) and the locks newly set.
         """
 
     def listDevices(account):
         """
         @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the account's
-            L{clientid_twisted.store._records.DeviceRecord}s, most recently
+            L{clientid_twisted.store.DeviceRecord}s, most recently
             seen first.
         """
 
@@ -144,10 +144,10 @@ class IClientIDStore(Interface):
         Set a device's state, creating its record if there is none (an
         operator may approve or revoke a device never seen).
 
-        @param event: An L{clientid_twisted.store._records.Event} to record
+        @param event: An L{clientid_twisted.store.Event} to record
             with the change, or L{None}.
         @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the new
-            L{clientid_twisted.store._records.DeviceRecord}.
+            L{clientid_twisted.store.DeviceRecord}.
         """
 
     def renameDevice(account, digest, name, event):
@@ -156,13 +156,13 @@ class IClientIDStore(Interface):
         else of its record as it is.
 
         @param name: The checked name
-            (L{clientid_twisted._devicename.checkDeviceName}); L{None}
+            (L{clientid_twisted.policy.checkDeviceName}); L{None}
             removes it.
-        @param event: An L{clientid_twisted.store._records.Event} to record
+        @param event: An L{clientid_twisted.store.Event} to record
             with the change, or L{None}.
         @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with the renamed
-            L{clientid_twisted.store._records.DeviceRecord}, or failing with
-            L{clientid_twisted.store._errors.UnknownDevice} (and recording
+            L{clientid_twisted.store.DeviceRecord}, or failing with
+            L{clientid_twisted.store.UnknownDevice} (and recording
             nothing) if the account has no such device.
         """
 
@@ -172,7 +172,7 @@ class IClientIDStore(Interface):
         revoked (the account is gone; a new account of the same name
         starts with none).
 
-        @param event: An L{clientid_twisted.store._records.Event} to record
+        @param event: An L{clientid_twisted.store.Event} to record
             with the change, or L{None}.
         @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with L{None}.
         """
@@ -226,7 +226,7 @@ class IClientIDStore(Interface):
         """
         @param account: Only this account's events, or L{None} for all.
         @return: A L{Deferred <twisted.internet.defer.Deferred>} firing with up to C{limit} most recent
-            L{clientid_twisted.store._records.Event}s, oldest first.
+            L{clientid_twisted.store.Event}s, oldest first.
         """
 
     def close():
@@ -251,14 +251,14 @@ class IAlertObserver(Interface):
         Handle one alert.  Must return at once and never raise: slow work
         (mail, HTTP) goes on in the background, so no login waits for it.
 
-        @param alert: A L{clientid_twisted.policy._alerts.Alert}.
+        @param alert: A L{clientid_twisted.policy.Alert}.
         """
 
 
 class IPasswordForwardingChecker(ICredentialsChecker, Interface):
     """
     A checker that hands the password to another server (a gateway's
-    backend).  L{clientid_twisted.policy._checker.ClientIDChecker} asks its
+    backend).  L{clientid_twisted.policy.ClientIDChecker} asks its
     policy first and calls C{requestAvatarId} only for a login the policy
     accepts, so a refused device's password never leaves this process; a
     refused login goes to L{refuseUnchecked} instead, which takes as long

@@ -209,7 +209,7 @@ class RecordingAlertObserver:
     """
     An L{IAlertObserver} that keeps every alert.
 
-    @ivar alerts: The L{clientid_twisted.policy._alerts.Alert}s raised, in
+    @ivar alerts: The L{clientid_twisted.policy.Alert}s raised, in
         order.
     """
 

@@ -115,7 +115,7 @@ class PolicyConfig:
         writes them again (0: every login writes them).
     @ivar custom: C{[policy] custom}: the C{"package.module:factory"} that
         makes the policy instead of the built-in one
-        (L{clientid_twisted.policy._builder.PolicyFactoryContext}), or L{None}.
+        (L{clientid_twisted.policy.PolicyFactoryContext}), or L{None}.
     """
 
     requireClientID: bool = False

@@ -84,7 +84,7 @@ def parseArgString(argstring: str) -> dict[str, str]:
 @implementer(ICheckerFactory, IPlugin)
 class ClientIDCheckerFactory:
     """
-    Makes a L{clientid_twisted.policy._checker.ClientIDChecker} from a
+    Makes a L{clientid_twisted.policy.ClientIDChecker} from a
     C{clientid:...} string.
     """
 

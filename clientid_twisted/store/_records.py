@@ -95,7 +95,7 @@ class DeviceRecord:
     @ivar firstSeen: When it first tried to log in; L{None} for a device an
         operator approved or revoked before it was ever seen.
     @ivar name: What the owner calls it ("Anna's phone"), checked by
-        L{clientid_twisted._devicename.checkDeviceName}; L{None}: unnamed.
+        L{clientid_twisted.policy.checkDeviceName}; L{None}: unnamed.
     """
 
     account: str
