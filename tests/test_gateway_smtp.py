@@ -342,7 +342,8 @@ class PostfixDecidesTests(GatewayTestCase):
         [stored] = self.postfix.waitForMessages("bob")
         self.assertIn(b"smuggled", stored)
         self.assertEqual(self.postfix.messages("alice"), [])
-        self.assertEqual(self.postfix.log().count("status=sent"), 1)
+        # Logged after the delivery (through postlogd): wait for it.
+        self.assertEqual(self.postfix.waitForLog("status=sent").count("status=sent"), 1)
 
     def test_frontCommandsAfterLogin(self) -> None:
         """
