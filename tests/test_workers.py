@@ -334,7 +334,18 @@ class WorkersProcessTests(SynchronousTestCase):
         # go with them.
         pids = [pid for found in _workerPids(server.log()).values() for pid in found]
         metricsDirectory = re.search(r"PROMETHEUS_MULTIPROC_DIR (\S+)", server.log())
+        # Open sessions in the workers are wound down as by a single
+        # server: a goodbye line, then the connection closes.
+        idle = [socket.create_connection(("127.0.0.1", server.ports["smtp"]), timeout=30) for _ in range(4)]
+        for s in idle:
+            self.assertTrue(s.recv(1024).startswith(b"220 "))
         server.terminate()
+        for s in idle:
+            goodbye = b""
+            while chunk := s.recv(1024):
+                goodbye += chunk
+            self.assertTrue(goodbye.startswith(b"421 "), goodbye)
+            s.close()
         # twistd ends with the signal that stopped it.
         self.assertIn(server.wait(60), (0, -signal.SIGTERM))
         log = server.stop()
@@ -411,3 +422,36 @@ class MemoryStoreTests(SynchronousTestCase):
         )
         self.assertNotIn("Traceback", output)
         self.assertNotIn("worker 1 started", output)
+
+
+class AdoptedWrappersTests(SynchronousTestCase):
+    """
+    The PROXY protocol and TLS on connect wrap the factory above a
+    worker's adopted port as they do above a bound one.
+    """
+
+    def setUp(self) -> None:
+        reason = canRunServer()
+        if reason:
+            raise SkipTest(reason)
+
+    def test_proxiedImplicitTLS(self) -> None:
+        from tests.runningserver import connect, readUntil
+        from tests.test_proxy_protocol import CLIENT
+
+        server = RunningServer(
+            Path(self.mktemp()), _CONFIG, protocols=("smtps",),
+            arguments=("--workers", "2"), listen="haproxy:tcp:0:interface=127.0.0.1",
+        )
+        self.addCleanup(server.stop)
+        port = server.ports["smtps"]
+        # Each worker wrapped its adopted port: the PROXY header first, then TLS.
+        _waitFor(lambda: len(re.findall(r"\[worker=\d -\] SubmissionFactory \(TLS\) \(PROXY\) starting on",
+                                        server.log())) == 2)
+        s = connect(port)
+        s.sendall(f"PROXY TCP4 {CLIENT} 127.0.0.1 40000 {port}\r\n".encode())
+        t = server.context.wrap_socket(s, server_hostname="localhost")
+        self.assertTrue(readUntil(t, rb"^220 [^\r\n]*\r\n").startswith(b"220 "))
+        t.sendall(b"EHLO client.example\r\n")
+        self.assertIn(f"Hello {CLIENT}".encode(), readUntil(t, rb"(?m)^250 [^\r\n]*\r\n"))
+        t.close()
