@@ -12,9 +12,7 @@ imported, so this takes about a second, not the minutes of a second run.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -108,21 +106,21 @@ class TemporaryFilesTests(SynchronousTestCase):
         temporary.mkdir(parents=True)
         record = work / "record"
         (work / "test_writes.py").write_text(
-            "import os\n"
             "def test_writes(tmp_path):\n"
             "    (tmp_path / 'data').write_text('data')\n"
-            "    with open(os.environ['RECORD'], 'w') as f:\n"
+            f"    with open({str(record)!r}, 'w') as f:\n"
             "        f.write(str(tmp_path))\n"
         )
-        result = subprocess.run(
+        import pytest
+
+        self.patch(tempfile, "tempdir", str(temporary))
+        code = pytest.main(
             [
-                sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+                "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-c", str(ROOT / "pyproject.toml"),
                 "--rootdir", str(work), str(work / "test_writes.py"),
-            ],
-            cwd=work, env=dict(os.environ, RECORD=str(record), TMPDIR=str(temporary)),
-            capture_output=True, text=True, timeout=120,
+            ]
         )
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertEqual(code, 0)
         written = Path(record.read_text())
         self.assertTrue(written.is_relative_to(temporary), written)
         self.assertFalse(written.exists())
