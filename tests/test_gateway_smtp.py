@@ -414,6 +414,9 @@ class AllowlistTests(GatewayTestCase):
         started = time.monotonic()
         wrong = self.auth("tok-laptop", password="wrong password")[1]
         wrongSeconds = time.monotonic() - started
+        # Postfix logs through postlogd, a little behind its replies: once
+        # the failure is in the log, so is the connection it came on.
+        self.postfix.waitForLog("authentication failed")
         connections = self.backendConnections()
         started = time.monotonic()
         refused = self.auth("tok-stranger")[1]
