@@ -160,9 +160,6 @@ class PrivilegeDropTests(SynchronousTestCase):
                 if process.poll() is not None:
                     self.fail("server exited:\n" + log.read_text())
                 time.sleep(0.1)
-            status = Path(f"/proc/{process.pid}/status").read_text()
-            self.assertRegex(status, r"(?m)^Uid:\s+65534\s+65534\s+65534\s+65534$")
-            self.assertRegex(status, r"(?m)^Gid:\s+65534\s+65534\s+65534\s+65534$")
             import ssl
 
             context = ssl.create_default_context()
@@ -175,6 +172,12 @@ class PrivilegeDropTests(SynchronousTestCase):
                 s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.test\0hunter2") + b"\r\n")
                 reply = readUntil(s, rb"(?m)^\d{3} [^\r\n]*\r\n")
             self.assertTrue(reply.startswith(b"235 "), reply + log.read_bytes())
+            # Read once it answers: twistd logs "starting on" when it binds,
+            # before it drops privileges; it answers only after, once the
+            # reactor runs.
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            self.assertRegex(status, r"(?m)^Uid:\s+65534\s+65534\s+65534\s+65534$")
+            self.assertRegex(status, r"(?m)^Gid:\s+65534\s+65534\s+65534\s+65534$")
         finally:
             process.terminate()
             process.wait(timeout=30)
