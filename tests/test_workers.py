@@ -455,3 +455,25 @@ class AdoptedWrappersTests(SynchronousTestCase):
         t.sendall(b"EHLO client.example\r\n")
         self.assertIn(f"Hello {CLIENT}".encode(), readUntil(t, rb"(?m)^250 [^\r\n]*\r\n"))
         t.close()
+
+
+class OrphanTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        reason = canRunServer()
+        if reason:
+            raise SkipTest(reason)
+
+    def test_parentKilled(self) -> None:
+        """
+        Workers whose parent is killed (SIGKILL: no chance to stop them)
+        stop by themselves: no orphan keeps serving the port.
+        """
+        server = RunningServer(Path(self.mktemp()), _CONFIG, protocols=("smtp",), arguments=("--workers", "2"))
+        self.addCleanup(server.stop)
+        _waitFor(lambda: len(re.findall(r"worker \d started, pid \d+", server.log())) == 2)
+        pids = [found[0] for found in _workerPids(server.log()).values()]
+        server.process.kill()
+        server.wait()
+        _waitFor(lambda: not any(_alive(pid) for pid in pids))
+        with socket.socket() as s:
+            self.assertNotEqual(s.connect_ex(("127.0.0.1", server.ports["smtp"])), 0)
