@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-file", type=Path, default=None,
                         help="log as twistd --logfile does (default: no log)")
     parser.add_argument("--certificate", choices=["ec256", "rsa2048"], default="ec256")
+    parser.add_argument("--adopt-fd", type=int, default=None,
+                        help="serve on this inherited listening socket (several processes, one port)")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
@@ -229,7 +231,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.implicit_tls:
         factory = TLSMemoryBIOFactory(server.tlsOptions, False, factory)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=512)
+    if args.adopt_fd is not None:
+        import os
+        import socket
+
+        # adoptStreamPort wants it non-blocking (as the endpoint does).
+        os.set_blocking(args.adopt_fd, False)
+        port = reactor.adoptStreamPort(args.adopt_fd, socket.AF_INET, factory)
+    else:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=512)
     args.port_file.write_text(str(port.getHost().port))
     reactor.run()
 

@@ -228,14 +228,18 @@ class DovecotStack:
 
     stack = "dovecot"
 
-    def __init__(self) -> None:
+    def __init__(self, extra: str = "") -> None:
+        """
+        @param extra: More configuration lines (benchmarks.workers: the
+            high-performance login processes).
+        """
         from tests.dovecotserver import DovecotServer
 
         self.server = DovecotServer(
             {user: PASSWORD for user in USERS},
             ssl=True,
             extra="default_process_limit = 1000\ndefault_client_limit = 4000\n"
-            "mail_max_userip_connections = 1000\n",
+            "mail_max_userip_connections = 1000\n" + extra,
         )
         for user in USERS:
             self.server.deliver(user, BODY)

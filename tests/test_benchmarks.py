@@ -122,6 +122,18 @@ class BenchmarkSmokeTests(TestCase):
                 result,
             )
 
+    def test_workers(self) -> None:
+        """
+        twistd clientid-mail --workers 2 against bare twisted.mail as two
+        processes on one socket.
+        """
+        result = runBenchmark("workers", "--workers", "2", "--no-dovecot")
+        self.assertTrue(
+            {"workers", "ours_per_s", "bare_per_s", "ratio_bare", "cpu_ms_ours", "cpu_ms_bare"} <= set(result),
+            result,
+        )
+        self.assertEqual((result["workers"], result["dovecot_per_s"]), (2, None))
+
 
 class GatewayBenchmarkSmokeTests(TestCase):
     """
