@@ -140,6 +140,30 @@ class PrivilegeDropTests(SynchronousTestCase):
         self.work.chmod(0o755)
 
     def test_dropAndServe(self) -> None:
+        self.dropAndServe()
+
+    def test_dropAndServeWithWorkers(self) -> None:
+        """
+        With C{--workers 2} (and C{--metrics}) the parent binds the
+        privileged port as root, then the workers run as the user too and
+        count into a metrics directory that user owns.
+        """
+        interpreter = Path(sys.executable).resolve()
+        if not (_readableByOthers(interpreter) and interpreter.stat().st_mode & 0o001):
+            raise SkipTest(f"{interpreter} cannot be run by uid 65534, which starts the workers after the drop")
+        log = self.dropAndServe("--workers", "2", "--metrics", "tcp:0:interface=127.0.0.1")
+        pids = [int(pid) for pid in re.findall(r"worker \d started, pid (\d+)", log)]
+        self.assertEqual(len(pids), 2, log)
+        self.assertEqual(sorted(self.workerUids), [65534, 65534])
+        self.assertIn("AUTH succeeded for alice@example.test", "".join(re.findall(r"\[worker=\d [^\n]*", log)))
+
+    def dropAndServe(self, *extra: str) -> str:
+        """
+        Start the server as root with C{--uid}, log in once over the
+        privileged port, stop it; check who owns what.
+
+        @return: The server's log.
+        """
         dataDir = self.work / "data"
         dataDir.mkdir(mode=0o700)
         UserDatabase(dataDir / "users.json").addUser("alice@example.test", "hunter2")
@@ -150,7 +174,8 @@ class PrivilegeDropTests(SynchronousTestCase):
             process = subprocess.Popen(
                 twistd(
                     "-n", "--pidfile=", "--uid", "65534", "--gid", "65534", "clientid-mail",
-                    "--data-dir", str(dataDir), "--smtps", f"tcp:{port}:interface=127.0.0.1", cwd=self.work,
+                    "--data-dir", str(dataDir), "--smtps", f"tcp:{port}:interface=127.0.0.1", *extra,
+                    cwd=self.work,
                 ),
                 cwd=self.work, env=environment(), stdout=output, stderr=subprocess.STDOUT,
             )
@@ -178,6 +203,10 @@ class PrivilegeDropTests(SynchronousTestCase):
             status = Path(f"/proc/{process.pid}/status").read_text()
             self.assertRegex(status, r"(?m)^Uid:\s+65534\s+65534\s+65534\s+65534$")
             self.assertRegex(status, r"(?m)^Gid:\s+65534\s+65534\s+65534\s+65534$")
+            self.workerUids = []
+            for pid in re.findall(r"worker \d started, pid (\d+)", log.read_text()):
+                workerStatus = Path(f"/proc/{pid}/status").read_text()
+                self.workerUids.append(int(re.search(r"(?m)^Uid:\s+(\d+)", workerStatus).group(1)))  # type: ignore[union-attr]
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -188,3 +217,4 @@ class PrivilegeDropTests(SynchronousTestCase):
         for path in [dataDir, *dataDir.rglob("*")]:
             self.assertEqual((path.stat().st_uid, path.stat().st_gid), (65534, 65534), path)
         self.assertTrue(re.search(r"AUTH succeeded for alice@example.test", text))
+        return text

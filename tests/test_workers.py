@@ -172,6 +172,28 @@ class WorkerPoolTests(SynchronousTestCase):
         _died(self.clock.spawned[1][0])
         self.successResultOf(stopped)
 
+    def test_cannotStart(self) -> None:
+        """
+        A worker that cannot be started (the interpreter not executable
+        after the privilege drop) is one log line and another try after the
+        backoff's delay, not a traceback.
+        """
+        failing = [True]
+        spawn = self.clock.spawnProcess
+
+        def spawnProcess(*args: Any, **kwargs: Any) -> Any:
+            if failing[0]:
+                raise PermissionError(13, "Permission denied")
+            return spawn(*args, **kwargs)
+
+        self.clock.spawnProcess = spawnProcess  # type: ignore[method-assign]
+        self.pool.count = 1
+        self.pool.startService()
+        self.assertEqual(self.clock.spawned, [])
+        failing[0] = False
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.clock.spawned), 1)
+
     def test_relaysOutput(self) -> None:
         """
         Lines split across reads are logged whole, each with the worker's

@@ -239,7 +239,18 @@ class WorkerPool(Service):
         self._pending.pop(index, None)
         executable, args, env, childFDs = self.command(index)
         worker = _WorkerProtocol(self, index)
-        transport = self.reactor.spawnProcess(worker, executable, args, env=env, childFDs=childFDs)
+        try:
+            transport = self.reactor.spawnProcess(worker, executable, args, env=env, childFDs=childFDs)
+        except OSError as e:
+            # After twistd --uid, the interpreter must be one that user
+            # may run (docs/running.md).
+            delay = self._backoffs[index].died(0.0)
+            _log.error(
+                "cannot start worker {index}: {error}; trying again in {delay:.1f} s",
+                index=index, error=str(e), delay=delay,
+            )
+            self._pending[index] = self.reactor.callLater(delay, self._spawn, index)
+            return
         worker.pid = transport.pid
         self.workers[index] = worker
         _log.info("worker {index} started, pid {pid}", index=index, pid=worker.pid)
