@@ -270,12 +270,11 @@ class SynchronousPathTests(SynchronousTestCase):
         self.failureResultOf(d, UnauthorizedLogin)
         self.assertEqual(self.joined, [])
 
-    def test_pendingStore(self) -> None:
+    def pendingStore(self, h: PolicyHarness) -> list[tuple[defer.Deferred[Any], Any]]:
         """
-        A store that answers later (Redis) keeps the timeout and the join.
+        Make C{h}'s store answer when the test says so (as Redis does).
         """
-        h = PolicyHarness(self, {"policy": {"store_timeout_seconds": 2}})
-        later: list[tuple[defer.Deferred[Any], defer.Deferred[Any]]] = []
+        later: list[tuple[defer.Deferred[Any], Any]] = []
         original = h.store.loadState
 
         def loadStateLater(query: StateQuery) -> Any:
@@ -284,14 +283,49 @@ class SynchronousPathTests(SynchronousTestCase):
             return d
 
         self.patch(h.store, "loadState", loadStateLater)
+        return later
+
+    def test_pendingStore(self) -> None:
+        """
+        A store that answers later (Redis) keeps its timeout; a password
+        check that answered at once is not joined to it.
+        """
+        h = PolicyHarness(self, {"policy": {"store_timeout_seconds": 2}})
+        later = self.pendingStore(h)
         d = h.checker.requestAvatarId(h.credentials())
         self.assertNoResult(d)
         self.assertEqual([c.getTime() for c in h.clock.getDelayedCalls()], [START + 2])
         [(answer, state)] = later
         state.chainDeferred(answer)
         self.assertEqual(self.successResultOf(d), ALICE.encode())
+        self.assertEqual((h.clock.getDelayedCalls(), self.joined), ([], []))
+
+    def test_bothPending(self) -> None:
+        """
+        A pending store and a pending password check are joined: the
+        answer comes when both have, a refusal as late as a wrong
+        password.
+        """
+        h = PolicyHarness(self, {"policy": {"devices": "allowlist"}})
+        later = self.pendingStore(h)
+        pending: list[defer.Deferred[Any]] = []
+
+        @implementer(ICredentialsChecker)
+        class Slow:
+            credentialInterfaces = h.inner.credentialInterfaces
+
+            def requestAvatarId(self, credentials: Any) -> Any:
+                d: defer.Deferred[Any] = defer.Deferred()
+                pending.append(d)
+                return d
+
+        d = ClientIDChecker(Slow(), h.policy).requestAvatarId(h.credentials())
+        [(answer, state)] = later
+        state.chainDeferred(answer)
+        self.assertNoResult(d)
+        pending[0].callback(b"alice")
+        self.failureResultOf(d, UnauthorizedLogin)
         self.assertEqual(len(self.joined), 1)
-        self.assertEqual(h.clock.getDelayedCalls(), [])
 
 
 class SQLiteCoherenceTests(SynchronousTestCase):

@@ -132,24 +132,32 @@ class ClientIDChecker:
             decided.addCallback(self._verdict, waitForRecord=True)
             return decided
         checked = self._check(self.innerChecker.requestAvatarId, credentials)
+        # Each result taken at once if it is there (SQLite or memory
+        # store, a password table); only what is still to come is waited
+        # for, and only two pending results are joined.
         decision = firedResult(decided)
-        if decision is NOT_FIRED:
-            checked.addErrback(_refusedPassword)
-            both = defer.gatherResults([decided, checked], consumeErrors=True)
-            both.addCallbacks(self._verdict, _firstError)
-            return both
+        avatarId = firedResult(checked)
         if isinstance(decision, Failure):
             # A policy that broke its promise never to fail.
-            checked.addErrback(lambda ignored: None)
+            if avatarId is NOT_FIRED:
+                checked.addErrback(lambda ignored: None)
             return defer.fail(decision)
-        avatarId = firedResult(checked)
+        if isinstance(avatarId, Failure):
+            if not avatarId.check(UnauthorizedLogin):
+                if decision is NOT_FIRED:
+                    decided.addErrback(lambda ignored: None)
+                return defer.fail(avatarId)
+            avatarId = _REFUSED
+        if decision is NOT_FIRED:
+            if avatarId is NOT_FIRED:
+                checked.addErrback(_refusedPassword)
+                both = defer.gatherResults([decided, checked], consumeErrors=True)
+                both.addCallbacks(self._verdict, _firstError)
+                return both
+            return decided.addCallback(lambda decision: self._verdict([decision, avatarId]))
         if avatarId is NOT_FIRED:
             checked.addErrback(_refusedPassword)
             return checked.addCallback(lambda avatarId: self._verdict([decision, avatarId]))
-        if isinstance(avatarId, Failure):
-            if not avatarId.check(UnauthorizedLogin):
-                return defer.fail(avatarId)
-            avatarId = _REFUSED
         try:
             return defer.succeed(self._verdict([decision, avatarId]))
         except Exception:
