@@ -394,8 +394,16 @@ class WorkersProcessTests(SynchronousTestCase):
         # One identity key: the token has one fingerprint in both workers.
         fingerprints = set(re.findall(r"AUTH succeeded .*fingerprint=([0-9a-f]+)", server.log()))
         self.assertEqual(len(fingerprints), 1, fingerprints)
-        # The metrics endpoint sums both workers' counts.
+        # The metrics endpoint sums both workers' counts, and their open
+        # connections (each worker sets its gauge every second).
         _waitFor(lambda: _succeeded(metricsPort) == logins)
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(6)]
+        for s in held:
+            s.recv(1024)
+        _waitFor(lambda: _metric(metricsPort, 'clientid_connections{protocol="smtp",tls="no"}') == 6)
+        for s in held:
+            s.close()
+        self.assertIn("clientid_build_info{", _scrape(metricsPort))
         # A worker killed with SIGKILL is started again; logins keep working.
         victim = _workerPids(server.log())[1][0]
         os.kill(victim, signal.SIGKILL)
@@ -413,11 +421,18 @@ def _loginWorkers(log: str) -> list[str]:
     return re.findall(r"\[worker=(\d) [^\]]*\] AUTH succeeded", log)
 
 
-def _succeeded(metricsPort: int) -> float:
+def _scrape(metricsPort: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{metricsPort}/metrics", timeout=20) as r:
-        text = r.read().decode()
-    found = re.search(r'^clientid_logins_total\{protocol="smtp",result="succeeded"\} (\S+)$', text, re.M)
+        return str(r.read().decode())
+
+
+def _metric(metricsPort: int, sample: str) -> float:
+    found = re.search("^" + re.escape(sample) + r" (\S+)$", _scrape(metricsPort), re.M)
     return float(found.group(1)) if found else 0.0
+
+
+def _succeeded(metricsPort: int) -> float:
+    return _metric(metricsPort, 'clientid_logins_total{protocol="smtp",result="succeeded"}')
 
 
 class MemoryStoreTests(SynchronousTestCase):
