@@ -20,8 +20,10 @@ mode) wait (C{WAIT}) until the URL's C{replicas} (1 with Sentinel) hold
 them before they are acknowledged.
 
 Each store call is one Lua script (L{clientid_twisted.store._redisscripts}):
-a decision costs one round trip to read (L{RedisStore.loadState}) and one
-to write (L{RedisStore.recordOutcome}), each atomic.  All calls of one
+a decision costs one round trip to read (L{RedisStore.loadState}, which
+also reads the device's failure counter) and, unless the policy has
+nothing to write (a known device's login within its last-seen interval),
+one to write (L{RedisStore.recordOutcome}), each atomic.  All calls of one
 store go, pipelined and in order, on one connection, which gives
 read-your-writes without waiting for replies.
 
