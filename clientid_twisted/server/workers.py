@@ -309,10 +309,11 @@ class WorkerPool(Service):
             pass
 
 
-class _NotAccepting(protocol.Factory):
+class HandedToWorkers(protocol.Factory):
     """
     The factory the parent listens with: it never accepts (the port stops
-    reading at once), so it never builds a protocol.
+    reading at once), so it never builds a protocol.  Its name is what the
+    parent's log shows: C{HandedToWorkers starting on 8143}.
     """
 
     noisy = False
@@ -329,7 +330,7 @@ class HandedOverListener(_Listener):
     port: Any = None
 
     def __init__(self, endpoint: Any, name: str) -> None:
-        _Listener.__init__(self, endpoint, _NotAccepting())
+        _Listener.__init__(self, endpoint, HandedToWorkers())
         self._raiseSynchronously = True
         self.listenerName = name
 
