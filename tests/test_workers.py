@@ -514,3 +514,53 @@ class OrphanTests(SynchronousTestCase):
         _waitFor(lambda: not any(_alive(pid) for pid in pids))
         with socket.socket() as s:
             self.assertNotEqual(s.connect_ex(("127.0.0.1", server.ports["smtp"])), 0)
+
+
+class SocketActivationTests(SynchronousTestCase):
+    """
+    C{systemd:} listeners with workers, without systemd: a socket handed
+    over as systemd does (descriptor 3, C{LISTEN_FDS}, C{LISTEN_PID},
+    C{LISTEN_FDNAMES}).
+    """
+
+    def setUp(self) -> None:
+        reason = canRunServer()
+        if reason:
+            raise SkipTest(reason)
+
+    def test_adoptedByEveryWorker(self) -> None:
+        work = Path(self.mktemp()).absolute()
+        work.mkdir(parents=True)
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(16)
+        port = listening.getsockname()[1]
+        root = str(Path(__file__).resolve().parent.parent)
+        log = work / "server.log"
+        with open(log, "wb") as output:
+            # As systemd does: the socket at descriptor 3, LISTEN_PID the
+            # pid of the program it runs (exec keeps the pid).
+            handOver = (
+                f"import os, sys; os.dup2({listening.fileno()}, 3); "
+                "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+            )
+            process = subprocess.Popen(
+                [sys.executable, "-c", handOver,
+                 "-c", "from twisted.scripts.twistd import run; run()",
+                 "-n", "--pidfile=", "clientid-mail", "--data-dir", str(work / "data"),
+                 "--workers", "2", "--imap", "systemd:domain=INET:index=0"],
+                cwd=work, stdout=output, stderr=subprocess.STDOUT, pass_fds=[listening.fileno()],
+                env=dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="clientid-mail",
+                         PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))),
+            )
+        self.addCleanup(lambda: process.poll() is None and (process.terminate(), process.wait(60)))
+        listening.close()
+        _waitFor(lambda: len(re.findall(r"\[worker=\d -\] MailIMAP4Factory starting on " + str(port),
+                                        log.read_text())) == 2 or process.poll() is not None, 60)
+        self.assertIsNone(process.poll(), log.read_text())
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            self.assertTrue(s.recv(1024).startswith(b"* OK"))
+        process.terminate()
+        process.wait(60)
+        self.assertNotIn("Traceback", log.read_text())
