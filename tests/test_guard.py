@@ -26,10 +26,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from clientid_twisted.server.connections import ConnectionLimiter
 from clientid_twisted.server.delivery import MailRealm
+from clientid_twisted.server.guard import SessionGuardMixin
 from clientid_twisted.server.imapserver import MailIMAP4Factory
 from clientid_twisted.server.limits import ServerLimits
 from clientid_twisted.server.submission import SubmissionFactory
-from clientid_twisted.smtp import ClientIDESMTPFactory
+from clientid_twisted.smtp import ClientIDESMTPFactory, ClientIDESMTPMixin
 from clientid_twisted.testing import LineExchange, connectedTransport, synchronousScheduler
 
 PEER = "192.0.2.7"
@@ -405,6 +406,56 @@ class SMTPSizeTests(_Sessions, SynchronousTestCase):
         client.exchange(b"RCPT TO:<bob@example.test>")
         client.exchange(b"DATA")
         self.assertEqual(client.send(b"a" * 16385 + b"\r\nmore\r\n"), b"")
+        self.assertEqual(client.exchange(b"."), b"500 5.5.2 Line too long\r\n")
+        self.assertEqual(self.maildir("new"), [])
+
+
+class DataFastPathTests(_Sessions, SynchronousTestCase):
+    """
+    Message body lines go straight to the message, past the command
+    line's hooks, and keep the limits that apply to them.
+    """
+
+    def inData(self) -> LineExchange:
+        client = self.smtp(secure=True)
+        self.login(client)
+        client.exchange(b"MAIL FROM:<bob@example.test>")
+        client.exchange(b"RCPT TO:<bob@example.test>")
+        self.assertTrue(client.exchange(b"DATA").startswith(b"354 "))
+        return client
+
+    def counted(self, cls: type, name: str) -> list[bytes]:
+        calls: list[bytes] = []
+        original = getattr(cls, name)
+
+        def counting(protocol: Any, line: bytes) -> Any:
+            calls.append(line)
+            return original(protocol, line)
+
+        self.patch(cls, name, counting)
+        return calls
+
+    def test_bodySkipsCommandHooks(self) -> None:
+        client = self.inData()
+        guarded = self.counted(SessionGuardMixin, "lineReceived")
+        clientID = self.counted(ClientIDESMTPMixin, "lineReceived")
+        client.send(b"Subject: x\r\n\r\nAUTH PLAIN looks like a command\r\n")
+        self.assertEqual((guarded, clientID), ([], []))
+        self.assertEqual(client.exchange(b"."), b"250 Delivery in progress\r\n")
+        self.assertEqual(guarded, [])
+        self.assertEqual(client.exchange(b"NOOP"), b"250 OK\r\n")
+        self.assertEqual(guarded, [b"NOOP"])
+        [message] = self.maildir("new")
+        self.assertIn(b"AUTH PLAIN looks like a command", message.read_bytes())
+
+    def test_lengthLimitKept(self) -> None:
+        """
+        A body line longer than a command line may be (512 octets) is
+        taken; one over the message line limit still fails the message.
+        """
+        client = self.inData()
+        self.assertEqual(client.send(b"b" * 1000 + b"\r\n"), b"")
+        self.assertEqual(client.send(b"a" * 16385 + b"\r\n"), b"")
         self.assertEqual(client.exchange(b"."), b"500 5.5.2 Line too long\r\n")
         self.assertEqual(self.maildir("new"), [])
 

@@ -178,6 +178,22 @@ class SubmissionESMTP(SMTPServerFixesMixin, SessionGuardMixin, ClientIDESMTP, Bo
         else:
             self.sendCode(500, b"5.5.2 Line too long")
 
+    def lineReceived(self, line: bytes) -> Any:
+        """
+        A message body's line goes straight to the message: none of the
+        command line's work (its deadline, the stage's idle timeout, the
+        CLIENTID mixin's checks, the backlog check; the transfer's deadline
+        covers the whole body), only the idle timer's restart, as Twisted's
+        own C{SMTP.lineReceived} does.  Its length was checked when it was
+        split (L{maxLineLength}).  Neither a login being decided nor the
+        plaintext dropped after STARTTLS can hold a line in DATA: both
+        happen in the command state.
+        """
+        if self.mode == smtp.DATA:
+            self.resetTimeout()
+            return self.state_DATA(line)
+        return super().lineReceived(line)
+
     def state_COMMAND(self, line: bytes) -> None:
         if self.draining:
             self.closeSession("shutdown")
