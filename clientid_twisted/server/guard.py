@@ -152,12 +152,12 @@ class SessionGuardMixin:
     timeOut: Any  # TimeoutMixin's (IMAP4Server gives a default)
     _timer: Any = None
 
-    @property
-    def _deadlines(self) -> dict[str, tuple[float, Callable[[], None]]]:
-        # The session's deadlines by name: when, and what to call then
-        # (created on first use, so a protocol driven without
-        # connectionMade still works).
-        return self.__dict__.setdefault("_deadlineTable", {})  # type: ignore[no-any-return]
+    _deadlines: dict[str, tuple[float, Callable[[], None]]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The session's deadlines by name: when, and what to call then.
+        self._deadlines = {}
 
     @property
     def _delayed(self) -> list[defer.Deferred[None]]:
@@ -316,8 +316,16 @@ class SessionGuardMixin:
         """
         Restart the idle timer with the timeout for the session's stage.
         """
-        if not self.closing and not self._guardGone:
-            self.setTimeout(self.idleTimeout())
+        if self.closing or self._guardGone:
+            return
+        period = self.idleTimeout()
+        idle = self._deadlines.get("idle")
+        if idle is not None and period == self.timeOut:
+            # The same period from now: a later deadline, so only the
+            # table changes (the common case, once per command line).
+            self._deadlines["idle"] = (self._timer.seconds() + period, idle[1])
+        else:
+            self.setTimeout(period)
 
     def timeoutConnection(self) -> None:
         self.closeSession("idle-timeout")
@@ -335,8 +343,9 @@ class SessionGuardMixin:
             return super().lineReceived(line)  # type: ignore[misc]
         # A complete line ends its deadline; the next partial one starts
         # a new one when the read is done.
-        self._cancelTimer("command")
-        if self.isEncrypted():
+        if "command" in self._deadlines:
+            self._cancelTimer("command")
+        if not self._commandSinceTLS and self.isEncrypted():
             self._commandSinceTLS = True
         result = super().lineReceived(line)  # type: ignore[misc]
         if not self.backlogged:
@@ -351,22 +360,31 @@ class SessionGuardMixin:
         command line must be complete within C{commandTimeout}, a message
         body or literal within C{dataTimeout}.
         """
+        deadlines = self._deadlines
         if self.inTransfer():
-            self._cancelTimer("command")
-            if "transfer" not in self._deadlines:
-                self._startTimer("transfer", self.limits.dataTimeout, lambda: self.closeSession("data-timeout"))
+            if "command" in deadlines:
+                self._cancelTimer("command")
+            if "transfer" not in deadlines:
+                self._startTimer("transfer", self.limits.dataTimeout, self._transferTimedOut)
             return
-        self._cancelTimer("transfer")
+        if "transfer" in deadlines:
+            self._cancelTimer("transfer")
         if self.backlogged:
             # What waits in the buffer is not being sent slowly: it is not
             # being read.  The idle timer counts that time.
             self._cancelTimer("command")
             return
         if self.hasPartialLine():
-            if "command" not in self._deadlines:
-                self._startTimer("command", self.limits.commandTimeout, lambda: self.closeSession("command-timeout"))
-        else:
+            if "command" not in deadlines:
+                self._startTimer("command", self.limits.commandTimeout, self._commandTimedOut)
+        elif "command" in deadlines:
             self._cancelTimer("command")
+
+    def _transferTimedOut(self) -> None:
+        self.closeSession("data-timeout")
+
+    def _commandTimedOut(self) -> None:
+        self.closeSession("command-timeout")
 
     # -- backpressure --------------------------------------------------------------
 
