@@ -499,6 +499,9 @@ class _Folder:
         self.statePath = path / UIDLIST
         self._lockPath = path / (UIDLIST + ".lock")
         self._newUIDValidity = newUIDValidity
+        # What stamp() looks at, as strings: it runs before every command
+        # of a selected session, and joining paths costs more than stat.
+        self._stamped = (str(path / "new"), str(path / "cur"), str(self.statePath))
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         return _locked(self._lockPath)
@@ -508,11 +511,12 @@ class _Folder:
         What changes whenever the folder's contents or state do; L{None} when
         that cannot be trusted (unreadable, or too fresh).
         """
+        newPath, curPath, statePath = self._stamped
         try:
-            new = os.stat(self.path / "new").st_mtime_ns
-            cur = os.stat(self.path / "cur").st_mtime_ns
+            new = os.stat(newPath).st_mtime_ns
+            cur = os.stat(curPath).st_mtime_ns
             try:
-                st = os.stat(self.statePath)
+                st = os.stat(statePath)
                 state: tuple[int, int, int] | None = (
                     st.st_mtime_ns,
                     st.st_size,
