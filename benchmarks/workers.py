@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return None
         return round(results[name]["sessions"] / results[name]["wall"], 1)
 
-    def cpu(name: str) -> float | None:
+    def cpuPerSession(name: str) -> float | None:
         if name not in results:
             return None
         return round(1000 * results[name]["cpu"] / results[name]["sessions"], 3)
@@ -366,9 +366,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dovecot_per_s": dove,
         "ratio_bare": round(ours / bare, 3),
         "ratio_dovecot": round(ours / dove, 3) if dove else None,
-        "cpu_ms_ours": cpu("ours"),
-        "cpu_ms_bare": cpu("bare"),
-        "cpu_ms_dovecot": cpu("dovecot"),
+        "cpu_ms_ours": cpuPerSession("ours"),
+        "cpu_ms_bare": cpuPerSession("bare"),
+        "cpu_ms_dovecot": cpuPerSession("dovecot"),
         "cpu_ms_ours_parent": round(1000 * parentCpu / results["ours"]["sessions"], 3),
     }
     print(json.dumps(result))

@@ -230,11 +230,16 @@ class ForwardTests(SynchronousTestCase):
         self.assertEqual(forwarded["worker"], 2)
 
     def test_text(self) -> None:
-        published: list[dict[str, Any]] = []
+        """
+        A line that is not an event (a traceback before logging started)
+        is logged as text, to the global log by default.
+        """
         from twisted.logger import globalLogPublisher
 
-        globalLogPublisher.addObserver(published.append)
-        self.addCleanup(globalLogPublisher.removeObserver, published.append)
+        published: list[dict[str, Any]] = []
+        observer: Any = published.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         forwardWorkerOutput(1, b"Traceback (most recent call last):\n")
         [event] = [e for e in published if "output" in e]
         self.assertIn("[worker=1 output] Traceback (most recent call last):", formatEventAsClassicLogText(event))
@@ -554,7 +559,12 @@ class SocketActivationTests(SynchronousTestCase):
                 env=dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="clientid-mail",
                          PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))),
             )
-        self.addCleanup(lambda: process.poll() is None and (process.terminate(), process.wait(60)))
+        def stop() -> None:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(60)
+
+        self.addCleanup(stop)
         listening.close()
         _waitFor(lambda: len(re.findall(r"\[worker=\d -\] MailIMAP4Factory starting on " + str(port),
                                         log.read_text())) == 2 or process.poll() is not None, 60)
