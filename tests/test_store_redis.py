@@ -19,6 +19,7 @@ import attrs
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.cred.error import UnauthorizedLogin
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -26,6 +27,7 @@ from clientid_twisted.store import openStore
 from clientid_twisted.store._errors import StoreError
 from clientid_twisted.store._records import (
     APPROVED,
+    REVOKED,
     AddMember,
     Bump,
     DeviceUpdate,
@@ -50,6 +52,7 @@ from clientid_twisted.store._resp import (
     encodeCommand,
     replyReader,
 )
+from tests.policyharness import ALICE, PolicyHarness
 from tests.redisserver import RedisServer, requireRedisServer, sharedRedisServer, uniquePrefix
 from tests.storesuite import START, StoreTestsMixin, update
 
@@ -973,3 +976,86 @@ class FaultTests(TestCase):
         finally:
             self.server.resume()
         yield self.waitUntil(store)
+
+
+class RedisFastPathTests(TestCase):
+    """
+    The policy's fast path on a real redis-server: a known device's login
+    within its last-seen interval writes nothing, and the read alone still
+    sees every refusal.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = localStore(self, sharedRedisServer().url, self.clock)
+        self.writes: list[OutcomeRecord] = []
+        record = self.store.recordOutcome
+
+        def spy(outcome: OutcomeRecord) -> Any:
+            self.writes.append(outcome)
+            return record(outcome)
+
+        self.store.recordOutcome = spy  # type: ignore[method-assign]
+        self.harness = PolicyHarness(self, store=self.store, clock=self.clock)
+
+    @defer.inlineCallbacks
+    def login(self, **kwargs: Any) -> Any:
+        try:
+            yield self.harness.checker.requestAvatarId(self.harness.credentials(**kwargs))
+        except UnauthorizedLogin:
+            return "refused"
+        return "ok"
+
+    @defer.inlineCallbacks
+    def logins(self) -> Any:
+        devices = yield self.store.listDevices(ALICE)
+        return {device.digest: device.logins for device in devices}
+
+    @defer.inlineCallbacks
+    def test_quietLoginsCounted(self) -> Any:
+        """
+        Logins within the interval write nothing; the next write after it
+        adds them to the device's count in Redis.
+        """
+        self.assertEqual((yield self.login()), "ok")
+        self.assertEqual(len(self.writes), 1)
+        for _ in range(2):
+            self.assertEqual((yield self.login()), "ok")
+        self.assertEqual(len(self.writes), 1)
+        self.assertEqual((yield self.logins()), {self.harness.digest(): 1})
+        self.clock.advance(301)
+        self.assertEqual((yield self.login()), "ok")
+        self.assertEqual(len(self.writes), 2)
+        self.assertEqual((yield self.logins()), {self.harness.digest(): 4})
+
+    @defer.inlineCallbacks
+    def test_failuresStillLock(self) -> Any:
+        """
+        Wrong passwords from a known device are written at once and
+        counted per device: the fifth locks it, and its next right
+        password is refused; another device of the account still logs in.
+        """
+        self.assertEqual((yield self.login()), "ok")
+        self.assertEqual((yield self.login(token="token-B")), "ok")
+        for _ in range(5):
+            self.assertEqual((yield self.login(password="wrong")), "refused")
+        self.assertEqual(len(self.writes), 7)
+        self.assertEqual((yield self.login()), "refused")
+        self.assertEqual((yield self.login(token="token-B")), "ok")
+
+    @defer.inlineCallbacks
+    def test_revokedRefused(self) -> Any:
+        """
+        A device revoked by the admin command is refused at its next
+        login, within the interval (the read sees it; nothing is cached).
+        """
+        self.assertEqual((yield self.login()), "ok")
+        self.assertEqual((yield self.login()), "ok")
+        digest = self.harness.digest()
+        admin = localStore(self, sharedRedisServer().url, self.clock, blocking=True,
+                           prefix=self.store._prefix)
+        admin.setDeviceState(ALICE, digest, "UUID", digest[:16], REVOKED, None)
+        self.assertEqual((yield self.login()), "refused")
