@@ -33,6 +33,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from clientid_twisted.server.tap import OptionError, Options
 from clientid_twisted.server.workerprocess import Handoff, InheritedListener
 from clientid_twisted.server.workers import (
+    HandedOverListener,
     RestartBackoff,
     WorkerPool,
     forwardWorkerOutput,
@@ -255,6 +256,42 @@ class HandoffTests(SynchronousTestCase):
         self.assertEqual(Handoff.fromJSON(handoff.toJSON()), handoff)
         self.assertEqual(Handoff.fromEnvironment({"CLIENTID_MAIL_WORKER": handoff.toJSON()}), handoff)
         self.assertIsNone(Handoff.fromEnvironment({}))
+
+
+class HandedOverListenerTests(SynchronousTestCase):
+    def test_bindsWithoutAccepting(self) -> None:
+        """
+        The parent's port is bound and never accepts: connections wait in
+        the backlog for a worker.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+
+        listener = HandedOverListener(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), "imap")
+        listener.setName("imap tcp:0")
+        listener.privilegedStartService()
+        bound = listener.port
+        # No reactor runs here to finish stopListening: close it directly.
+        self.addCleanup(bound.socket.close)
+        self.assertNotIn(bound, reactor.getReaders())
+        self.assertEqual(listener.inherited(3, "tcp:0"), InheritedListener("imap", "tcp:0", 3, "AF_INET"))
+
+    def test_portInUse(self) -> None:
+        """
+        A port that cannot be bound stops start-up with one line.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            listener = HandedOverListener(TCP4ServerEndpoint(reactor, port, interface="127.0.0.1"), "imap")
+            listener.setName(f"imap tcp:{port}")
+            with self.assertRaises(SystemExit) as caught:
+                listener.privilegedStartService()
+        self.assertEqual(str(caught.exception), f"clientid-mail: cannot listen for imap tcp:{port}: Address already in use")
 
 
 class OptionTests(SynchronousTestCase):

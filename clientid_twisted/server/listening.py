@@ -28,7 +28,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 
-__all__ = ["listener", "endpointListener", "targetOwner", "handOver"]
+__all__ = ["listener", "endpointListener", "cannotListen", "targetOwner", "handOver"]
 
 
 class _Listener(StreamServerEndpointService):
@@ -40,8 +40,15 @@ class _Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-            raise SystemExit(f"clientid-mail: cannot listen for {self.name}: {reason}") from None
+            raise cannotListen(str(self.name), e) from None
+
+
+def cannotListen(name: str, error: CannotListenError) -> SystemExit:
+    """
+    The one-line stop for a listener C{name} that cannot bind.
+    """
+    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+    return SystemExit(f"clientid-mail: cannot listen for {name}: {reason}")
 
 
 def listener(description: str, factory: Any, reactor: Any = None) -> StreamServerEndpointService:

@@ -57,12 +57,12 @@ from attrs import define, field
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import CannotListenError, ProcessDone
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.logger import eventFromJSON
 from twisted.python.failure import Failure
 
-from clientid_twisted.server.listening import _Listener
+from clientid_twisted.server.listening import cannotListen
 from clientid_twisted.server.workerprocess import (
     HANDOFF_VARIABLE,
     Handoff,
@@ -319,10 +319,12 @@ class HandedToWorkers(protocol.Factory):
     noisy = False
 
 
-class HandedOverListener(_Listener):
+class HandedOverListener(Service):
     """
-    Binds an endpoint (in C{privilegedStartService}, as every listener) and
-    stops accepting on it: the workers accept.
+    Binds an endpoint in C{privilegedStartService} (before the privilege
+    drop, as every listener) and stops accepting on it at once: the
+    workers accept.  A port that cannot be bound stops start-up with one
+    line, as any listener's.
 
     @ivar port: The listening port once bound, else L{None}.
     """
@@ -330,19 +332,33 @@ class HandedOverListener(_Listener):
     port: Any = None
 
     def __init__(self, endpoint: Any, name: str) -> None:
-        _Listener.__init__(self, endpoint, HandedToWorkers())
-        self._raiseSynchronously = True
+        self.endpoint = endpoint
         self.listenerName = name
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        Service.privilegedStartService(self)
+        if self.port is not None:
+            return
+        results: list[Any] = []
+        # tcp:, unix: and systemd: listen at once.
+        self.endpoint.listen(HandedToWorkers()).addBoth(results.append)
+        [result] = results
+        if isinstance(result, Failure):
+            if result.check(CannotListenError):
+                raise cannotListen(str(self.name or self.listenerName), result.value)  # type: ignore[arg-type]
+            result.raiseException()
+        result.stopReading()
+        self.port = result
 
-        def bound(port: Any) -> Any:
-            port.stopReading()
-            self.port = port
-            return port
+    def startService(self) -> None:
+        # Added to a running tree (a store that answered late): bind now.
+        self.privilegedStartService()
+        Service.startService(self)
 
-        self._waitingForPort.addCallback(bound)  # type: ignore[union-attr]
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
 
     def inherited(self, fileno: int, description: str) -> InheritedListener:
         """
