@@ -433,6 +433,11 @@ class WorkersProcessTests(SynchronousTestCase):
             self.assertEqual(_smtpLogin(port, server.context), 235)
             logins += 1
         self.assertEqual(set(_loginWorkers(server.log())), {"1", "2"})
+        # The key was made once, by the parent, before any worker started.
+        created = re.findall(r"^.*created the identity hashing key.*$", server.log(), re.M)
+        self.assertEqual(len(created), 1, created)
+        self.assertNotIn("worker=", created[0])
+        self.assertLess(server.log().index(created[0]), server.log().index("worker 1 started"))
         # One identity key: the token has one fingerprint in both workers.
         fingerprints = set(re.findall(r"AUTH succeeded .*fingerprint=([0-9a-f]+)", server.log()))
         self.assertEqual(len(fingerprints), 1, fingerprints)
