@@ -10,7 +10,7 @@ memory store is refused.
 from __future__ import annotations
 
 import base64
-import json
+import concurrent.futures
 import os
 import re
 import signal
@@ -441,6 +441,15 @@ class WorkersProcessTests(SynchronousTestCase):
         # One identity key: the token has one fingerprint in both workers.
         fingerprints = set(re.findall(r"AUTH succeeded .*fingerprint=([0-9a-f]+)", server.log()))
         self.assertEqual(len(fingerprints), 1, fingerprints)
+        # Both workers write the one SQLite store at once (new devices,
+        # in parallel): every login succeeds, none is a 454 for a lock the
+        # other worker holds.
+        tokens = [f"4b5c6d7e-0000-4000-8000-{n:012d}" for n in range(32)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda token: _smtpLogin(port, server.context, token), tokens))
+        self.assertEqual(codes, [235] * len(tokens))
+        logins += len(tokens)
+        self.assertNotIn("454", server.log())
         # The metrics endpoint sums both workers' counts, and their open
         # connections (each worker sets its gauge every second).
         _waitFor(lambda: _succeeded(metricsPort) == logins)
