@@ -503,10 +503,14 @@ class MemoryStoreTests(SynchronousTestCase):
         result = subprocess.run(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "clientid-mail", "--data-dir", str(work / "data"),
-             "--store", "memory:", "--workers", "2", "--imap", "tcp:0:interface=127.0.0.1"],
+             "--store", "memory:", "--workers", "2", "--imap", "tcp:0:interface=127.0.0.1",
+             "--metrics", "tcp:0:interface=127.0.0.1"],
             cwd=work, capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))),
+            env=dict(os.environ, TMPDIR=str(work),
+                     PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))),
         )
+        # Nothing left behind: no metrics directory for the workers.
+        self.assertEqual(sorted(p.name for p in work.iterdir()), ["data"])
         self.assertNotEqual(result.returncode, 0)
         output = result.stdout + result.stderr
         self.assertIn(

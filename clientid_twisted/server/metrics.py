@@ -507,21 +507,27 @@ class WorkersMetrics:
 
         mark_process_dead(pid, str(self.directory))
 
+    def remove(self) -> None:
+        """
+        Remove the directory and the workers' files in it.
+        """
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def service(self) -> service.Service:
         """
         A service that removes the directory when it stops (add it before
         the workers, so it stops after them).
         """
-        return _RemoveDirectory(self.directory)
+        return _RemoveDirectory(self)
 
 
 class _RemoveDirectory(service.Service):
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, metrics: WorkersMetrics) -> None:
+        self.metrics = metrics
 
     def stopService(self) -> None:
         service.Service.stopService(self)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.metrics.remove()
 
 
 class _ObserverService(service.Service):

@@ -293,6 +293,8 @@ def makeService(options: Options) -> service.MultiService:
 
     assembled.addErrback(failed)
     if failedNow:
+        if workersMetrics is not None:
+            workersMetrics.remove()
         failedNow[0].trap(ValueError, OSError)
         raise SystemExit(f"clientid-mail: {failedNow[0].value}")
     if not assembled.called:
