@@ -387,9 +387,10 @@ class WorkersProcessTests(SynchronousTestCase):
             metricsPort = s.getsockname()[1]
         server = RunningServer(
             work, _CONFIG, protocols=("smtp",),
-            arguments=("--workers", "2", "--metrics", f"tcp:{metricsPort}"),
+            arguments=("--workers", "2", "--metrics", f"tcp:{metricsPort}", "--web", "tcp:0:interface=127.0.0.1"),
         )
         try:
+            self._checkWeb(server)
             self._checkRunning(server, metricsPort)
         except BaseException:
             print(server.stop())
@@ -422,6 +423,20 @@ class WorkersProcessTests(SynchronousTestCase):
         assert metricsDirectory is not None
         self.assertFalse(Path(metricsDirectory.group(1)).exists())
         self.assertNotIn("Traceback", log)
+
+    def _checkWeb(self, server: RunningServer) -> None:
+        """
+        The owners' device page (sessions and rate limits in memory) is
+        served by the parent alone.
+        """
+        [line] = re.findall(r"^.*Site \(TLS\) starting on \d+$", server.log(), re.M)
+        self.assertNotIn("worker=", line)
+        port = int(line.rsplit(" ", 1)[1])
+        with server.context.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname="localhost"
+        ) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            self.assertTrue(s.recv(1024).startswith(b"HTTP/1.0 "))
 
     def _checkRunning(self, server: RunningServer, metricsPort: int) -> None:
         port = server.ports["smtp"]
