@@ -72,6 +72,18 @@ class BenchmarkSmokeTests(TestCase):
             self.assertTrue(DECISION_KEYS <= set(figures), figures)
             self.assertEqual(figures["errors"], 0)
 
+    def test_knownLogins(self) -> None:
+        """
+        Logins of known devices write nothing and are served from memory;
+        with an interval of 0 each writes.
+        """
+        quiet = runBenchmark("knownlogins")
+        self.assertEqual(quiet["commits"], 0)
+        self.assertGreater(quiet["cache_hits"], 0)
+        self.assertGreater(quiet["policy_us_per_login"], 0)
+        every = runBenchmark("knownlogins", "--interval", "0")
+        self.assertEqual(every["commits"], every["logins"])
+
     def test_decisionsSQLite(self) -> None:
         result = runBenchmark("decisions", "--store", "sqlite")
         for figures in result["results"].values():
