@@ -154,7 +154,7 @@ class DevicePolicy:
         self._clock = clock
         self.health = StoreHealth(self.log, clock, config.storeFailure == "open")
         # (account, digest) -> successful logins not written yet (see
-        # _throttled); bounded, as a lost count costs only a statistic.
+        # _quiet); bounded, as a lost count costs only a statistic.
         self._unwritten: dict[tuple[str, str], int] = {}
 
     # -- before the password --------------------------------------------------
