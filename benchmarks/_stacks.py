@@ -104,7 +104,14 @@ class BareESMTPFactory(smtp.SMTPFactory):
 class BareIMAP4Factory:
     """
     Twisted's IMAP4Server, as plainly as Twisted offers it.
+
+    @ivar scheduler: How FETCH output is paced, as
+        L{ClientIDIMAP4Factory.scheduler
+        <clientid_twisted.imap.ClientIDIMAP4Factory>}; L{None} for
+        Twisted's default.
     """
+
+    scheduler: Any = None
 
     def __init__(self, portal: Portal, context: Any) -> None:
         self.portal = portal
@@ -120,6 +127,7 @@ class BareIMAP4Factory:
         p = BareIMAP4Server(
             chal={b"PLAIN": imap4.PLAINCredentials, b"LOGIN": imap4.LOGINCredentials},
             contextFactory=self.context,
+            scheduler=self.scheduler,
         )
         p.portal = self.portal
         p.factory = self

@@ -134,6 +134,18 @@ class BenchmarkSmokeTests(TestCase):
                 result,
             )
 
+    def test_protocolWork(self) -> None:
+        """
+        The stacks' protocol work per session, in process, with a figure
+        for each command of each stack.
+        """
+        for protocol, command in (("smtp", "AUTH"), ("imap", "LOGIN")):
+            result = runBenchmark("protocolwork", "--protocol", protocol)
+            self.assertTrue({"ms_bare", "ms_protocol", "ms_ours"} <= set(result), result)
+            for stack in ("bare", "protocol", "ours"):
+                self.assertGreater(result[f"us_{stack}_{command}"], 0, result)
+            self.assertEqual(result["us_bare_CLIENTID"], 0, result)
+
     def test_workers(self) -> None:
         """
         twistd clientid-mail --workers 2 against bare twisted.mail as two
