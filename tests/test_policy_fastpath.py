@@ -28,7 +28,6 @@ from twisted.trial.unittest import SynchronousTestCase
 import clientid_twisted
 from clientid_twisted.admin import main as adminMain
 from clientid_twisted._fingerprint import IdentityHasher
-from clientid_twisted._identity import ClientIdentity
 from clientid_twisted.policy._checker import ClientIDChecker
 from clientid_twisted.policy._manage import resultOf
 from clientid_twisted.server.users import UserDatabase, usersPath
