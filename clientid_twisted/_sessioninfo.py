@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp_server,tests.test_imap_server -*-
+# -*- test-case-name: tests.test_smtp_server,tests.test_imap_server,tests.test_loginafterdisconnect -*-
 """
 What the SMTP and IMAP CLIENTID mixins ask of their connection alike:
 whether it is encrypted, who is at the other end, and how their log
@@ -7,8 +7,11 @@ lines show an identity.
 An accepted CLIENTID is not a log line of its own: the login that
 follows names the device anyway, so its event carries the acceptance
 (C{clientIDEvent="accepted"}) too, and a real server writes one line per
-login.  An identity no login used is logged when it is dropped (a new
-EHLO, the end of the connection).
+login.  A login claims the acceptance when it starts, so a client that
+leaves before the decision does not leave it unlogged: the login's event,
+written when the decision comes, carries it.  An identity no login used
+is logged when it is dropped (a new EHLO, STARTTLS, the end of the
+connection).
 """
 
 from __future__ import annotations
@@ -121,7 +124,9 @@ class ClientIDSessionMixin:
         """
         L{_identityLogFields} for a login's event; the first login with an
         accepted identity also reports its acceptance
-        (C{clientIDEvent="accepted"}).
+        (C{clientIDEvent="accepted"}).  Taken when the login starts: the
+        event must then be logged whatever the decision and whenever it
+        comes, even after the connection is gone.
         """
         fields = self._identityLogFields(identity)
         if identity is not None and identity is self._unreportedIdentity:

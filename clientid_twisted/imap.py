@@ -751,6 +751,9 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
         command: str,
         **extra: Any,
     ) -> dict[str, Any]:
+        # Taken when the login starts: its event then carries the
+        # CLIENTID's acceptance even if the client leaves before the
+        # decision (the end of the connection logs it no more).
         return dict(
             protocol=self.protocolName,
             peer=self._peerHost(),
@@ -804,19 +807,21 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
                 fields,
             )
             return
-        if self._connectionGone:
-            logout()
-            return
-        self.account = avatar
-        self.logoutHook = logout
-        self.state = "auth"
-        self.setTimeout(self.POSTAUTH_TIMEOUT)
         self._log.info(
             "{command} succeeded for {username} from {peer} "
             "({clientID})",
             authEvent="succeeded",
             **fields,
         )
+        if self._connectionGone:
+            # Decided after the client left: logged like any login (its
+            # event carries the CLIENTID's acceptance), answered to no one.
+            logout()
+            return
+        self.account = avatar
+        self.logoutHook = logout
+        self.state = "auth"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
         self.sendPositiveResponse(tag, okMessage)
 
     def _ebClientIDLogin(
@@ -825,12 +830,13 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
         """
         Every refusal gets one reply whatever its reason (wrong password,
         unknown user, device policy): nothing on the wire tells them apart.
-        Anything that is not a refusal is a temporary failure.
+        Anything that is not a refusal is a temporary failure.  After the
+        client left, it is only logged.
         """
-        if logLoginFailure(self._log, reason, **fields):
-            self.sendNegativeResponse(tag, AUTHENTICATION_FAILED)
+        refused = logLoginFailure(self._log, reason, **fields)
+        if self._connectionGone:
             return
-        self.sendNegativeResponse(tag, TEMPORARY_FAILURE)
+        self.sendNegativeResponse(tag, AUTHENTICATION_FAILED if refused else TEMPORARY_FAILURE)
 
 
 class ClientIDIMAP4Server(ClientIDIMAP4ServerMixin, imap4.IMAP4Server):

@@ -93,6 +93,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
     _discardingPlaintext = False
     _authMechanism = b""
     _heldLines: list[bytes] | None = None
+    _connectionGone = False
 
     # Attributes of ESMTP we use, for the type checker.
     transport: Any
@@ -197,6 +198,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
         self.clientIdentity = None
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._connectionGone = True
         self._identityDropped()
         super().connectionLost(reason)
 
@@ -366,8 +368,12 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
             d = self.portal.login(
                 credentials, None, smtp.IMessageDeliveryFactory, smtp.IMessageDelivery
             )
-        d.addCallback(self._cbClientIDLogin, credentials)
-        d.addErrback(self._ebClientIDLogin, credentials)
+        # The fields (and the CLIENTID's acceptance they report) belong to
+        # this login from now on, even if the client leaves before the
+        # decision.
+        fields = self._authLogFields(credentials)
+        d.addCallback(self._cbClientIDLogin, fields)
+        d.addErrback(self._ebClientIDLogin, fields)
         self._awaitLogin(d)
 
     def _awaitLogin(self, d: Any) -> None:
@@ -406,24 +412,35 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
             **self._loginLogFields(identity),
         )
 
-    def _cbClientIDLogin(self, result: Any, credentials: Any) -> None:
-        self.loginSucceeded(result)
+    def _cbClientIDLogin(self, result: Any, fields: dict[str, Any]) -> None:
+        gone = self._connectionGone
+        if gone:
+            # Decided after the client left: the avatar is let go at once,
+            # the login logged like any other and answered to no one.
+            iface, avatar, logout = result
+            logout()
+        else:
+            self.loginSucceeded(result)
         self._log.info(
             "AUTH succeeded for {username} from {peer} "
             "({clientID})",
             authEvent="succeeded",
-            **self._authLogFields(credentials),
+            **fields,
         )
-        self.sendCode(235, b"2.7.0 Authentication successful")
+        if not gone:
+            self.sendCode(235, b"2.7.0 Authentication successful")
 
-    def _ebClientIDLogin(self, reason: Failure, credentials: Any) -> None:
+    def _ebClientIDLogin(self, reason: Failure, fields: dict[str, Any]) -> None:
         """
         Every refusal gets one reply whatever its reason (wrong password,
         unknown user, device policy): nothing on the wire tells them apart.
-        Anything that is not a refusal is a temporary failure.
+        Anything that is not a refusal is a temporary failure.  After the
+        client left, it is only logged.
         """
-        fields = self._authLogFields(credentials)
-        if logLoginFailure(self._log, reason, command="AUTH", **fields):
+        refused = logLoginFailure(self._log, reason, command="AUTH", **fields)
+        if self._connectionGone:
+            return
+        if refused:
             self.sendCode(535, b"5.7.8 Authentication credentials invalid")
             return
         self.sendCode(454, b"4.7.0 Temporary authentication failure")
