@@ -15,7 +15,7 @@ in the private C{_FetchParser}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -58,6 +58,7 @@ class IMAP4ServerSeamsMixin(LineBufferMixin, _IMAP4ServerBase):
     _busyReceiving: bool
     _pendingLiteral: Any
     _onLogout: Any
+    replayHeldLines: Callable[[], None]
 
     @property
     def readingData(self) -> bool:
@@ -98,16 +99,9 @@ class IMAP4ServerSeamsMixin(LineBufferMixin, _IMAP4ServerBase):
 
     def _unblock(self) -> None:
         # Twisted calls this to run the lines it queued while a command
-        # ran; the servers refine that (bug 6, logins held, the gateway's
-        # relay) by overriding replayHeldLines.
+        # ran; the servers run them as held logins' lines are run
+        # (LoginHoldMixin, refined for bug 6 and the gateway's relay).
         self.replayHeldLines()
-
-    def replayHeldLines(self) -> None:
-        """
-        Run the lines queued (in C{blocked}) while a command ran, as
-        Twisted does.
-        """
-        super()._unblock()
 
 
 class IMAP4ClientSeamsMixin(_IMAP4ClientBase):

@@ -32,6 +32,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from clientid_twisted._imapfixes import IMAP4ClientSeamsMixin, IMAP4ServerSeamsMixin
+from clientid_twisted._loginhold import LoginHoldMixin
 from clientid_twisted._authlog import escapeForLog, logLoginFailure
 from clientid_twisted.cred import identifyCredentials
 from clientid_twisted._errors import TemporaryAuthenticationFailure
@@ -142,7 +143,7 @@ def namesClientID(line: bytes) -> bool:
     return len(words) >= 2 and words[1].upper() == b"CLIENTID"
 
 
-class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
+class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, LoginHoldMixin, IMAP4ServerSeamsMixin):
     """
     Adds CLIENTID to an L{imap4.IMAP4Server} subclass.
 
@@ -190,10 +191,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
     _log = Logger()
     _idlePollCall: Any = None
     _discardingPlaintext = False
-    _loginInProgress = False
-    _blockedForLogin = False
     _skipPoll = False
-    _connectionGone = False
 
     # Attributes of IMAP4Server we use, for the type checker.
     transport: Any
@@ -203,7 +201,6 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
     challengers: Any  # IMAP4Server's is untyped (None until set)
     account: Any
     mbox: Any
-    blocked: Any  # list[bytes] | None; untyped in IMAP4Server
     startedTLS: bool
     ctx: Any
     canStartTLS: bool
@@ -772,10 +769,10 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
     ) -> None:
         """
         Answer when the portal has decided.  Commands that arrive meanwhile
-        wait (Twisted's C{blocked} queue), so a pipelined command runs in the
-        state the login leaves, and no CLIENTID slips in during a login.
+        wait (in Twisted's C{blocked} queue, L{LoginHoldMixin}), so a
+        pipelined command runs in the state the login leaves, and no
+        CLIENTID slips in during a login.
         """
-        self._loginInProgress = True
         d.addCallbacks(
             self._cbClientIDLogin,
             self._ebClientIDLogin,
@@ -783,17 +780,7 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, IMAP4ServerSeamsMixin):
             errbackArgs=(tag, fields),
         )
         d.addErrback(lambda f: self._log.failure("Answering a login failed", f))
-        d.addBoth(self._loginFinished)
-        if self._loginInProgress and self.blocked is None:
-            self.blocked = []
-            self._blockedForLogin = True
-
-    def _loginFinished(self, ignored: object) -> None:
-        self._loginInProgress = False
-        if self._blockedForLogin:
-            self._blockedForLogin = False
-            if not self._connectionGone:
-                self.replayHeldLines()
+        self.holdLinesUntil(d)
 
     def _cbClientIDLogin(
         self, result: Any, tag: bytes, fields: dict[str, Any], okMessage: bytes

@@ -29,6 +29,7 @@ from twisted.mail import smtp
 from twisted.mail.imap4 import IllegalClientResponse, PLAINCredentials
 from twisted.python.failure import Failure
 
+from clientid_twisted._loginhold import LoginHoldMixin
 from clientid_twisted._smtpfixes import ESMTPSeamsMixin, ESMTPSenderSeamsMixin
 from clientid_twisted._authlog import escapeForLog, logLoginFailure
 from clientid_twisted.cred import identifyCredentials
@@ -59,7 +60,7 @@ UNRECOGNIZED = b"5.5.2 Syntax error, command unrecognized"
 not available, byte for byte)."""
 
 
-class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
+class ClientIDESMTPMixin(ClientIDSessionMixin, LoginHoldMixin, ESMTPSeamsMixin):
     """
     Adds CLIENTID to an L{twisted.mail.smtp.ESMTP} subclass.
 
@@ -92,8 +93,6 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
     _ehloSinceTLS = False
     _discardingPlaintext = False
     _authMechanism = b""
-    _heldLines: list[bytes] | None = None
-    _connectionGone = False
 
     # Attributes of ESMTP we use, for the type checker.
     transport: Any
@@ -136,10 +135,7 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
     def lineReceived(self, line: bytes) -> Any:
         if self._discardingPlaintext:
             return None
-        if self._heldLines is not None:
-            # A login is being decided: the command waits for its answer.
-            self._heldLines.append(line)
-            return None
+        # While a login is being decided, LoginHoldMixin holds the line.
         return super().lineReceived(line)
 
     def state_COMMAND(self, line: bytes) -> None:
@@ -384,19 +380,8 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, ESMTPSeamsMixin):
         never overtakes the reply, and a client cannot have several
         password guesses checked at once.
         """
-        self._heldLines = []
         d.addErrback(lambda f: self._log.failure("Answering AUTH failed", f))
-        d.addBoth(self._loginAnswered)
-
-    def _loginAnswered(self, ignored: object) -> None:
-        held, self._heldLines = self._heldLines or [], None
-        while held and self._heldLines is None:
-            if getattr(self.transport, "disconnecting", False):
-                return
-            self.lineReceived(held.pop(0))
-        if self._heldLines is not None:
-            # A held AUTH started another login: the rest waits for it.
-            self._heldLines[:0] = held
+        self.holdLinesUntil(d)
 
     def _endAuth(self, code: int, message: bytes) -> None:
         self.challenger = None

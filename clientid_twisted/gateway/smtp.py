@@ -167,7 +167,7 @@ class GatewayESMTP(SubmissionESMTP):
         session.protocol.closed.addCallback(self._backendClosed)
         # What the client pipelined behind AUTH belongs to the relay, in
         # order: the lines held while the login ran, then the partial one.
-        held, self._heldLines = self._heldLines or [], None
+        held, self.blocked = self.blocked or [], None
         self._relayBuffer = b"".join(line + b"\r\n" for line in held) + self.unparsedInput
         self.unparsedInput = b""
         # Backpressure: while the backend's send buffer is full, stop

@@ -152,7 +152,7 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
         return self.state in ("auth", "select")
 
     def queuedInputBytes(self) -> int:
-        return sum(len(line) for line in self.blocked or ())
+        return self.heldInputBytes()
 
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         super().sendBadResponse(tag, message)
@@ -173,26 +173,28 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
 
     def replayHeldLines(self) -> None:
         """
-        Run the lines queued while a command ran (Twisted's, plus: once a
-        replayed command starts a literal, what was queued after it is
-        that literal's data, not commands).  Only lines read from the
-        network may start skipping a literal.
+        Run the lines queued while a command ran (L{LoginHoldMixin}'s
+        replay, plus: once a replayed command starts a literal, what was
+        queued after it is that literal's data, not commands).  Only lines
+        read from the network may start skipping a literal.
         """
-        commands, self.blocked = self.blocked or [], None
         self._replaying = True
         try:
-            while commands and self.blocked is None and not self.closing:
-                if not self.line_mode:
-                    self.unparsedInput = b"".join(c + b"\r\n" for c in commands) + self.unparsedInput
-                    commands = []
-                    self._replaying = False
-                    self.dataReceived(b"")
-                    break
-                self.lineReceived(commands.pop(0))
+            super().replayHeldLines()
         finally:
             self._replaying = False
-        if self.blocked is not None:
-            self.blocked.extend(commands)
+
+    def replayStopped(self) -> bool:
+        return self.closing or super().replayStopped()
+
+    def takeHeldLinesAsData(self, lines: list[bytes]) -> bool:
+        if self.line_mode:
+            return False
+        self.unparsedInput = b"".join(line + b"\r\n" for line in lines) + self.unparsedInput
+        del lines[:]
+        self._replaying = False
+        self.dataReceived(b"")
+        return True
 
     def rawDataReceived(self, data: bytes) -> Any:
         if self.pendingLiteral is None:
@@ -301,7 +303,7 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
 
     def _awaitLogin(self, d: Any, tag: bytes, fields: dict[str, Any], okMessage: bytes) -> None:
         super()._awaitLogin(d, tag, fields, okMessage)
-        if self._loginInProgress:
+        if self.loginPending():
             # Still being decided: stop reading until it is (a decision
             # made at once needs no pause, nor its two system calls).
             self.holdInput()

@@ -154,10 +154,13 @@ class SubmissionESMTP(SMTPServerFixesMixin, SessionGuardMixin, ClientIDESMTP, Bo
         return self.mode == smtp.DATA
 
     def isBusy(self) -> bool:
-        return self.mode == smtp.DATA or self._heldLines is not None
+        return self.mode == smtp.DATA or self.blocked is not None
 
     def isAuthenticated(self) -> bool:
         return bool(self.authenticated)
+
+    def queuedInputBytes(self) -> int:
+        return self.heldInputBytes()
 
     def sessionEnding(self) -> None:
         if self.mode == smtp.DATA:
@@ -275,7 +278,7 @@ class SubmissionESMTP(SMTPServerFixesMixin, SessionGuardMixin, ClientIDESMTP, Bo
 
     def _awaitLogin(self, d: Any) -> None:
         super()._awaitLogin(d)
-        if self._heldLines is not None:
+        if self.loginPending():
             # Still being decided: stop reading until it is (a decision
             # made at once needs no pause, nor its two system calls).
             self.holdInput()
