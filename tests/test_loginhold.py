@@ -58,7 +58,18 @@ class _LoginHoldTests:
         self.transport.clear()
 
     def connect(self) -> None:
+        factory = self.makeFactory()
+        factory.identityHasher = IdentityHasher(b"k" * 32)
+        self.protocol = factory.buildProtocol(None)
+        self.transport = connectedTransport(self.protocol, secure=True)
+        for line in self.greeting:
+            self.protocol.dataReceived(line + b"\r\n")
+
+    def makeFactory(self) -> Any:
         raise NotImplementedError
+
+    # What the client says before it logs in.
+    greeting: tuple[bytes, ...] = ()
 
     def login(self, password: bytes) -> bytes:
         raise NotImplementedError
@@ -147,36 +158,25 @@ class _LoginHoldTests:
 
 
 class SMTPLoginHoldTests(_LoginHoldTests, SynchronousTestCase):
-    first = (b"RSET", b"250 I remember nothing")
-    second = (b"XNOSUCH", b"500 ")
-    leave = (b"QUIT", b"221 ")
-    loginOK = b"235 "
-    loginFailed = b"535 "
+    first, second, leave = (b"RSET", b"250 I remember"), (b"XNOSUCH", b"500 "), (b"QUIT", b"221 ")
+    loginOK, loginFailed = b"235 ", b"535 "
+    greeting = (b"EHLO client.example.net",)
 
-    def connect(self) -> None:
+    def makeFactory(self) -> Any:
         factory = ClientIDESMTPFactory(self.portal, context=object())
         factory.domain = b"mx.example.test"
-        factory.identityHasher = IdentityHasher(b"k" * 32)
-        self.protocol = factory.buildProtocol(None)
-        self.transport = connectedTransport(self.protocol, secure=True)
-        self.protocol.dataReceived(b"EHLO client.example.net\r\n")
+        return factory
 
     def login(self, password: bytes) -> bytes:
         return b"AUTH PLAIN " + plain(b"alice", password) + b"\r\n"
 
 
 class IMAPLoginHoldTests(_LoginHoldTests, SynchronousTestCase):
-    first = (b"a NOOP", b"a OK")
-    second = (b"b NOOP", b"b OK")
-    leave = (b"q LOGOUT", b"q OK")
-    loginOK = b"l OK"
-    loginFailed = b"l NO"
+    first, second, leave = (b"a NOOP", b"a OK"), (b"b NOOP", b"b OK"), (b"q LOGOUT", b"q OK")
+    loginOK, loginFailed = b"l OK", b"l NO"
 
-    def connect(self) -> None:
-        factory = ClientIDIMAP4Factory(self.portal, context=object())
-        factory.identityHasher = IdentityHasher(b"k" * 32)
-        self.protocol = factory.buildProtocol(None)
-        self.transport = connectedTransport(self.protocol, secure=True)
+    def makeFactory(self) -> Any:
+        return ClientIDIMAP4Factory(self.portal, context=object())
 
     def login(self, password: bytes) -> bytes:
         return b"l LOGIN alice " + password + b"\r\n"
