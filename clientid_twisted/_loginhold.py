@@ -4,8 +4,8 @@ Holding the commands a client pipelines behind a login until the login's
 reply is out, for SMTP and IMAP alike.
 
 Why our own: a login is decided asynchronously (the portal returns a
-L{Deferred}), and a command that ran meanwhile would overtake the reply,
-run in the state before the login, let a CLIENTID slip in during it, or
+L{Deferred <twisted.internet.defer.Deferred>}), and a command that ran
+meanwhile would overtake the reply, run in the state before the login, let a CLIENTID slip in during it, or
 have several password guesses checked at once.  Twisted's SMTP has no
 queue for this; Twisted's C{IMAP4Server} has one (C{blocked}, which its
 C{lineReceived} fills while it is not L{None} and C{_unblock} drains) but
