@@ -93,6 +93,7 @@ class SessionGuardMixin:
     protocolName: str
     callLater: Callable[..., Any]
     isEncrypted: Callable[[], bool]
+    loginPending: Callable[[], bool]
 
     # -- hooks ----------------------------------------------------------------
 
@@ -583,6 +584,18 @@ class SessionGuardMixin:
         """
         self._releaseReading("login")
         return result
+
+    def holdLinesUntil(self, d: defer.Deferred[Any]) -> None:
+        """
+        Hold the lines pipelined behind a login (the protocol's
+        L{LoginHoldMixin <clientid_twisted._loginhold.LoginHoldMixin>}) and,
+        while it is still being decided, stop reading (L{holdInput}); a
+        decision made at once needs no pause, nor its two system calls.
+        """
+        super().holdLinesUntil(d)  # type: ignore[misc]
+        if self.loginPending():
+            self.holdInput()
+            d.addBoth(self.releaseInput)
 
     # -- shutdown -------------------------------------------------------------------
 

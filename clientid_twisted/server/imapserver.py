@@ -301,14 +301,6 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
 
     unauth_STARTTLS = (do_STARTTLS,)  # type: ignore[assignment]
 
-    def _awaitLogin(self, d: Any, tag: bytes, fields: dict[str, Any], okMessage: bytes) -> None:
-        super()._awaitLogin(d, tag, fields, okMessage)
-        if self.loginPending():
-            # Still being decided: stop reading until it is (a decision
-            # made at once needs no pause, nor its two system calls).
-            self.holdInput()
-            d.addBoth(self.releaseInput)
-
     def _ebClientIDLogin(self, reason: Failure, tag: bytes, fields: dict[str, Any]) -> Any:
         if reason.check(UnauthorizedLogin):
             parent = super()._ebClientIDLogin

@@ -276,14 +276,6 @@ class SubmissionESMTP(SMTPServerFixesMixin, SessionGuardMixin, ClientIDESMTP, Bo
         reply = min(replies, key=lambda r: -r.code)
         self.sendCode(reply.code, reply.resp)
 
-    def _awaitLogin(self, d: Any) -> None:
-        super()._awaitLogin(d)
-        if self.loginPending():
-            # Still being decided: stop reading until it is (a decision
-            # made at once needs no pause, nor its two system calls).
-            self.holdInput()
-            d.addBoth(self.releaseInput)
-
     def _ebClientIDLogin(self, reason: Failure, credentials: Any) -> Any:
         if reason.check(UnauthorizedLogin):
             parent = super()._ebClientIDLogin
