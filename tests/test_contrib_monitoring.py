@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from clientid_twisted.server.metrics import ServerMetrics
+from tests.services import requireProgram
 from tests.test_typing import requireModules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,8 +85,6 @@ class MonitoringTests(SynchronousTestCase):
         self.assertIn("ClientIDLoginDecisionsSlow", names)
 
     def test_promtool(self) -> None:
-        promtool = shutil.which("promtool")
-        if promtool is None:
-            raise SkipTest("promtool is not installed (prometheus); the rules' syntax is checked where it is")
+        promtool = requireProgram("promtool", "prometheus", "the alert rules' syntax, checked by Prometheus's own tool")
         result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
