@@ -77,7 +77,9 @@ class LoginHoldMixin(_ProtocolBase):
         """
         The bytes of the lines held (for the backlog limits).
         """
-        return sum(len(line) for line in self.blocked or ())
+        blocked = self.blocked
+        # (None or empty for nearly every command line: no generator then.)
+        return sum(len(line) for line in blocked) if blocked else 0
 
     def _loginAnswered(self, ignored: object) -> None:
         self._loginPending = False

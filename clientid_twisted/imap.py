@@ -336,7 +336,8 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, LoginHoldMixin, IMAP4Server
                 if self._pollBeforeCommand(line):
                     return None
             self._skipPoll = False
-            if namesClientID(line):
+            # namesClientID(line), on the words split above.
+            if len(words) >= 2 and words[1].upper() == b"CLIENTID":
                 if self._clientIDCommand(words[0], line):
                     return None
                 # Not available: the very path an unknown command takes.

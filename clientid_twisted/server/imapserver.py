@@ -57,6 +57,12 @@ _GOODBYES = {
 }
 
 
+def _literalAtEnd(line: bytes) -> re.Match[bytes] | None:
+    # Most lines announce no literal: a line that does ends with "}", and
+    # the search (which tries every position) runs only on those.
+    return _LITERAL_AT_END.search(line) if line.endswith(b"}") else None
+
+
 def _literalSize(digits: bytes) -> int:
     # int() refuses very long digit strings; any of them is too large.
     return int(digits) if len(digits) <= 18 else 10**18
@@ -214,7 +220,7 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
         if self._dropContinuation and not self._replaying:
             # The rest of a command whose literal was refused.
             self._dropContinuation = False
-            match = _LITERAL_AT_END.search(line)
+            match = _literalAtEnd(line)
             if match is not None and match.group(2):
                 self._refuseNonSynchronizing(_literalSize(match.group(1)), None)
             return None
@@ -246,7 +252,7 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
         token like C{{3+}} or C{x{36700161}} gets OK, not a literal's BAD,
         NO [TOOBIG] or BYE.
         """
-        match = _LITERAL_AT_END.search(line)
+        match = _literalAtEnd(line)
         if match is not None and self.parseState == "command" and namesClientID(line):
             return None
         return match
