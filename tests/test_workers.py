@@ -40,6 +40,7 @@ from clientid_twisted.server.workers import (
     workerCount,
 )
 from tests.runningserver import PASSWORD, USERS, RunningServer, canRunServer
+from tests.services import freePort
 
 
 class RestartBackoffTests(SynchronousTestCase):
@@ -382,9 +383,7 @@ class WorkersProcessTests(SynchronousTestCase):
 
     def test_workers(self) -> None:
         work = Path(self.mktemp())
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            metricsPort = s.getsockname()[1]
+        metricsPort = freePort()
         server = RunningServer(
             work, _CONFIG, protocols=("smtp",),
             arguments=("--workers", "2", "--metrics", f"tcp:{metricsPort}", "--web", "tcp:0:interface=127.0.0.1"),
