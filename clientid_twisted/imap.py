@@ -362,7 +362,6 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, LoginHoldMixin, IMAP4Server
         return super().lookupCommand(cmd)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._connectionGone = True
         self._stopIdlePoll()
         self._identityDropped()
         super().connectionLost(reason)

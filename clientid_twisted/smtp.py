@@ -194,7 +194,6 @@ class ClientIDESMTPMixin(ClientIDSessionMixin, LoginHoldMixin, ESMTPSeamsMixin):
         self.clientIdentity = None
 
     def connectionLost(self, reason: Any = None) -> None:
-        self._connectionGone = True
         self._identityDropped()
         super().connectionLost(reason)
 
