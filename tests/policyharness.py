@@ -50,6 +50,24 @@ class PasswordChecker:
         return defer.fail(UnauthorizedLogin())
 
 
+@implementer(ICredentialsChecker)
+class SlowChecker:
+    """
+    A password check that answers when the test says so (a KDF in a
+    thread).
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred[bytes]] = []
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
 RecordingObserver = RecordingAlertObserver
 
 

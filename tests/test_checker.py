@@ -26,6 +26,7 @@ from clientid_twisted.interfaces import IPasswordForwardingChecker
 from clientid_twisted.policy._checker import ClientIDChecker, attemptFromCredentials
 from clientid_twisted.policy._decision import Attempt, Decision, Verdict
 from clientid_twisted.testing import RecordingPolicy
+from tests.policyharness import SlowChecker
 
 
 class ScriptedPolicy(RecordingPolicy):
@@ -43,23 +44,6 @@ class ScriptedPolicy(RecordingPolicy):
         d = RecordingPolicy.outcome(self, decision, passwordAccepted)
         if self.raiseInOutcome:
             raise RuntimeError("broken policy")
-        return d
-
-
-@implementer(ICredentialsChecker)
-class SlowChecker:
-    """
-    Answers when the test says so.
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self) -> None:
-        self.pending: list[defer.Deferred[bytes]] = []
-
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
-        d: defer.Deferred[bytes] = defer.Deferred()
-        self.pending.append(d)
         return d
 
 

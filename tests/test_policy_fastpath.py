@@ -17,9 +17,6 @@ from typing import Any
 
 from attrs import evolve
 
-from zope.interface import implementer
-
-from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -33,7 +30,7 @@ from clientid_twisted.policy._manage import resultOf
 from clientid_twisted.server.users import UserDatabase, usersPath
 from clientid_twisted.store._records import APPROVED, REVOKED, StateQuery
 from clientid_twisted.store._sqlite import SQLiteStore
-from tests.policyharness import ALICE, START, PolicyHarness
+from tests.policyharness import ALICE, START, PolicyHarness, SlowChecker
 
 
 class WriteSpy:
@@ -251,21 +248,11 @@ class SynchronousPathTests(SynchronousTestCase):
         too.
         """
         h = PolicyHarness(self, {"policy": {"devices": "allowlist"}})
-        pending: list[defer.Deferred[Any]] = []
-
-        @implementer(ICredentialsChecker)
-        class Slow:
-            credentialInterfaces = h.inner.credentialInterfaces
-
-            def requestAvatarId(self, credentials: Any) -> Any:
-                d: defer.Deferred[Any] = defer.Deferred()
-                pending.append(d)
-                return d
-
-        checker = ClientIDChecker(Slow(), h.policy, h.clock)
+        slow = SlowChecker()
+        checker = ClientIDChecker(slow, h.policy, h.clock)
         d = checker.requestAvatarId(h.credentials())
         self.assertNoResult(d)
-        pending[0].callback(b"alice")
+        slow.pending[0].callback(b"alice")
         self.failureResultOf(d, UnauthorizedLogin)
         self.assertEqual(self.joined, [])
 
@@ -307,22 +294,12 @@ class SynchronousPathTests(SynchronousTestCase):
         """
         h = PolicyHarness(self, {"policy": {"devices": "allowlist"}})
         later = self.pendingStore(h)
-        pending: list[defer.Deferred[Any]] = []
-
-        @implementer(ICredentialsChecker)
-        class Slow:
-            credentialInterfaces = h.inner.credentialInterfaces
-
-            def requestAvatarId(self, credentials: Any) -> Any:
-                d: defer.Deferred[Any] = defer.Deferred()
-                pending.append(d)
-                return d
-
-        d = ClientIDChecker(Slow(), h.policy).requestAvatarId(h.credentials())
+        slow = SlowChecker()
+        d = ClientIDChecker(slow, h.policy).requestAvatarId(h.credentials())
         [(answer, state)] = later
         state.chainDeferred(answer)
         self.assertNoResult(d)
-        pending[0].callback(b"alice")
+        slow.pending[0].callback(b"alice")
         self.failureResultOf(d, UnauthorizedLogin)
         self.assertEqual(len(self.joined), 1)
 
