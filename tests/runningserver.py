@@ -10,10 +10,12 @@ C{test_hardening} and C{test_fuzz}.
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import os
 import re
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -235,6 +237,20 @@ def canRunServer() -> str | None:
     except OSError:
         return "needs 127.0.0.2 on loopback"
     return None
+
+
+def smtpLogin(port: int, context: ssl.SSLContext, user: str, password: str, token: str, timeout: float = 30) -> int:
+    """
+    Log C{user} in with C{smtplib} (an independent SMTP client) over
+    STARTTLS after C{CLIENTID UUID token}; the reply code to C{AUTH PLAIN}.
+    """
+    with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as client:
+        client.ehlo("laptop")
+        client.starttls(context=context)
+        client.ehlo("laptop")
+        assert client.docmd("CLIENTID", "UUID " + token)[0] == 250
+        secret = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return client.docmd("AUTH", "PLAIN " + secret)[0]
 
 
 def fetchInbox(port: int, context: ssl.SSLContext, user: str, password: str) -> list[bytes]:

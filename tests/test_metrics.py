@@ -6,9 +6,7 @@ scrape, and what the labels never carry.
 
 from __future__ import annotations
 
-import base64
 import platform
-import smtplib
 import ssl
 import urllib.request
 from pathlib import Path
@@ -31,6 +29,7 @@ from clientid_twisted.server.users import UserDatabase
 from clientid_twisted.store._errors import StoreError, UnknownDevice
 from clientid_twisted.store._records import APPROVED, Bump, OutcomeRecord, StateQuery
 from clientid_twisted.testing import MemoryStore
+from tests.runningserver import smtpLogin
 from tests.services import freePort
 
 ACCOUNT, PASSWORD = "alice@example.test", "alice password"
@@ -212,19 +211,10 @@ class ScrapeTests(TestCase):
         self.addCleanup(top.stopService)
         context = ssl.create_default_context(cafile=str(dataDir / "tls" / "selfsigned.pem"))
 
-        def login(token: str) -> int:
-            with smtplib.SMTP("127.0.0.1", smtpPort, timeout=20) as client:
-                client.ehlo("laptop")
-                client.starttls(context=context)
-                client.ehlo("laptop")
-                assert client.docmd("CLIENTID", "UUID " + token)[0] == 250
-                secret = base64.b64encode(f"\0{ACCOUNT}\0{PASSWORD}".encode()).decode()
-                return client.docmd("AUTH", "PLAIN " + secret)[0]
-
         # tofu with one slot: the first device is trusted, the second refused
         # although its password is right.
-        accepted = yield deferToThread(login, GOOD_TOKEN)
-        refused = yield deferToThread(login, BAD_TOKEN)
+        accepted = yield deferToThread(smtpLogin, smtpPort, context, ACCOUNT, PASSWORD, GOOD_TOKEN, timeout=20)
+        refused = yield deferToThread(smtpLogin, smtpPort, context, ACCOUNT, PASSWORD, BAD_TOKEN, timeout=20)
         self.assertEqual((accepted, refused), (235, 535))
 
         def scrape() -> tuple[str, str]:

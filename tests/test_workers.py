@@ -9,12 +9,10 @@ memory store is refused.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import os
 import re
 import signal
-import smtplib
 import socket
 import ssl
 import subprocess
@@ -39,7 +37,7 @@ from clientid_twisted.server.workers import (
     forwardWorkerOutput,
     workerCount,
 )
-from tests.runningserver import PASSWORD, USERS, RunningServer, canRunServer
+from tests.runningserver import PASSWORD, USERS, RunningServer, canRunServer, smtpLogin
 from tests.services import freePort
 
 
@@ -338,13 +336,7 @@ _CONFIG = "[server]\nauth_failure_delay_seconds = 0\n[alerts]\nmail_account = fa
 
 
 def _smtpLogin(port: int, context: ssl.SSLContext, token: str = _TOKEN) -> int:
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.ehlo("laptop")
-        client.starttls(context=context)
-        client.ehlo("laptop")
-        assert client.docmd("CLIENTID", "UUID " + token)[0] == 250
-        secret = base64.b64encode(f"\0{USERS[0]}\0{PASSWORD}".encode()).decode()
-        return client.docmd("AUTH", "PLAIN " + secret)[0]
+    return smtpLogin(port, context, USERS[0], PASSWORD, token)
 
 
 def _waitFor(condition: Any, timeout: float = 30.0) -> None:
