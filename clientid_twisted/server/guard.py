@@ -94,6 +94,7 @@ class SessionGuardMixin:
     callLater: Callable[..., Any]
     isEncrypted: Callable[[], bool]
     loginPending: Callable[[], bool]
+    heldInputBytes: Callable[[], int]
 
     # -- hooks ----------------------------------------------------------------
 
@@ -138,9 +139,11 @@ class SessionGuardMixin:
     def queuedInputBytes(self) -> int:
         """
         Bytes of command lines read and queued behind a running command
-        (IMAP's FETCH): they count against L{outputHighWater} too.
+        (IMAP's FETCH) or a login being decided: they count against
+        L{outputHighWater} too.  Both protocols queue them in the same
+        place (L{LoginHoldMixin <clientid_twisted._loginhold.LoginHoldMixin>}).
         """
-        return 0
+        return self.heldInputBytes()
 
     def authenticatedIdleTimeout(self) -> float:
         """

@@ -157,9 +157,6 @@ class MailIMAP4Server(IMAP4ServerFixesMixin, SessionGuardMixin, ClientIDIMAP4Ser
     def isAuthenticated(self) -> bool:
         return self.state in ("auth", "select")
 
-    def queuedInputBytes(self) -> int:
-        return self.heldInputBytes()
-
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None:
         super().sendBadResponse(tag, message)
         self.countError()

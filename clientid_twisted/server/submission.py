@@ -159,9 +159,6 @@ class SubmissionESMTP(SMTPServerFixesMixin, SessionGuardMixin, ClientIDESMTP, Bo
     def isAuthenticated(self) -> bool:
         return bool(self.authenticated)
 
-    def queuedInputBytes(self) -> int:
-        return self.heldInputBytes()
-
     def sessionEnding(self) -> None:
         if self.mode == smtp.DATA:
             self._failMessage(421, b"4.3.0 Session ended")
