@@ -323,11 +323,10 @@ class SessionGuardMixin:
         if self.closing or self._guardGone:
             return
         period = self.idleTimeout()
-        idle = self._deadlines.get("idle")
-        if idle is not None and period == self.timeOut:
+        if period == self.timeOut and "idle" in self._deadlines:
             # The same period from now: a later deadline, so only the
             # table changes (the common case, once per command line).
-            self._deadlines["idle"] = (self._timer.seconds() + period, idle[1])
+            self.resetTimeout()
         else:
             self.setTimeout(period)
 
