@@ -51,7 +51,7 @@ APPLICATION_IMPORTS = frozenset(
       C{SubmissionESMTP}/C{SubmissionFactory} of C{server/submission.py},
       built on C{server/guard.py}'s session guard, C{server/connections.py}'s
       connection limits and C{server/lines.py}) and share the server's
-      notice rule (C{server/mailnotice.WITHOUT_PASSWORD_KINDS}); known
+      notice rule (C{server/mailnotice.noticeWanted}, C{noticeLinks}); known
       debt: the hardened protocols belong in the library (about 1,700
       lines), and then this pair goes;
     - the self-service site (C{web}) is the server's: it serves the

@@ -33,9 +33,9 @@ from clientid_twisted.gateway.checker import BackendPasswordChecker
 from clientid_twisted.gateway.config import GatewayConfig
 from clientid_twisted.gateway.imapbackend import BackendIMAPSession, loginToBackend
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
-from clientid_twisted.policy import Alert, ClientIDChecker, LINK_KINDS, accountName, messageLines, noticeLines
+from clientid_twisted.policy import Alert, ClientIDChecker, accountName, messageLines, noticeLines
 from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
-from clientid_twisted.server.mailnotice import WITHOUT_PASSWORD_KINDS
+from clientid_twisted.server.mailnotice import noticeLinks, noticeWanted
 
 __all__ = [
     "GatewayIMAP4Factory",
@@ -114,7 +114,8 @@ class PendingNotices:
         """
         @param linksFor: C{linksFor(account, fingerprint)}: a device's
             approve and disown links on the self-service site, for the
-            notices of L{LINK_KINDS}; L{None} when the site is off.
+            notices that list them (L{noticeLinks}); L{None} when the site
+            is off.
         @param failureNotices: C{[alerts] notice_failures}: whether the
             alerts of failed logins without the right password
             (C{device-locked}, C{account-closed}) become notices.
@@ -127,15 +128,10 @@ class PendingNotices:
         self._keepSeconds = keepSeconds
 
     def alertRaised(self, alert: Alert) -> None:
-        if not alert.forAccount or alert.account is None:
-            return
-        if alert.kind in WITHOUT_PASSWORD_KINDS and not self.failureNotices:
-            # As in the standalone server: anyone can cause these.
+        if alert.account is None or not noticeWanted(alert, self.failureNotices):
             return
         messageID = email.utils.make_msgid("clientid")
-        links = []
-        if self.linksFor is not None and alert.kind in LINK_KINDS and alert.fingerprint:
-            links = [(alert.typeName or "?", alert.fingerprint, self.linksFor(alert.account, alert.fingerprint))]
+        links = noticeLinks(alert, alert.account, self.linksFor)
         lines = noticeLines(alert, self.hostname, messageID, links=links)
         self._keep(alert.account, [_message(lines)])
 

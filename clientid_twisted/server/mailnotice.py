@@ -28,7 +28,15 @@ from clientid_twisted.policy import Alert, LINK_KINDS, asciiHost, messageLines, 
 from clientid_twisted.server.delivery import deliverToInbox
 from clientid_twisted.server.users import UserDatabase
 
-__all__ = ["MailboxAlertObserver", "noticeLines", "messageLines", "WITHOUT_PASSWORD_KINDS", "LINK_KINDS"]
+__all__ = [
+    "MailboxAlertObserver",
+    "noticeLines",
+    "messageLines",
+    "noticeWanted",
+    "noticeLinks",
+    "WITHOUT_PASSWORD_KINDS",
+    "LINK_KINDS",
+]
 
 WITHOUT_PASSWORD_KINDS = frozenset({"device-locked", "account-closed"})
 """Account alerts about failed logins that anyone can cause, with no
@@ -41,6 +49,36 @@ notice of their kind."""
 _MAX_WINDOWS = 10000
 """Open rationing windows kept before expired ones are dropped (alerts can
 name accounts that do not exist)."""
+
+
+def noticeWanted(alert: Alert, failureNotices: bool) -> bool:
+    """
+    Whether C{alert} becomes a notice in its account's INBOX: account
+    alerts only, and those in L{WITHOUT_PASSWORD_KINDS} (anyone can cause
+    them) only with C{[alerts] notice_failures}.  The rule of the
+    standalone server and of the gateway's pending notices.
+    """
+    return alert.forAccount and (failureNotices or alert.kind not in WITHOUT_PASSWORD_KINDS)
+
+
+def noticeLinks(
+    alert: Alert,
+    account: str,
+    linksFor: Callable[[str, str], tuple[str, str]] | None,
+    devices: Sequence[tuple[str, str]] = (),
+) -> list[tuple[str, str, tuple[str, str]]]:
+    """
+    The devices a notice lists with their approve and disown links: the
+    alert's own, then C{devices} (type, fingerprint: those of rationed
+    alerts); none unless the site is on (C{linksFor}) and the alert is of
+    L{LINK_KINDS}.
+    """
+    if linksFor is None or alert.kind not in LINK_KINDS:
+        return []
+    listed = [(alert.typeName or "?", alert.fingerprint)] if alert.fingerprint else []
+    listed += [d for d in devices if d not in listed]
+    return [(t, f, linksFor(account, f)) for t, f in listed if f]
+
 
 @implementer(IAlertObserver)
 class MailboxAlertObserver:
@@ -99,9 +137,7 @@ class MailboxAlertObserver:
         self._windows: dict[tuple[str | None, str], list[Any]] = {}
 
     def alertRaised(self, alert: Alert) -> None:
-        if not alert.forAccount:
-            return
-        if alert.kind in WITHOUT_PASSWORD_KINDS and not self.failureNotices:
+        if not noticeWanted(alert, self.failureNotices):
             return
         rationed = self._ration(alert)
         if rationed is None:
@@ -159,11 +195,7 @@ class MailboxAlertObserver:
         if alert.account is None:
             return None
         account = alert.account
-        links: list[tuple[str, str, tuple[str, str]]] = []
-        if self.linksFor is not None and alert.kind in LINK_KINDS:
-            listed = [(alert.typeName or "?", alert.fingerprint)] if alert.fingerprint else []
-            listed += [d for d in devices if d not in listed]
-            links = [(t, f, self.linksFor(account, f)) for t, f in listed if f]
+        links = noticeLinks(alert, account, self.linksFor, devices)
         return self._write(
             account, lambda messageID: noticeLines(alert, self.hostname, messageID, repeated, links)
         )
