@@ -139,8 +139,15 @@ def namesClientID(line: bytes) -> bool:
     Such a line is parsed from its raw bytes: nothing in its token (a
     C{{5}}, C{{3+}}, a quote) is IMAP syntax.
     """
-    words = line.split(None, 2)
-    return len(words) >= 2 and words[1].upper() == b"CLIENTID"
+    return _commandName(line.split(None, 2)) == b"CLIENTID"
+
+
+def _commandName(words: list[bytes]) -> bytes | None:
+    """
+    The command name, upper case, of a command line split into at most
+    three words (tag, name, arguments); L{None} when it has none.
+    """
+    return words[1].upper() if len(words) >= 2 else None
 
 
 class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, LoginHoldMixin, IMAP4ServerSeamsMixin):
@@ -327,17 +334,13 @@ class ClientIDIMAP4ServerMixin(ClientIDSessionMixin, LoginHoldMixin, IMAP4Server
         words = line.split(None, 2)
         tag = words[0] if words else None
         try:
-            if (
-                self.state == "select"
-                and not self._skipPoll
-                and not (len(words) >= 2 and words[1].upper() == b"LOGOUT")
-            ):
+            name = _commandName(words)
+            if self.state == "select" and not self._skipPoll and name != b"LOGOUT":
                 # (Nothing is announced to a client that is leaving.)
                 if self._pollBeforeCommand(line):
                     return None
             self._skipPoll = False
-            # namesClientID(line), on the words split above.
-            if len(words) >= 2 and words[1].upper() == b"CLIENTID":
+            if name == b"CLIENTID":
                 if self._clientIDCommand(words[0], line):
                     return None
                 # Not available: the very path an unknown command takes.
