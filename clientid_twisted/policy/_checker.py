@@ -57,6 +57,22 @@ class _Refused:
 _REFUSED = _Refused()
 
 
+def _deferredCall(function: Any, argument: Any) -> defer.Deferred[Any]:
+    """
+    C{function(argument)} as a L{Deferred <twisted.internet.defer.Deferred>}
+    (what it raises fails it): the policy's decision, the wrapped checker's
+    answer.  L{defer.maybeDeferred <twisted.internet.defer.maybeDeferred>}
+    without its coroutine and L{Failure} checks, on every login's path.
+    """
+    try:
+        result = function(argument)
+    except Exception:
+        return defer.fail()
+    if not isinstance(result, defer.Deferred):
+        return defer.succeed(result)
+    return result
+
+
 def _refusedPassword(reason: Failure) -> Any:
     reason.trap(UnauthorizedLogin)
     return _REFUSED
@@ -126,12 +142,12 @@ class ClientIDChecker:
         except Exception:
             self.log.failure("cannot read the login attempt")
             return defer.fail(TemporaryAuthenticationFailure("unreadable credentials"))
-        decided: defer.Deferred[Any] = self._evaluate(attempt)
+        decided: defer.Deferred[Any] = _deferredCall(self.policy.evaluate, attempt)
         if IPasswordForwardingChecker.providedBy(self.innerChecker):
             decided.addCallback(self._forwardIfAccepted, credentials)
             decided.addCallback(self._verdict, waitForRecord=True)
             return decided
-        checked = self._check(self.innerChecker.requestAvatarId, credentials)
+        checked = _deferredCall(self.innerChecker.requestAvatarId, credentials)
         # Each result taken at once if it is there (SQLite or memory
         # store, a password table); only what is still to come is waited
         # for, and only two pending results are joined.
@@ -163,37 +179,12 @@ class ClientIDChecker:
         except Exception:
             return defer.fail()
 
-    def _evaluate(self, attempt: Attempt) -> defer.Deferred[Decision]:
-        """
-        The policy's decision; a policy that raises fails the Deferred.
-        """
-        try:
-            decided = self.policy.evaluate(attempt)
-        except Exception:
-            return defer.fail()
-        if not isinstance(decided, defer.Deferred):
-            return defer.succeed(decided)
-        return decided
-
-    def _check(self, check: Any, credentials: Any) -> defer.Deferred[Any]:
-        """
-        The wrapped checker's answer (an avatar ID); anything it raises
-        fails the Deferred.
-        """
-        try:
-            checked = check(credentials)
-        except Exception:
-            return defer.fail()
-        if not isinstance(checked, defer.Deferred):
-            return defer.succeed(checked)
-        return checked
-
     def _forwardIfAccepted(self, decision: Decision, credentials: Any) -> Any:
         if decision.verdict is Verdict.TEMPFAIL:
             return [decision, _REFUSED]
         inner: Any = self.innerChecker
         check = inner.requestAvatarId if decision.verdict is Verdict.ACCEPT else inner.refuseUnchecked
-        checked = self._check(check, credentials)
+        checked = _deferredCall(check, credentials)
         checked.addErrback(_refusedPassword)
         checked.addCallback(lambda avatarId: [decision, avatarId])
         return checked
