@@ -90,17 +90,20 @@ class _Page(resource.Resource):
     def peer(self, request: Any) -> str:
         return str(getattr(request.getClientAddress(), "host", "") or "")
 
+    def cookie(self, request: Any, name: bytes) -> str | None:
+        value = request.getCookie(name)
+        return value.decode("ascii", "replace") if value else None
+
     def session(self, request: Any) -> Session | None:
-        cookie = request.getCookie(SESSION_COOKIE)
-        return self.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
+        return self.sessions.get(self.cookie(request, SESSION_COOKIE))
 
     def anonymousCSRF(self, request: Any) -> str:
         """
         The double-submit token of this browser, set as a cookie if new.
         """
-        cookie = request.getCookie(CSRF_COOKIE)
+        cookie = self.cookie(request, CSRF_COOKIE)
         if cookie:
-            return str(cookie.decode("ascii", "replace"))
+            return cookie
         token = secrets.token_urlsafe(24)
         self.setCookie(request, CSRF_COOKIE, token)
         return token
@@ -120,8 +123,7 @@ class _Page(resource.Resource):
         sent = self.arg(request, "csrf")
         if session is not None:
             return tokensEqual(sent, session.csrf)
-        cookie = request.getCookie(CSRF_COOKIE)
-        return tokensEqual(sent, cookie.decode("ascii", "replace") if cookie else None)
+        return tokensEqual(sent, self.cookie(request, CSRF_COOKIE))
 
     def invalid(self, request: Any, f: Failure) -> bytes:
         f.trap(InvalidLink)
