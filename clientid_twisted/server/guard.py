@@ -190,15 +190,12 @@ class SessionGuardMixin:
             self.limiter.release(self)
         super().connectionLost(reason)  # type: ignore[misc]
 
-    def _peer(self) -> str:
-        return peerHost(self.transport)
-
     def _logLimit(self, event: str, **fields: Any) -> None:
         _log.info(
             "Closing {protocol} session from {peer}: {limitEvent}",
             limitEvent=event,
             protocol=self.protocolName,
-            peer=self._peer(),
+            peer=peerHost(self.transport),
             **fields,
         )
 
