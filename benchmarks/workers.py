@@ -211,10 +211,6 @@ class HighPerformanceDovecot(DovecotStack):
             f"  process_min_avail = {processes}\n}}\n"
         )
 
-    def cpuSeconds(self) -> float:
-        assert self.server.process is not None
-        return _cpuSeconds([self.server.process.pid, *_children(self.server.process.pid)])
-
 
 class _Target:
     """
