@@ -246,22 +246,30 @@ class DovecotStack:
         self.port = self.server.port
         assert self.server.caFile is not None
         self.context = ssl.create_default_context(cafile=str(self.server.caFile))
-        self._tick = os.sysconf("SC_CLK_TCK")
 
     def cpuSeconds(self) -> float:
         assert self.server.process is not None
-        total = 0
-        for pid in [self.server.process.pid, *_children(self.server.process.pid)]:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # utime, stime, cutime, cstime: fields 14-17 of stat(5).
-            total += sum(int(f) for f in fields[11:15])
-        return total / self._tick
+        return cpuSecondsOf([self.server.process.pid, *_children(self.server.process.pid)])
 
     def stop(self) -> None:
         self.server.cleanUp()
+
+
+def cpuSecondsOf(pids: list[int]) -> float:
+    """
+    CPU seconds the processes C{pids} and their waited-for children used
+    (those that ended are skipped).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime: fields 14-17 of stat(5).
+        total += sum(int(f) for f in fields[11:15])
+    return total / tick
 
 
 def _children(pid: int) -> list[int]:

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._stacks import PASSWORD, USERS
-from benchmarks.sessions import DEVICES, BODY, DovecotStack, _children, imapSession, seedMailboxes
+from benchmarks.sessions import DEVICES, BODY, DovecotStack, _children, cpuSecondsOf, imapSession, seedMailboxes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,19 +74,6 @@ def cheapUsersFile(path: Path) -> None:
             base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
         )
     path.write_text(json.dumps(users))
-
-
-def _cpuSeconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # utime, stime, cutime, cstime: fields 14-17 of stat(5).
-        total += sum(int(f) for f in fields[11:15])
-    return total / tick
 
 
 class OursStack:
@@ -128,7 +115,7 @@ class OursStack:
         self.context = ssl.create_default_context(cafile=str(certificate))
 
     def cpuSeconds(self) -> float:
-        return _cpuSeconds([self.process.pid, *_children(self.process.pid)])
+        return cpuSecondsOf([self.process.pid, *_children(self.process.pid)])
 
     def parentCpuSeconds(self) -> float:
         """
@@ -186,7 +173,7 @@ class BareStack:
         self.context = ssl.create_default_context(cadata=certificate)
 
     def cpuSeconds(self) -> float:
-        return _cpuSeconds([p.pid for p in self.processes])
+        return cpuSecondsOf([p.pid for p in self.processes])
 
     def stop(self) -> None:
         for process in self.processes:
