@@ -322,6 +322,22 @@ class PendingNoticesTests(SynchronousTestCase):
         self.assertTrue(message.endswith(b"\r\n"))
         self.assertEqual(self.take(notices, "alice@example.org"), [])
 
+    def test_messageIDOnTheHostname(self) -> None:
+        """
+        A notice's and a sign-in link's Message-ID end in the configured
+        host name, as the standalone server's notices do: C{make_msgid}
+        without a domain would ask the resolver for this machine's name
+        (C{socket.getfqdn}), blocking the reactor, for every message.
+        """
+        notices = self.notices(hostname="mail.example.test")
+        notices.alertRaised(self.alert("alice@example.org"))
+        self.assertTrue(notices.addMessage("alice@example.org", "Sign in", ["a link"], 0.0))
+        messages = self.take(notices, "alice@example.org")
+        self.assertEqual(len(messages), 2)
+        for message in messages:
+            [line] = [line for line in message.split(b"\r\n") if line.startswith(b"Message-ID:")]
+            self.assertTrue(line.endswith(b"@mail.example.test>"), line)
+
     def test_keptInTheStore(self) -> None:
         """
         The notices wait in the store, not in the object: another

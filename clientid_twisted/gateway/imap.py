@@ -33,7 +33,7 @@ from clientid_twisted.gateway.checker import BackendPasswordChecker
 from clientid_twisted.gateway.config import GatewayConfig
 from clientid_twisted.gateway.imapbackend import BackendIMAPSession, loginToBackend
 from clientid_twisted.interfaces import IAlertObserver, IClientIDPolicy, IClientIDStore
-from clientid_twisted.policy import Alert, ClientIDChecker, accountName, messageLines, noticeLines
+from clientid_twisted.policy import Alert, ClientIDChecker, accountName, asciiHost, messageLines, noticeLines
 from clientid_twisted.server.imapserver import MailIMAP4Factory, MailIMAP4Server
 from clientid_twisted.server.mailnotice import noticeLinks, noticeWanted
 
@@ -130,7 +130,7 @@ class PendingNotices:
     def alertRaised(self, alert: Alert) -> None:
         if alert.account is None or not noticeWanted(alert, self.failureNotices):
             return
-        messageID = email.utils.make_msgid("clientid")
+        messageID = email.utils.make_msgid("clientid", domain=asciiHost(self.hostname))
         links = noticeLinks(alert, alert.account, self.linksFor)
         lines = noticeLines(alert, self.hostname, messageID, links=links)
         self._keep(alert.account, [_message(lines)])
@@ -145,7 +145,7 @@ class PendingNotices:
         key = accountName(account)
         if key is None:
             return False
-        messageID = email.utils.make_msgid("clientid")
+        messageID = email.utils.make_msgid("clientid", domain=asciiHost(self.hostname))
         lines = messageLines(key, subject, body, self.hostname, messageID, when)
         self._keep(key, [_message(lines)])
         return True
